@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create the environment and run the main job on the bundled example
+#   make test   - create the environment (and OpenCL on the CPU, when root) and run the tests
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow venv opencl clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# OpenMM's OpenCL platform on the CPU (PoCL), so the GPU code path is tested without a GPU.
+opencl:
+	@if [ "$$(id -u)" = "0" ] && ! dpkg -s pocl-opencl-icd >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocl-opencl-icd ocl-icd-libopencl1 >/dev/null; \
+	fi
+
+demo: venv
+	$(VENV)/bin/actionml demo
+
+test: venv opencl
+	$(VPY) -m pytest -ra
+
+test-slow: venv opencl
+	$(VPY) -m pytest -ra -m slow
+
+clean-venv:
+	rm -rf $(VENV)

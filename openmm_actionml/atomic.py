@@ -1,0 +1,48 @@
+"""Atomic file writes: a file appears complete or not at all, and nothing existing is lost."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output unless ``overwrite`` is set; return the path.
+
+    Call this before long work, so that a refusal costs nothing.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"output file {path} already exists; choose another path or pass overwrite=True "
+                         f"(--overwrite on the command line).")
+    if not path.parent.exists():
+        raise InputError(f"the directory of output file {path} does not exist; create {path.parent} first.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    The temporary file keeps ``path``'s suffix, so writers that append a suffix
+    (``numpy.savez``) or check it still behave.
+    """
+    final = check_writable(path, overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=".actionml-tmp-", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,89 @@
+"""Diagnostics that experts accept: energy drift, per-element temperature with a constraint-aware
+degree-of-freedom count, and one-step errors in thermal units. Pure numpy; shared by the trainer's
+NVE gate, ``actionml run`` and ``actionml evaluate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BOLTZMANN = 0.0083144626181532  # kJ/mol/K
+
+
+def degrees_of_freedom_per_atom(masses: np.ndarray, constraints: np.ndarray | None = None,
+                                remove_com: bool = False) -> np.ndarray:
+    """Kinetic degrees of freedom each atom keeps, shared out by mass weighting.
+
+    A distance constraint between i and j removes one degree of freedom of their relative motion,
+    which atom i carries in proportion ``m_j / (m_i + m_j)``: a C-H bond constraint removes mostly
+    hydrogen velocity. A fixed centre of mass removes ``3 m_i / M`` from atom i.
+
+    Parameters
+    ----------
+    masses
+        ``[N]`` in amu.
+    constraints
+        ``[C, 2+]`` with atom indices in the first two columns, or ``None``.
+    remove_com
+        Whether the centre-of-mass motion is fixed (CMMotionRemover, or a conserved zero momentum).
+    """
+    masses = np.asarray(masses, dtype=float)
+    dof = np.where(masses > 0, 3.0, 0.0)
+    if constraints is not None and len(constraints):
+        pairs = np.asarray(constraints)[:, :2].astype(int)
+        mi, mj = masses[pairs[:, 0]], masses[pairs[:, 1]]
+        np.subtract.at(dof, pairs[:, 0], mj / (mi + mj))
+        np.subtract.at(dof, pairs[:, 1], mi / (mi + mj))
+    if remove_com:
+        dof -= 3.0 * masses / masses.sum()
+    return dof
+
+
+def element_temperatures(velocities: np.ndarray, masses: np.ndarray, elements: list[str],
+                         dof_per_atom: np.ndarray) -> dict[str, float]:
+    """Kinetic temperature of each element, averaged over all leading axes of ``velocities[..., N, 3]``."""
+    velocities = np.asarray(velocities, dtype=float)
+    twice_kinetic = (np.asarray(masses)[:, None] * velocities ** 2).sum(-1).reshape(-1, len(masses)).mean(0)
+    result = {}
+    for element in sorted(set(elements)):
+        mask = np.array([e == element for e in elements])
+        result[element] = float(twice_kinetic[mask].sum() / (BOLTZMANN * dof_per_atom[mask].sum()))
+    return result
+
+
+@dataclass
+class EnergyDrift:
+    """Drift and fluctuation of a total-energy time series (one trajectory)."""
+
+    slope_kj_per_ns: float
+    slope_kt_per_dof_per_ns: float
+    rms_kj: float
+
+
+def energy_drift(times_ps: np.ndarray, energies_kj: np.ndarray, n_dof: float, temperature: float) -> EnergyDrift:
+    """Least-squares slope of total energy and the RMS about that line.
+
+    The slope is reported in kJ/mol/ns and in kT per degree of freedom per ns.
+    """
+    times_ns = np.asarray(times_ps, dtype=float) / 1000.0
+    energies = np.asarray(energies_kj, dtype=float)
+    slope, intercept = np.polyfit(times_ns, energies, 1)
+    rms = float(np.sqrt(np.mean((energies - (slope * times_ns + intercept)) ** 2)))
+    return EnergyDrift(float(slope), float(slope / (BOLTZMANN * temperature * n_dof)), rms)
+
+
+def relative_errors(masses: np.ndarray, h: float, q: np.ndarray, v: np.ndarray, q1: np.ndarray, v1: np.ndarray,
+                    q1_pred: np.ndarray, v1_pred: np.ndarray) -> dict[str, float]:
+    """One-step errors, mass-weighted and relative.
+
+    ``dv``: ``|v1_pred - v1| / |v1 - v|``. ``dq``: ``|q1_pred - q1|`` relative to the non-trivial part of the
+    displacement, ``|q1 - q - h (v + v1)/2|``, since free flight makes plain position errors look small.
+    """
+    weights = np.sqrt(np.asarray(masses))[:, None]
+
+    def norm(x: np.ndarray) -> float:
+        return float(np.sqrt(((weights * x) ** 2).sum()))
+
+    return {"dv": norm(v1_pred - v1) / norm(v1 - v),
+            "dq": norm(q1_pred - q1) / norm(q1 - q - 0.5 * h * (v + v1))}

@@ -1,0 +1,61 @@
+"""Bundled example systems, by name: ``build_example('alanine-dipeptide')``."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openmm.app as app
+
+from .errors import InputError
+from .systems import PreparedSystem, build_system, water_box
+
+#: The repository's examples/ folder (present in a source checkout or editable install).
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+#: OpenMM's bundled villin headpiece (N68H) in a box of water.
+VILLIN_PDB = Path(app.__file__).resolve().parent / "data" / "test.pdb"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A named system: a PDB file and :func:`build_system` options, or (``pdb=None``) a water box."""
+
+    name: str
+    description: str
+    pdb: Path | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **overrides: Any) -> PreparedSystem:
+        """Build the system; ``overrides`` replace the example's options."""
+        builder = water_box if self.pdb is None else build_system
+        unknown = sorted(set(overrides) - set(inspect.signature(builder).parameters) - {"pdb"})
+        if unknown:
+            raise InputError(f"option(s) {', '.join(unknown)} do not apply to example {self.name!r}; leave them out.")
+        options = {**self.options, **overrides}
+        return water_box(**options) if self.pdb is None else build_system(self.pdb, **options)
+
+
+EXAMPLES: dict[str, Example] = {example.name: example for example in [
+    Example("alanine-dipeptide", "ACE-ALA-NME, amber14, vacuum, flexible (22 atoms)",
+            EXAMPLES_DIR / "alanine-dipeptide.pdb", {"solvent": "vacuum"}),
+    Example("water-box", "256 flexible TIP3P waters, periodic, PME (768 atoms)", None,
+            {"n_waters": 256, "rigid_water": False}),
+    Example("villin-obc2", "villin headpiece, protein only, amber14 + OBC2 implicit solvent, HBonds (582 atoms)",
+            VILLIN_PDB, {"solvent": "obc2", "protein_only": True, "constraints": "HBonds"}),
+    Example("villin-explicit", "villin headpiece in the PDB's own TIP3P box, PME, HBonds, rigid water (8867 atoms)",
+            VILLIN_PDB, {"solvent": "explicit", "padding": None, "constraints": "HBonds"}),
+]}
+
+
+def get_example(name: str) -> Example:
+    """The bundled example called ``name``."""
+    try:
+        return EXAMPLES[name]
+    except KeyError:
+        raise InputError(f"unknown example {name!r}; bundled examples are {', '.join(EXAMPLES)}.") from None
+
+
+def build_example(name: str, **overrides: Any) -> PreparedSystem:
+    """Build the bundled example ``name``, with ``overrides`` of its options."""
+    return get_example(name).build(**overrides)

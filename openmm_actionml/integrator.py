@@ -1,0 +1,259 @@
+"""``ActionMLIntegrator``: scheme A (a learned palindromic kick/drift splitting) as an OpenMM CustomIntegrator.
+
+One step, in the shape of openmmtools' ``LangevinIntegrator(splitting="O V R V R ... V O")``::
+
+    update context state; [O half-step]; kick drift kick ... drift kick; [O half-step]
+
+- **O** (only with a ``temperature``): the exact Ornstein-Uhlenbeck half-step
+  ``v <- a v + sqrt((1 - a^2) kT/m) xi`` with ``a = exp(-friction h/2)``, then a RATTLE velocity projection.
+- **kick** ``(c, k)``: ``v <- v + c h (f + f_k)/m`` then a RATTLE velocity projection. ``f`` is the force field
+  (anchored models only) and ``f_k`` the learned head ``k``. The TorchForce of :func:`add_learned_force` sits
+  alone in force group 30 and is switched by two context parameters: the step sets ``actionml_node = k`` and
+  ``actionml_active = 1``, stores ``f30`` in the per-DOF variable ``actionml_fw``, and the last kick sets
+  ``actionml_active = 0`` again, so the learned term never appears outside a step.
+- **drift** ``c``: ``x <- x + c h v``; with constraints, a SHAKE projection and the matching velocity
+  correction ``v += (x - x_unconstrained)/(c h)``, then RATTLE, exactly as :class:`SplittingStepper` does.
+
+Force groups, as verified on Reference, CPU and OpenCL with OpenMM 8.4: ``setIntegrationForceGroups(0..29)``
+makes ``f`` the force field alone, and ``f30`` is group 30 regardless of the integration groups. An expression
+may read one force variable, hence the per-DOF copy ``actionml_fw`` of ``f30``. OpenMM skips particles of zero
+mass in every per-DOF computation and sum on all three platforms, so no ``m = 0`` guard is written out; their
+positions and velocities stay fixed. (PoCL's single/mixed-precision compiler also rejects ``1/m``, which the
+program therefore never contains.)
+
+First same as last: the last kick evaluates its learned head (the first kick's, by the palindrome) and keeps it
+with the positions it was evaluated at, then, with ``actionml_active`` back at 0, the force field. OpenMM keeps
+the force field's forces cached, so the next step's first kick reuses both unless the positions changed in
+between (an exact comparison; OpenMM itself recomputes ``f`` then). Any assignment to a context parameter
+invalidates OpenMM's cached forces, which is why each kick evaluates the learned term before the force field.
+Verified by counting evaluations on Reference, CPU and OpenCL: 3 force-field and 3 network evaluations per T3
+step with reuse, 4 and 4 without.
+
+Serialisation: ``XmlSerializer.serialize(integrator)`` stores the CustomIntegrator program, not the model;
+deserialising gives a plain ``CustomIntegrator`` that takes the same steps when the System carries the learned
+TorchForce, but without this class's checks (step size, NaN). Checkpoints (``Context.createCheckpoint``,
+``Simulation.saveCheckpoint``) include the integrator's variables; ``saveState`` does not need them.
+
+A Context cannot be created for a System without the learned force: OpenMM refuses it with
+``Unknown global variable: actionml_...``, because the program assigns context parameters the System does not
+define. :meth:`ActionMLIntegrator.validate` names this and the fix before any Context is made.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
+import openmm as mm
+import openmm.unit as u
+
+from .diagnostics import BOLTZMANN
+from .errors import InputError, ModelMismatchError, SimulationInstabilityError
+from .modelfile import ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, NODE_PARAMETER, ActionMLModel, load_model
+from .units import positive_float
+
+__all__ = ["ActionMLIntegrator", "add_learned_force", "LEARNED_FORCE_GROUP"]
+
+#: Groups 30 and 31 are reserved for learned terms; the force field stays in 0-29.
+RESERVED_GROUPS = (LEARNED_FORCE_GROUP, 31)
+LEARNED_FORCE_NAME = "ActionML learned kick potential"
+
+_LEARNED = "actionml_fw"          # per DOF: the learned forces of the current kick
+_LEARNED_AT = "actionml_fw_x"     # per DOF: the positions of the last kick's learned forces, kept for reuse
+_STALE = "actionml_stale"         # 1 until _LEARNED_AT holds real positions
+_MOVED = "actionml_moved"         # sum of (x - _LEARNED_AT)^2 + _STALE: zero when reuse is valid
+_UNCONSTRAINED = "actionml_x1"    # per DOF: positions before the SHAKE projection of a drift
+_CHECK = "actionml_check"         # sum of x^2 + v^2 at the end of the step: finite unless the step blew up
+
+
+def _as_model(model: ActionMLModel | str | Path) -> ActionMLModel:
+    return model if isinstance(model, ActionMLModel) else load_model(model)
+
+
+def _reserved_forces(system: mm.System) -> list[str]:
+    """Descriptions of forces in the reserved groups or named like the learned force."""
+    found = []
+    for index, force in enumerate(system.getForces()):
+        if force.getForceGroup() in RESERVED_GROUPS or force.getName() == LEARNED_FORCE_NAME:
+            found.append(f"force {index} ({force.getName()}, group {force.getForceGroup()})")
+    return found
+
+
+def add_learned_force(system: mm.System, model: ActionMLModel | str | Path) -> mm.System:
+    """A copy of ``system`` with the model's learned TorchForce added in group 30.
+
+    Parameters
+    ----------
+    system
+        The force-field System the model was trained on (forces in groups 0-29). It is not modified.
+    model
+        An :class:`ActionMLModel` or the path of a model file.
+
+    Raises
+    ------
+    ModelMismatchError
+        If the model does not fit the System, or the System already has the learned force or another force in
+        groups 30-31.
+    """
+    model = _as_model(model)
+    model.validate(system)
+    reserved = _reserved_forces(system)
+    if reserved:
+        raise ModelMismatchError(f"the System already has {', '.join(reserved)}; groups {RESERVED_GROUPS} are "
+                                 f"reserved for the learned force. Pass the force-field System (move its forces "
+                                 f"to groups 0-29) and add the learned force once.")
+    system = copy.deepcopy(system)
+    system.addForce(model.create_force())
+    return system
+
+
+class ActionMLIntegrator(mm.CustomIntegrator):
+    """Long steps with a learned symplectic, time-reversible splitting (scheme A).
+
+    Parameters
+    ----------
+    model
+        An :class:`ActionMLModel` or the path of a model file. Its metadata fix the step ``h``, the
+        splitting, anchored or pure-ML kicks and whether the System has constraints.
+    temperature
+        Bath temperature (K or a Quantity) for Langevin dynamics; ``None`` for NVE.
+    friction
+        Collision rate (1/ps or a Quantity); default 1/ps. Only with a ``temperature``.
+    constraint_tolerance
+        Relative tolerance of OpenMM's constraint solver.
+    step
+        Optional step size (ps or a Quantity), checked against the model's ``h``.
+    first_same_as_last
+        Reuse the last kick's forces at the start of the next step when the positions are unchanged.
+
+    Notes
+    -----
+    Create the System with :func:`add_learned_force` first. Every call of :meth:`step` checks that the
+    step size is still ``h`` and that positions and velocities are finite afterwards.
+    """
+
+    def __init__(self, model: ActionMLModel | str | Path, temperature: Any = None, friction: Any = None,
+                 constraint_tolerance: float = 1e-10, *, step: Any = None, first_same_as_last: bool = True) -> None:
+        self.model = _as_model(model)
+        meta = self.model.metadata
+        name = f"model {self.model.path.name}"
+        if meta.scheme != "A":
+            raise ModelMismatchError(f"{name} is a scheme-{meta.scheme} model; ActionMLIntegrator runs scheme-A "
+                                     f"(explicit splitting) models.")
+        self.h = float(meta.step)
+        requested = self.h if step is None else positive_float(step, u.picosecond, "step")
+        if abs(requested - self.h) > 1e-9 * self.h:
+            raise ModelMismatchError(f"{name} takes steps of {self.h * 1000:g} fs, not {requested * 1000:g} fs; a "
+                                     f"learned map is only valid at the step it was trained for (leave step= out "
+                                     f"to use the model's).")
+        if friction is not None and temperature is None:
+            raise InputError("friction= needs a temperature=; without one the integrator is NVE.")
+        super().__init__(self.h)
+        self.temperature = None if temperature is None else positive_float(temperature, u.kelvin, "temperature")
+        self.friction = None if temperature is None else \
+            positive_float(1.0 if friction is None else friction, u.picosecond ** -1, "friction")
+        self.first_same_as_last = first_same_as_last
+        self._constrained = bool(meta.constraints)
+        self.setConstraintTolerance(float(constraint_tolerance))
+        self.setIntegrationForceGroups(set(range(LEARNED_FORCE_GROUP)))
+        self._build_program()
+
+    def _build_program(self) -> None:
+        self.addPerDofVariable(_LEARNED, 0.0)
+        self.addGlobalVariable(_CHECK, 0.0)
+        if self.first_same_as_last:
+            self.addPerDofVariable(_LEARNED_AT, 0.0)
+            self.addGlobalVariable(_STALE, 1.0)
+            self.addGlobalVariable(_MOVED, 0.0)
+        if self._constrained:
+            self.addPerDofVariable(_UNCONSTRAINED, 0.0)
+        if self.temperature is not None:
+            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
+            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
+        self.addUpdateContextState()
+        self._add_ou_half_step()
+        stages = self.model.metadata.get_splitting().stages
+        for index, stage in enumerate(stages):
+            if stage.kind == "drift":
+                self._add_drift(stage.coefficient)
+            else:
+                self._add_kick(stage.coefficient, stage.head, first=index == 0, last=index == len(stages) - 1)
+        self._add_ou_half_step()
+        self.addComputeSum(_CHECK, "x*x + v*v")
+
+    def _add_ou_half_step(self) -> None:
+        if self.temperature is None:
+            return
+        self.addComputePerDof("v", "ou_a*v + sqrt((1 - ou_a*ou_a)*kT/m)*gaussian")
+        if self._constrained:
+            self.addConstrainVelocities()
+
+    def _add_learned_evaluation(self, head: int, remember: bool, deactivate: bool) -> None:
+        """Store head ``head``'s learned forces at the current positions in ``actionml_fw``.
+
+        ``remember`` records the positions for the next step's first kick; ``deactivate`` switches the learned
+        force off again (the last evaluation of the step).
+        """
+        self.addComputeGlobal(NODE_PARAMETER, str(head))
+        self.addComputeGlobal(ACTIVE_PARAMETER, "1")
+        self.addComputePerDof(_LEARNED, f"f{LEARNED_FORCE_GROUP}")
+        if remember:
+            self.addComputePerDof(_LEARNED_AT, "x")
+            self.addComputeGlobal(_STALE, "0")
+        if deactivate:
+            self.addComputeGlobal(ACTIVE_PARAMETER, "0")
+
+    def _add_kick(self, coefficient: float, head: int, first: bool, last: bool) -> None:
+        if first and self.first_same_as_last:
+            # The previous step's last kick left head 0's forces at these positions, unless they moved since.
+            self.addComputeSum(_MOVED, f"(x - {_LEARNED_AT})^2 + {_STALE}")
+            self.beginIfBlock(f"{_MOVED} != 0")
+            self._add_learned_evaluation(head, remember=True, deactivate=False)
+            self.endBlock()
+        else:
+            self._add_learned_evaluation(head, remember=last and self.first_same_as_last, deactivate=last)
+        forces = f"(f + {_LEARNED})" if self.model.metadata.anchored else _LEARNED
+        self.addComputePerDof("v", f"v + {coefficient!r}*dt*{forces}/m")
+        if self._constrained:
+            self.addConstrainVelocities()
+
+    def _add_drift(self, coefficient: float) -> None:
+        self.addComputePerDof("x", f"x + {coefficient!r}*dt*v")
+        if self._constrained:
+            self.addComputePerDof(_UNCONSTRAINED, "x")
+            self.addConstrainPositions()
+            self.addComputePerDof("v", f"v + (x - {_UNCONSTRAINED})/({coefficient!r}*dt)")
+            self.addConstrainVelocities()
+
+    def validate(self, system: mm.System, topology: Optional[mm.app.Topology] = None) -> None:
+        """Check that ``system`` fits the model and carries its learned force exactly once.
+
+        Raises
+        ------
+        ModelMismatchError
+            Naming the first difference and the fix.
+        """
+        self.model.validate(system, step=self.h, topology=topology)
+        reserved = _reserved_forces(system)
+        learned = [i for i, force in enumerate(system.getForces())
+                   if force.getName() == LEARNED_FORCE_NAME and force.getForceGroup() == LEARNED_FORCE_GROUP]
+        if len(learned) != 1 or len(reserved) != 1:
+            found = ", ".join(reserved) or "none"
+            raise ModelMismatchError(f"the System must carry the model's learned force alone in group "
+                                     f"{LEARNED_FORCE_GROUP} (found: {found}); build it with "
+                                     f"system = add_learned_force(system, model) before creating the Context.")
+
+    def step(self, steps: int) -> None:
+        """Take ``steps`` steps; raise :class:`SimulationInstabilityError` if the state is no longer finite."""
+        if self.getStepSize().value_in_unit(u.picosecond) != self.h:
+            raise ModelMismatchError(f"the step size was changed to {self.getStepSize()}; this integrator's "
+                                     f"learned map is only valid at {self.h * 1000:g} fs. Do not call setStepSize.")
+        super().step(steps)
+        if not math.isfinite(self.getGlobalVariableByName(_CHECK)):
+            raise SimulationInstabilityError(
+                f"positions or velocities became NaN or infinite within the last {steps} steps of "
+                f"{self.h * 1000:g} fs. Either the dynamics left the model's range (start from a minimised, "
+                f"equilibrated structure near the training temperature {self.model.metadata.temperature:g} K, "
+                f"or train on wider data) or the positions were already NaN when set.")

@@ -1,0 +1,40 @@
+"""Choosing an OpenMM platform by name, with a clear error when it is not there."""
+from __future__ import annotations
+
+import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
+import openmm as mm
+
+from .errors import InputError
+
+PRECISION_PROPERTY = {"CPU": None, "Reference": None, "OpenCL": "Precision", "CUDA": "Precision", "HIP": "Precision"}
+
+
+def available_platforms() -> list[str]:
+    """Names of the OpenMM platforms that loaded on this machine."""
+    return [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+
+
+def get_platform(name: str | mm.Platform | None) -> mm.Platform | None:
+    """Return the platform called ``name`` (``None`` lets OpenMM choose the fastest).
+
+    Raises
+    ------
+    InputError
+        If no such platform loaded, listing those that did.
+    """
+    if name is None or isinstance(name, mm.Platform):
+        return name
+    names = available_platforms()
+    for candidate in names:
+        if candidate.lower() == str(name).lower():
+            return mm.Platform.getPlatformByName(candidate)
+    raise InputError(f"unknown or unavailable OpenMM platform {name!r}; this machine has {', '.join(names)}. "
+                     f"OpenCL on a CPU needs the pocl-opencl-icd package; CUDA needs a GPU and OpenMM's CUDA build.")
+
+
+def platform_properties(platform: mm.Platform | None, precision: str | None = None) -> dict[str, str]:
+    """Context properties that set ``precision`` ('single', 'mixed', 'double') where the platform has it."""
+    if platform is None or precision is None:
+        return {}
+    key = PRECISION_PROPERTY.get(platform.getName())
+    return {key: precision} if key else {}

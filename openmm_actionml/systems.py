@@ -1,0 +1,219 @@
+"""From a PDB file (or an empty box of water) to an OpenMM System ready for simulation.
+
+:func:`build_system` repairs the structure with pdbfixer (missing heavy atoms and hydrogens), optionally
+strips everything but the protein, adds implicit or explicit solvent and parametrises it with a force
+field. :func:`water_box` makes a periodic box of (by default flexible) water. Both return a
+:class:`PreparedSystem` whose ``settings`` record how it was built, for dataset provenance.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
+import openmm as mm
+import openmm.app as app
+import openmm.unit as u
+from pdbfixer import PDBFixer
+
+from .errors import InputError
+from .units import positive_float
+
+SOLVENTS = ("vacuum", "obc2", "explicit")
+IMPLICIT_FORCEFIELD = "implicit/obc2.xml"
+WATER_FORCEFIELD = "amber14/tip3p.xml"
+CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds}
+#: Residues ``protein_only`` keeps: the standard amino acids, Amber protonation variants and terminal caps.
+PROTEIN_RESIDUES = frozenset("ALA ARG ASN ASP CYS GLN GLU GLY HIS ILE LEU LYS MET PHE PRO SER THR TRP TYR VAL "
+                             "HID HIE HIP CYX CYM ASH GLH LYN ACE NME NH2".split())
+
+
+@dataclass(frozen=True)
+class PreparedSystem:
+    """A System with its topology and starting positions.
+
+    Attributes
+    ----------
+    topology
+        The (repaired, solvated) topology.
+    system
+        The parametrised OpenMM System.
+    positions
+        Starting positions, a Quantity in nm.
+    settings
+        How the system was built (input, force field, solvent, constraints, ...), JSON-serialisable.
+    """
+
+    topology: app.Topology
+    system: mm.System
+    positions: u.Quantity
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def constraint_type(name: str | None):
+    """The ``openmm.app`` constraint object for ``None``, ``'none'``, ``'HBonds'`` or ``'AllBonds'``."""
+    key = "none" if name is None else str(name).lower()
+    if key not in CONSTRAINTS:
+        raise InputError(f"unknown constraints {name!r}; use None, 'HBonds' or 'AllBonds'.")
+    return CONSTRAINTS[key]
+
+
+def build_system(pdb: str | os.PathLike,
+                 forcefield: str | Sequence[str] = "amber14-all.xml",
+                 solvent: str = "vacuum",
+                 *,
+                 constraints: str | None = None,
+                 rigid_water: bool = True,
+                 hydrogen_mass: u.Quantity | float | None = None,
+                 padding: u.Quantity | float | None = 1.0,
+                 nonbonded_cutoff: u.Quantity | float = 1.0,
+                 protein_only: bool = False,
+                 ph: float = 7.0,
+                 water_forcefield: str = WATER_FORCEFIELD) -> PreparedSystem:
+    """Repair, solvate and parametrise the structure in a PDB file.
+
+    Parameters
+    ----------
+    pdb
+        Path of the PDB file.
+    forcefield
+        Force-field XML file(s); the solvent's files are added automatically.
+    solvent
+        ``'vacuum'`` (no cutoff), ``'obc2'`` (OBC2 implicit solvent, no cutoff) or ``'explicit'``
+        (TIP3P water, periodic, PME).
+    constraints
+        ``None``, ``'HBonds'`` or ``'AllBonds'``.
+    rigid_water
+        Keep water molecules rigid (three constraints each) whatever ``constraints`` says.
+    hydrogen_mass
+        Hydrogen mass in amu for hydrogen-mass repartitioning, or ``None`` to keep natural masses.
+    padding
+        Explicit solvent only: water padding around the solute (nm). ``None`` keeps the water and
+        periodic box already in the PDB file.
+    nonbonded_cutoff
+        Explicit solvent only: real-space cutoff (nm); at most half the shortest box edge.
+    protein_only
+        Remove every residue that is not an amino acid or a terminal cap (water, ions, ligands).
+    ph
+        pH used to choose protonation states when adding hydrogens.
+    water_forcefield
+        Explicit solvent only: the force-field file with the water (and ion) parameters.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, an option is invalid, or the force field has no template
+        for a residue.
+    """
+    if solvent not in SOLVENTS:
+        raise InputError(f"unknown solvent {solvent!r}; choose one of {', '.join(SOLVENTS)}.")
+    constraint_type(constraints)
+    mass_h = _hydrogen_mass(hydrogen_mass)
+    explicit = solvent == "explicit"
+    cutoff = positive_float(nonbonded_cutoff, u.nanometer, "nonbonded_cutoff") if explicit else None
+    pad = positive_float(padding, u.nanometer, "padding") if explicit and padding is not None else None
+    if not os.path.isfile(pdb):
+        raise InputError(f"PDB file {pdb} not found; give the path of an existing PDB file.")
+    try:
+        fixer = PDBFixer(filename=os.fspath(pdb))
+    except Exception as error:  # pdbfixer/PDBFile raise many types on malformed input
+        raise InputError(f"could not read PDB file {pdb}: {error}. Check that it is a valid PDB file.") from error
+    fixer.findMissingResidues()
+    fixer.missingResidues = {}  # repair atoms only; missing loops are not modelled
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms()
+    fixer.addMissingHydrogens(ph)
+
+    files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
+    if solvent == "obc2":
+        files.append(IMPLICIT_FORCEFIELD)
+    elif solvent == "explicit":
+        files.append(water_forcefield)
+    ff = _load_forcefield(files)
+
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    if protein_only:
+        modeller.delete([r for r in modeller.topology.residues() if r.name not in PROTEIN_RESIDUES])
+    if explicit and pad is None and modeller.topology.getPeriodicBoxVectors() is None:
+        raise InputError(f"{pdb} has no periodic box (CRYST1 record), so padding=None cannot keep its "
+                         f"solvent; give a padding in nm to add water around the solute.")
+    if pad is not None:
+        try:  # addSolvent parametrises the solute to neutralise it, so template errors surface here
+            modeller.addSolvent(ff, model="tip3p", padding=pad * u.nanometer)
+        except ValueError as error:
+            raise _template_error(error, pdb, files) from error
+
+    system = _create_system(ff, modeller.topology, pdb, files, cutoff, constraints, rigid_water, mass_h)
+    settings = {"pdb": os.path.abspath(pdb), "forcefield": files, "solvent": solvent, "constraints": constraints,
+                "rigid_water": rigid_water, "protein_only": protein_only, "ph": ph, "hydrogen_mass": mass_h,
+                "padding": pad, "nonbonded_cutoff": cutoff}
+    return PreparedSystem(modeller.topology, system, modeller.positions, settings)
+
+
+def water_box(n_waters: int = 256,
+              *,
+              forcefield: str | Sequence[str] = "amber14-all.xml",
+              water_forcefield: str = WATER_FORCEFIELD,
+              rigid_water: bool = False,
+              constraints: str | None = None,
+              hydrogen_mass: u.Quantity | float | None = None,
+              nonbonded_cutoff: u.Quantity | float = 0.9) -> PreparedSystem:
+    """A cubic periodic box of ``n_waters`` TIP3P waters (flexible by default), with PME.
+
+    The box edge follows from liquid density (about 2.0 nm for 256 waters); the cutoff must stay
+    below half of it.
+    """
+    if int(n_waters) != n_waters or n_waters < 1:
+        raise InputError(f"n_waters must be a positive integer, got {n_waters}.")
+    constraint_type(constraints)
+    mass_h = _hydrogen_mass(hydrogen_mass)
+    cutoff = positive_float(nonbonded_cutoff, u.nanometer, "nonbonded_cutoff")
+    files = ([forcefield] if isinstance(forcefield, str) else list(forcefield)) + [water_forcefield]
+    ff = _load_forcefield(files)
+    modeller = app.Modeller(app.Topology(), [])
+    modeller.addSolvent(ff, model="tip3p", numAdded=int(n_waters))
+    system = _create_system(ff, modeller.topology, f"water box of {n_waters}", files, cutoff, constraints,
+                            rigid_water, mass_h)
+    settings = {"pdb": None, "water_box": int(n_waters), "forcefield": files, "solvent": "explicit",
+                "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": mass_h,
+                "nonbonded_cutoff": cutoff}
+    return PreparedSystem(modeller.topology, system, modeller.positions, settings)
+
+
+def _load_forcefield(files: list[str]) -> app.ForceField:
+    try:
+        return app.ForceField(*files)
+    except (ValueError, OSError) as error:
+        raise InputError(f"could not load force field {files}: {error}. Give XML files bundled with OpenMM "
+                         f"(e.g. amber14-all.xml, charmm36.xml) or paths of existing files.") from error
+
+
+def _hydrogen_mass(value: u.Quantity | float | None) -> float | None:
+    return None if value is None else positive_float(value, u.dalton, "hydrogen_mass")
+
+
+def _template_error(error: Exception, source: Any, files: list[str]) -> InputError:
+    return InputError(f"cannot parametrise {source} with {' + '.join(files)}: {error} Fix: add the missing "
+                      f"atoms or hydrogens to the residue, remove it (protein_only=True, --protein-only), or "
+                      f"choose a force field with a template for it.")
+
+
+def _create_system(ff: app.ForceField, topology: app.Topology, source: Any, files: list[str], cutoff: float | None,
+                   constraints: str | None, rigid_water: bool, hydrogen_mass: float | None) -> mm.System:
+    periodic = cutoff is not None
+    if periodic:
+        box = topology.getPeriodicBoxVectors().value_in_unit(u.nanometer)
+        shortest = min(box[0][0], box[1][1], box[2][2])
+        if cutoff > shortest / 2:
+            raise InputError(f"nonbonded cutoff {cutoff} nm exceeds half the shortest box edge ({shortest:.3f} nm); "
+                             f"reduce the cutoff or enlarge the box (more padding or more waters).")
+    try:
+        return ff.createSystem(topology,
+                               nonbondedMethod=app.PME if periodic else app.NoCutoff,
+                               nonbondedCutoff=(cutoff if periodic else 1.0) * u.nanometer,
+                               constraints=constraint_type(constraints),
+                               rigidWater=rigid_water,
+                               hydrogenMass=None if hydrogen_mass is None else hydrogen_mass * u.dalton)
+    except ValueError as error:
+        raise _template_error(error, source, files) from error

@@ -1,0 +1,391 @@
+"""Training scheme-A models from reference data.
+
+The loss unrolls the learned splitting over ``k`` steps from a reference frame and regresses every
+intermediate state against the reference trajectory, in thermal units (DESIGN.md section 4)::
+
+    L = < sum_i [ m_i |q^_i - q_i|^2 / h^2 + m_i |v^_i - v_i|^2 ] > / (3 N kT)  +  lambda_E < (dE / kT)^2 >
+
+where dE is the change of the true total energy over the unroll. ``k`` follows a curriculum
+(1, 2, 4, 8, 16 by default). After each curriculum stage the NVE ensemble gate runs; the exported
+model is the most accurate candidate that passed it, and a run in which none passes exports nothing.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import openmm as mm
+import openmm.unit as u
+
+from .atomic import atomic_path, check_writable
+from .constraints import ConstraintSet
+from .dataset import ReferenceDataset
+from .diagnostics import BOLTZMANN, relative_errors
+from .errors import ActionMLError, InputError, SimulationInstabilityError
+from .kicks import KickPotential
+from .modelfile import ModelMetadata, export_model
+from .network import build_network
+from .nve_gate import GateOptions, GateResult, run_gate
+from .openmm_potential import OpenMMPotential
+from .splitting import SplittingStepper, get_splitting
+from .units import positive_float
+
+
+class GateFailedError(ActionMLError):
+    """No candidate model passed the NVE ensemble gate."""
+
+
+@dataclass
+class TrainingOptions:
+    """Everything that defines a training run (stored in the model's recipe).
+
+    Attributes
+    ----------
+    step
+        The long step h in ps; a multiple of the data's fine step.
+    splitting
+        ``"T3"`` (default), ``"S2"`` or ``"VV"``.
+    anchored
+        ``W = V + dW`` (default) or pure ML ``W = dW``.
+    curriculum
+        Unroll lengths, trained in turn.
+    iterations
+        Adam iterations per curriculum stage (early stopping may end a stage sooner).
+    batch_size, learning_rate, final_learning_rate
+        Adam with a geometric decay over the whole run.
+    energy_penalty
+        lambda_E, in kT units (0.3 held in the prototype; 0.03 heated).
+    force_matching
+        Weight of a term tying each head's forces to the force field's (needed in pure-ML mode).
+    pretrain_iterations
+        Force-matching iterations before the unrolled training (pure ML starts from a surrogate of V).
+    validation_fraction
+        Fraction of segments held out.
+    eval_every, patience
+        Validation cadence and early-stopping patience (in evaluations).
+    seed
+        Seeds torch and the data sampling.
+    network
+        Options passed to :func:`openmm_actionml.network.build_network`.
+    gate
+        The NVE ensemble gate.
+    """
+
+    step: float
+    splitting: str = "T3"
+    anchored: bool = True
+    curriculum: tuple[int, ...] = (1, 2, 4, 8, 16)
+    iterations: int = 150
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    final_learning_rate: float = 2e-4
+    energy_penalty: float = 0.3
+    force_matching: float = 0.0
+    pretrain_iterations: int = 0
+    validation_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 3
+    checkpoint_every: int = 25
+    seed: int = 0
+    network: dict = field(default_factory=dict)
+    gate: GateOptions = field(default_factory=GateOptions)
+
+    def __post_init__(self) -> None:
+        self.step = positive_float(self.step, u.picosecond, "step")
+        self.curriculum = tuple(int(k) for k in self.curriculum)
+        if not self.curriculum or min(self.curriculum) < 1:
+            raise InputError("curriculum must be a list of positive unroll lengths, e.g. 1,2,4,8.")
+        if not self.anchored and self.force_matching <= 0:
+            raise InputError("pure-ML training needs force_matching > 0 to keep each head tied to the force field; "
+                             "untied heads drift and heat (DESIGN.md section 3).")
+        if isinstance(self.gate, dict):
+            self.gate = GateOptions(**self.gate)
+
+
+@dataclass
+class TrainingReport:
+    """The outcome of :func:`train`: validation errors and gate figures for each candidate."""
+
+    candidates: list[dict]
+    chosen: int
+    classical: dict
+    wall_seconds: float
+
+    def summary(self) -> str:
+        lines = ["candidate  unroll  val-loss   dv(rel)   dq(rel)   gate"]
+        for index, c in enumerate([self.classical] + self.candidates):
+            mark = "*" if index - 1 == self.chosen else " "
+            lines.append(f"{mark}{c['name']:<9} {c.get('unroll', 0):>6}  {c['validation_loss']:.3e}  "
+                         f"{c['errors']['dv']:.3%}  {c['errors']['dq']:.3%}   {c['gate']['summary']}")
+        lines.append(f"wall time {self.wall_seconds / 60:.1f} min")
+        return "\n".join(lines)
+
+
+def trajectory_loss(stepper: SplittingStepper, q_ref: torch.Tensor, v_ref: torch.Tensor,
+                    kT: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unroll ``stepper`` from ``q_ref[:, 0]`` and regress every state against the reference, in thermal units.
+
+    Parameters
+    ----------
+    stepper
+        The learned map.
+    q_ref, v_ref
+        Reference positions and velocities ``[B, k + 1, N, 3]`` at lags ``0, h, ..., k h``.
+    kT
+        Thermal energy in kJ/mol.
+
+    Returns
+    -------
+    The loss averaged over the ``k`` steps and the batch, and the final predicted ``(q, v)``.
+    """
+    k = q_ref.shape[1] - 1
+    n_dof = 3 * q_ref.shape[2]
+    h = stepper.h
+    masses = stepper.masses.to(q_ref.dtype)[:, None]
+    q, v, forces = q_ref[:, 0], v_ref[:, 0], None
+    loss = torch.zeros((), dtype=q_ref.dtype)
+    for j in range(1, k + 1):
+        q, v, forces = stepper.step(q, v, forces)
+        squared = masses * ((q - q_ref[:, j]) ** 2 / h ** 2 + (v - v_ref[:, j]) ** 2)
+        loss = loss + squared.sum((-1, -2)).mean() / (n_dof * kT * k)
+    return loss, q, v
+
+
+class Trainer:
+    """Owns the data, the network, the force field and the optimiser of one training run."""
+
+    def __init__(self, dataset: ReferenceDataset, system: mm.System, options: TrainingOptions) -> None:
+        self.options = options
+        self.dataset = dataset
+        torch.manual_seed(options.seed)
+        self.rng = np.random.default_rng(options.seed)
+        self.lag = dataset.lag_steps(options.step)
+        self.kT = BOLTZMANN * dataset.temperature
+        self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
+        self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
+        self.constraints = ConstraintSet.from_system(system)
+        # Blown-up configurations give NaN (not an exception), so the NVE gate can count them as unstable.
+        self.potential = OpenMMPotential(system, nonfinite="nan")
+        splitting = get_splitting(options.splitting)
+        excluded = None if self.constraints is None else self.constraints.pairs.tolist()
+        self.network = build_network(dataset.elements, n_heads=splitting.n_heads, periodic=self.box is not None,
+                                     excluded_pairs=excluded, **options.network).double()
+        self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
+        self.stepper = SplittingStepper(splitting, options.step, self.masses, self.kicks, self.constraints)
+        self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
+        frames, _ = self.windows(0, self.train_segments, 256)
+        self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
+        total = options.pretrain_iterations + options.iterations * len(options.curriculum)
+        decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total, 1))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
+
+    def reference_forces(self, q: torch.Tensor) -> torch.Tensor:
+        return self.potential.energy_and_forces(q)[1]
+
+    def total_energy(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.potential.energy_and_forces(q)[0] + 0.5 * (self.masses[:, None] * v ** 2).sum((-1, -2))
+
+    def windows(self, k: int, segments: np.ndarray, count: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` random reference windows of ``k`` steps (``k = 0``: single frames), ``[M, k + 1, N, 3]``."""
+        q, v = self.dataset.windows(self.options.step, max(k, 1), segments)
+        q, v = q[:, :k + 1], v[:, :k + 1]
+        if count is not None and count < len(q):
+            pick = self.rng.choice(len(q), count, replace=False)
+            q, v = q[pick], v[pick]
+        return torch.as_tensor(q, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64)
+
+    def unroll_loss(self, q_ref: torch.Tensor, v_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trajectory loss (thermal units, averaged over the unroll) and the energy penalty term."""
+        loss, q, v = trajectory_loss(self.stepper, q_ref, v_ref, self.kT)
+        penalty = torch.zeros((), dtype=torch.float64)
+        if self.options.energy_penalty > 0:
+            change = (self.total_energy(q, v) - self.total_energy(q_ref[:, 0], v_ref[:, 0])) / self.kT
+            penalty = self.options.energy_penalty * (change ** 2).mean()
+        return loss, penalty
+
+    def force_matching_loss(self, q: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2."""
+        reference = self.reference_forces(q).detach()
+        scale = (reference ** 2).mean()
+        loss = torch.zeros((), dtype=torch.float64)
+        for head in range(self.network_heads):
+            learned = self.kicks.learned_forces(q, head)
+            predicted = learned + reference if self.options.anchored else learned
+            loss = loss + ((predicted - reference) ** 2).mean() / scale
+        return loss / self.network_heads
+
+    @property
+    def network_heads(self) -> int:
+        return self.stepper.splitting.n_heads
+
+    def validate(self) -> dict:
+        """Validation loss at the first curriculum unroll and one-step relative errors."""
+        q, v = self.windows(1, self.validation_segments, 64)
+        with torch.no_grad():
+            loss, _ = self.unroll_loss(q, v)
+            q1, v1, _ = self.stepper.step(q[:, 0], v[:, 0])
+        errors = relative_errors(self.masses.numpy(), self.options.step, q[:, 0].numpy(), v[:, 0].numpy(),
+                                 q[:, 1].numpy(), v[:, 1].numpy(), q1.numpy(), v1.numpy())
+        return {"validation_loss": float(loss), "errors": errors}
+
+    def gate(self) -> GateResult:
+        gate = self.options.gate
+        q, v = self.windows(0, self.validation_segments, gate.n_trajectories)
+        return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
+                        self.dataset.temperature, gate)
+
+
+def _progress(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
+    elapsed = time.time() - started
+    eta = elapsed / max(iteration, 1) * (total - iteration)
+    sys.stderr.write(f"\r[{stage}] {iteration}/{total} loss {loss:.3e} energy-penalty {penalty:.2e} "
+                     f"elapsed {elapsed:.0f}s eta {eta:.0f}s   ")
+    sys.stderr.flush()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
+
+
+def train(dataset: ReferenceDataset, system: Optional[mm.System], options: TrainingOptions, output: str | Path,
+          checkpoint: Optional[str | Path] = None, overwrite: bool = False, system_name: str = "",
+          progress: bool = True) -> TrainingReport:
+    """Train a scheme-A model, gate it on NVE ensembles and export the chosen candidate.
+
+    Parameters
+    ----------
+    dataset
+        Reference data (:func:`openmm_actionml.generate.generate_reference_data`).
+    system
+        The OpenMM System the data came from (its force field is V); ``None`` takes the one the dataset carries.
+    options
+        The recipe.
+    output
+        Model file to write (atomically). Nothing is written when no candidate passes the gate.
+    checkpoint
+        A checkpoint file; if it exists the run resumes from it, and it is updated as training goes.
+    overwrite
+        Replace an existing output file.
+    """
+    output = check_writable(output, overwrite)
+    started = time.time()
+    trainer = Trainer(dataset, system if system is not None else dataset.system(), options)
+    state = {"phase": 0, "iteration": 0, "candidates": [], "classical": None}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["options"] != asdict(options):
+            raise InputError(f"checkpoint {checkpoint} belongs to a run with other options; delete it or pass the "
+                             f"same options to resume.")
+        trainer.network.load_state_dict(saved["network"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.scheduler.load_state_dict(saved["scheduler"])
+        trainer.rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+
+    def save() -> None:
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {"options": asdict(options), "network": trainer.network.state_dict(),
+                                          "optimizer": trainer.optimizer.state_dict(),
+                                          "scheduler": trainer.scheduler.state_dict(),
+                                          "rng": trainer.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                          "state": state})
+
+    if state["classical"] is None:
+        # The classical splitting (dW = 0) is the baseline every candidate is compared with.
+        saved_network = trainer.kicks.network
+        trainer.kicks.network = None if options.anchored else saved_network
+        classical = trainer.validate() if options.anchored else None
+        gate = trainer.gate() if options.anchored else None
+        trainer.kicks.network = saved_network
+        state["classical"] = {"name": "classical", "validation_loss": classical["validation_loss"],
+                              "errors": classical["errors"], "gate": {**gate.to_dict(), "summary": gate.summary()}} \
+            if classical else {"name": "classical", "validation_loss": float("nan"),
+                               "errors": {"dv": float("nan"), "dq": float("nan")}, "gate": {"summary": "n/a (pure ML)"}}
+    phases = (["pretrain"] if options.pretrain_iterations else []) + [f"k={k}" for k in options.curriculum]
+    while state["phase"] < len(phases):
+        phase = phases[state["phase"]]
+        pretrain = phase == "pretrain"
+        k = 0 if pretrain else options.curriculum[state["phase"] - (1 if options.pretrain_iterations else 0)]
+        total = options.pretrain_iterations if pretrain else options.iterations
+        best, best_state, stale = float("inf"), None, 0
+        while state["iteration"] < total:
+            q, v = trainer.windows(k, trainer.train_segments, options.batch_size)
+            trainer.optimizer.zero_grad()
+            if pretrain:
+                loss, penalty = trainer.force_matching_loss(q[:, 0]), torch.zeros(())
+            else:
+                loss, penalty = trainer.unroll_loss(q, v)
+                if options.force_matching > 0:
+                    loss = loss + options.force_matching * trainer.force_matching_loss(q[:, 0])
+            if not bool(torch.isfinite(loss + penalty)):
+                raise SimulationInstabilityError(
+                    f"training loss became {float(loss + penalty)} in {phase}: the learned map blew up on a training "
+                    f"window. Lower the learning rate, raise energy_penalty, or shorten the curriculum.")
+            (loss + penalty).backward()
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+            state["iteration"] += 1
+            if progress:
+                _progress(phase, state["iteration"], total, float(loss), float(penalty), started)
+            if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
+                score = trainer.validate()["validation_loss"] if not pretrain else float(loss)
+                if score < best:
+                    best, best_state, stale = score, copy.deepcopy(trainer.network.state_dict()), 0
+                else:
+                    stale += 1
+                if stale >= options.patience:
+                    break
+            if state["iteration"] % options.checkpoint_every == 0:
+                save()
+        if progress:
+            sys.stderr.write("\n")
+        if best_state is not None:
+            trainer.network.load_state_dict(best_state)
+        if not pretrain:
+            metrics = trainer.validate()
+            gate = trainer.gate()
+            state["candidates"].append({"name": phase, "unroll": k, **metrics,
+                                        "gate": {**gate.to_dict(), "summary": gate.summary()},
+                                        "network": copy.deepcopy(trainer.network.state_dict())})
+            if progress:
+                sys.stderr.write(f"[{phase}] validation dv {metrics['errors']['dv']:.3%}, gate: {gate.summary()}\n")
+        state["phase"] += 1
+        state["iteration"] = 0
+        save()
+    passing = [i for i, c in enumerate(state["candidates"]) if c["gate"]["passed"]]
+    report = TrainingReport([{key: value for key, value in c.items() if key != "network"} for c in state["candidates"]],
+                            -1, state["classical"], time.time() - started)
+    if not passing:
+        raise GateFailedError("no candidate passed the NVE ensemble gate, so no model was written:\n" + report.summary()
+                              + "\nTry a larger energy_penalty, a longer curriculum, more data, or a smaller step.")
+    chosen = min(passing, key=lambda i: state["candidates"][i]["validation_loss"])
+    report.chosen = chosen
+    trainer.network.load_state_dict(state["candidates"][chosen]["network"])
+    export_model(copy.deepcopy(trainer.network).float(), _metadata(trainer, system_name, report), output, overwrite)
+    return report
+
+
+def _metadata(trainer: Trainer, system_name: str, report: TrainingReport) -> ModelMetadata:
+    dataset, options = trainer.dataset, trainer.options
+    constraints = [] if trainer.constraints is None else [
+        [int(i), int(j), float(d)] for (i, j), d in zip(trainer.constraints.pairs.tolist(), trainer.constraints.distances)]
+    return ModelMetadata(
+        scheme="A", step=options.step, splitting=trainer.stepper.splitting.to_dict(), anchored=options.anchored,
+        elements=list(dataset.elements), masses=[float(m) for m in dataset.masses], constraints=constraints,
+        periodic=dataset.box is not None, network=trainer.network.config_dict(), temperature=dataset.temperature,
+        system_name=system_name,
+        recipe={"options": json.loads(json.dumps(asdict(options))),
+                "dataset_protocol": dataset.metadata.get("protocol"),
+                "dataset_provenance": dataset.metadata.get("provenance"),
+                "report": {"classical": report.classical, "candidates": report.candidates, "chosen": report.chosen}})

@@ -1,0 +1,66 @@
+"""The ``actionml`` command line: generate and demo end to end, and its error handling."""
+from __future__ import annotations
+
+import pytest
+
+from openmm_actionml.cli import main
+from openmm_actionml.dataset import ReferenceDataset
+
+TINY = ["--segments", "2", "--segment-length", "0.005", "--equilibration", "0.01", "--decorrelation", "0.005",
+        "--platform", "Reference", "--seed", "1"]
+
+
+def test_generate_example(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "alanine-dipeptide", *TINY]) == 0
+    data = ReferenceDataset.load(tmp_path / "alanine-dipeptide-reference.npz")
+    assert data.positions.shape == (2, 21, 22, 3) and data.delta == pytest.approx(0.00025)
+    assert data.metadata["provenance"]["command"].startswith("actionml generate alanine-dipeptide")
+    assert data.metadata["input"] == "alanine-dipeptide" and data.metadata["solvent"] == "vacuum"
+    out = capsys.readouterr()
+    assert "wrote alanine-dipeptide-reference.npz: 2 segments x 21 frames of 22 atoms" in out.out
+    assert "kT/ns per degree of freedom" in out.out and "segment 2/2 done" in out.err
+
+
+def test_generate_pdb_with_options(tmp_path, alanine_pdb):
+    output = tmp_path / "out.npz"
+    argv = ["generate", str(alanine_pdb), "--constraints", "HBonds", "--hydrogen-mass", "2", "--delta", "1",
+            "--record-every", "5", "--output", str(output), *TINY]
+    assert main(argv) == 0
+    data = ReferenceDataset.load(output)
+    assert data.n_constraints == 12 and data.delta == pytest.approx(0.005) and data.n_frames == 2
+    assert data.metadata["hydrogen_mass"] == 2.0 and data.metadata["protocol"]["integration_step"] == 0.001
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--platform", "Reference"]) == 0
+    assert ReferenceDataset.load(tmp_path / "demo" / "alanine-dipeptide-reference.npz").n_segments == 4
+    assert "energy drift" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "no-such-input"], "neither a PDB file nor a bundled example"),
+    (["generate", "alanine-dipeptide", "--delta", "0"], "delta must be positive"),
+    (["generate", "alanine-dipeptide", "--platform", "Nope"], "unknown or unavailable OpenMM platform 'Nope'"),
+    (["generate", "water-box", "--padding", "1"], "do not apply to example 'water-box'"),
+    (["generate", "alanine-dipeptide", "--segment-length", "0.0051"], "whole multiple"),
+])
+def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_exits_2_and_is_kept(tmp_path, capsys):
+    output = tmp_path / "data.npz"
+    output.write_bytes(b"keep me")
+    assert main(["generate", "alanine-dipeptide", "--output", str(output), *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err and output.read_bytes() == b"keep me"
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate"])
+    assert exit_info.value.code == 2

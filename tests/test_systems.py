@@ -1,0 +1,105 @@
+"""Building Systems from PDB files and the bundled examples."""
+from __future__ import annotations
+
+import openmm as mm
+import openmm.unit as u
+import pytest
+
+from openmm_actionml.errors import InputError
+from openmm_actionml.examples import EXAMPLES, build_example
+from openmm_actionml.systems import build_system, water_box
+
+#: A residue no force field knows: a bromine "ligand" after the dipeptide.
+UNKNOWN_LIGAND = "HETATM   23 BR   XBR A   4       7.000   9.000   0.000  1.00  0.00          BR\n"
+
+
+def _forces(system: mm.System) -> set[str]:
+    return {force.__class__.__name__ for force in system.getForces()}
+
+
+def _masses(system: mm.System) -> list[float]:
+    return [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
+
+
+def test_alanine_vacuum_flexible(alanine):
+    assert alanine.topology.getNumAtoms() == 22 == alanine.system.getNumParticles()
+    assert alanine.system.getNumConstraints() == 0 and not alanine.system.usesPeriodicBoundaryConditions()
+    assert "CMMotionRemover" in _forces(alanine.system)
+    assert alanine.settings["solvent"] == "vacuum" and alanine.settings["forcefield"] == ["amber14-all.xml"]
+
+
+def test_constraints_hydrogen_mass_and_implicit_solvent(alanine_pdb, alanine):
+    built = build_system(alanine_pdb, solvent="obc2", constraints="HBonds", hydrogen_mass=3 * u.dalton)
+    assert built.system.getNumConstraints() == 12
+    assert "CustomGBForce" in _forces(built.system) or "GBSAOBCForce" in _forces(built.system)
+    masses = _masses(built.system)
+    hydrogens = [m for m, atom in zip(masses, built.topology.atoms()) if atom.element.symbol == "H"]
+    assert hydrogens == pytest.approx([3.0] * 12)
+    assert sum(masses) == pytest.approx(sum(_masses(alanine.system)))
+    assert build_system(alanine_pdb, constraints="AllBonds").system.getNumConstraints() == 21
+
+
+def test_explicit_solvent_is_periodic_with_pme(alanine_pdb):
+    built = build_system(alanine_pdb, solvent="explicit", padding=0.8 * u.nanometer, nonbonded_cutoff=0.8)
+    waters = [r for r in built.topology.residues() if r.name == "HOH"]
+    assert len(waters) > 100 and built.system.usesPeriodicBoundaryConditions()
+    nonbonded = next(f for f in built.system.getForces() if isinstance(f, mm.NonbondedForce))
+    assert nonbonded.getNonbondedMethod() == mm.NonbondedForce.PME
+    assert nonbonded.getCutoffDistance().value_in_unit(u.nanometer) == pytest.approx(0.8)
+    assert built.system.getNumConstraints() == 3 * len(waters)  # rigid water by default
+
+
+def test_water_box_is_flexible_and_periodic():
+    box = water_box(64, nonbonded_cutoff=0.45)
+    assert box.topology.getNumResidues() == 64 and box.system.getNumParticles() == 192
+    assert box.system.getNumConstraints() == 0 and box.system.usesPeriodicBoundaryConditions()
+    assert water_box(64, rigid_water=True, nonbonded_cutoff=0.45).system.getNumConstraints() == 192
+    with pytest.raises(InputError, match="exceeds half the shortest box edge"):
+        water_box(64, nonbonded_cutoff=1.0)
+
+
+def test_unknown_residue_is_a_clear_error(alanine_pdb, tmp_path):
+    pdb = tmp_path / "with-ligand.pdb"
+    pdb.write_text(alanine_pdb.read_text().replace("TER\n", "TER\n" + UNKNOWN_LIGAND))
+    with pytest.raises(InputError, match=r"(?s)No template found for residue.*XBR.*protein_only=True"):
+        build_system(pdb)
+    assert build_system(pdb, protein_only=True).topology.getNumAtoms() == 22
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"pdb": "no-such-file.pdb"}, "not found"),
+    ({"solvent": "water"}, "unknown solvent"),
+    ({"constraints": "HAngles2"}, "unknown constraints"),
+    ({"forcefield": "no-such-forcefield.xml"}, "could not load force field"),
+    ({"hydrogen_mass": -1.0}, "hydrogen_mass must be positive"),
+])
+def test_bad_arguments(alanine_pdb, arguments, message):
+    with pytest.raises(InputError, match=message):
+        build_system(**{"pdb": alanine_pdb, **arguments})
+
+
+def test_unreadable_pdb(tmp_path):
+    pdb = tmp_path / "garbage.pdb"
+    pdb.write_text("ATOM  this is not a PDB record\n")
+    with pytest.raises(InputError, match="could not read PDB file"):
+        build_system(pdb)
+
+
+@pytest.mark.parametrize("name, atoms, constraints, periodic", [
+    ("alanine-dipeptide", 22, 0, False),
+    ("water-box", 768, 0, True),
+    ("villin-obc2", 582, 293, False),
+    ("villin-explicit", 8867, 8576, True),
+])
+def test_examples(name, atoms, constraints, periodic):
+    built = build_example(name)
+    assert built.system.getNumParticles() == atoms and built.system.getNumConstraints() == constraints
+    assert built.system.usesPeriodicBoundaryConditions() == periodic
+    assert set(EXAMPLES) == {"alanine-dipeptide", "water-box", "villin-obc2", "villin-explicit"}
+
+
+def test_example_errors():
+    with pytest.raises(InputError, match="unknown example 'villin'; bundled examples are alanine-dipeptide"):
+        build_example("villin")
+    with pytest.raises(InputError, match="padding do not apply to example 'water-box'"):
+        build_example("water-box", padding=1.0)
