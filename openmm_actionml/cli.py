@@ -14,17 +14,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import openmm.app as app
 import openmm.unit as u
 
 from . import __version__
 from .atomic import check_writable
 from .dataset import ReferenceDataset
-from .diagnostics import BOLTZMANN, energy_drift
+from .diagnostics import energy_drift
+from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
 from .examples import EXAMPLES, build_example
 from .generate import generate_reference_data
 from .platforms import get_platform
 from .systems import SOLVENTS, PreparedSystem, build_system
+from .modelfile import load_model
+from .nve_gate import GateOptions
+from .simulate import run_model
+from .training import TrainingOptions, train
 
 #: The demo's settings: alanine dipeptide, flexible, velocity Verlet at 0.25 fs.
 DEMO = {"example": "alanine-dipeptide", "delta_fs": 0.25, "record_every": 2, "segments": 4, "segment_length": 2.0,
@@ -62,16 +68,7 @@ def add_generate(subcommands: argparse._SubParsersAction) -> None:
         description="Minimise and equilibrate a system, then record NVE velocity-Verlet segments on a fine "
                     "time grid. System options left out take the example's (or build_system's) defaults.")
     parser.add_argument("input", help=f"a PDB file, or a bundled example: {', '.join(EXAMPLES)}")
-    system = parser.add_argument_group("system")
-    system.add_argument("--forcefield", nargs="+", help="force-field XML file(s) (default amber14-all.xml)")
-    system.add_argument("--solvent", choices=SOLVENTS, help="default vacuum")
-    system.add_argument("--padding", type=float, help="explicit solvent: water padding in nm (default 1.0)")
-    system.add_argument("--cutoff", type=float, dest="nonbonded_cutoff", help="explicit solvent: cutoff in nm")
-    system.add_argument("--constraints", choices=["none", "HBonds", "AllBonds"], help="default none")
-    system.add_argument("--rigid-water", action=argparse.BooleanOptionalAction,
-                        help="rigid (default) or flexible water")
-    system.add_argument("--hydrogen-mass", type=float, help="hydrogen mass in amu (repartitioning)")
-    system.add_argument("--protein-only", action=argparse.BooleanOptionalAction, help="remove water, ions, ligands")
+    _add_system_options(parser)
     run = parser.add_argument_group("protocol")
     run.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     run.add_argument("--delta", type=float, default=0.25, help="velocity-Verlet step in fs (default 0.25)")
@@ -88,6 +85,19 @@ def add_generate(subcommands: argparse._SubParsersAction) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(run=run_generate)
 
+
+def _add_system_options(parser: argparse.ArgumentParser) -> None:
+    """The options that build a System from a PDB file or example (shared by generate and run)."""
+    system = parser.add_argument_group("system")
+    system.add_argument("--forcefield", nargs="+", help="force-field XML file(s) (default amber14-all.xml)")
+    system.add_argument("--solvent", choices=SOLVENTS, help="default vacuum")
+    system.add_argument("--padding", type=float, help="explicit solvent: water padding in nm (default 1.0)")
+    system.add_argument("--cutoff", type=float, dest="nonbonded_cutoff", help="explicit solvent: cutoff in nm")
+    system.add_argument("--constraints", choices=["none", "HBonds", "AllBonds"], help="default none")
+    system.add_argument("--rigid-water", action=argparse.BooleanOptionalAction,
+                        help="rigid (default) or flexible water")
+    system.add_argument("--hydrogen-mass", type=float, help="hydrogen mass in amu (repartitioning)")
+    system.add_argument("--protein-only", action=argparse.BooleanOptionalAction, help="remove water, ions, ligands")
 
 def run_generate(args: argparse.Namespace) -> int:
     """Build the system, run the protocol, save and summarise."""
@@ -117,6 +127,121 @@ def _prepare(args: argparse.Namespace) -> PreparedSystem:
         return build_example(args.input, **options)
     raise InputError(f"{args.input} is neither a PDB file nor a bundled example; give a PDB path or one of "
                      f"{', '.join(EXAMPLES)}.")
+
+
+# -- train -------------------------------------------------------------------------------------------
+def add_train(subcommands: argparse._SubParsersAction) -> None:
+    """``actionml train``: learn a long-step map from a reference dataset."""
+    parser = subcommands.add_parser(
+        "train", help="train a learned long-step integrator from reference data",
+        description="Unrolled training of a scheme-A learned splitting with a curriculum and an energy penalty; "
+                    "each curriculum stage is judged by an NVE ensemble gate and the most accurate candidate "
+                    "that passes is exported. Interrupted runs resume from --checkpoint.")
+    parser.add_argument("dataset", help="reference dataset from `actionml generate`")
+    parser.add_argument("--step", type=float, required=True, help="long step h in fs (a multiple of the frame spacing)")
+    parser.add_argument("--splitting", default="T3", choices=["T3", "S2", "VV"], help="default T3 (BCSS)")
+    parser.add_argument("--pure-ml", action="store_true", help="kicks use the learned potential alone (no force field)")
+    parser.add_argument("--curriculum", default="1,2,4,8,16", help="unroll lengths (default 1,2,4,8,16)")
+    parser.add_argument("--iterations", type=int, default=150, help="Adam iterations per curriculum stage")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--energy-penalty", type=float, default=0.3, help="lambda_E in kT units (default 0.3)")
+    parser.add_argument("--force-matching", type=float, default=0.0, help="weight tying heads to the force field")
+    parser.add_argument("--pretrain-iterations", type=int, default=0, help="force-matching iterations first")
+    parser.add_argument("--hidden", default="64,64", help="MLP hidden widths (default 64,64)")
+    parser.add_argument("--gate-trajectories", type=int, default=8)
+    parser.add_argument("--gate-duration", type=float, default=10.0, help="ps per gate trajectory (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="", help="a name for the training system, stored in the model")
+    parser.add_argument("--output", "-o", required=True, help="model file to write")
+    parser.add_argument("--checkpoint", help="checkpoint file; resumes from it when it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print the report, and write the model."""
+    check_writable(args.output, args.overwrite)
+    dataset = ReferenceDataset.load(args.dataset)
+    options = TrainingOptions(
+        step=args.step / 1000.0, splitting=args.splitting, anchored=not args.pure_ml,
+        curriculum=_integers(args.curriculum, "--curriculum"), iterations=args.iterations, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, final_learning_rate=args.learning_rate / 10.0,
+        energy_penalty=args.energy_penalty, force_matching=args.force_matching,
+        pretrain_iterations=args.pretrain_iterations, seed=args.seed,
+        network={"hidden": _integers(args.hidden, "--hidden")},
+        gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
+    report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                   system_name=args.name or Path(args.dataset).stem, command=args.command_line)
+    print(report.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated whole numbers, e.g. 1,2,4,8; got {text!r}.") from None
+
+
+# -- run ---------------------------------------------------------------------------------------------
+def add_run(subcommands: argparse._SubParsersAction) -> None:
+    """``actionml run``: simulate with a learned model in OpenMM."""
+    parser = subcommands.add_parser(
+        "run", help="run MD in OpenMM with a learned long-step integrator",
+        description="Build the System (from INPUT, or the system the model was trained on), add the learned "
+                    "force, minimise, draw velocities and run NVE (or NVT with --temperature) with the "
+                    "ActionMLIntegrator. Prints drift, per-element temperature and speed.")
+    parser.add_argument("model", help="model file (.pt) from `actionml train` or models/")
+    parser.add_argument("input", nargs="?", help="PDB file or bundled example (default: the model's training system)")
+    _add_system_options(parser)
+    run = parser.add_argument_group("run")
+    length = run.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="number of long steps")
+    length.add_argument("--time", type=float, help="simulated time in ps")
+    run.add_argument("--temperature", type=float, help="NVT at this temperature in K (default: NVE)")
+    run.add_argument("--friction", type=float, help="NVT friction in 1/ps (default 1)")
+    run.add_argument("--start-temperature", type=float, help="initial velocities' temperature in K")
+    run.add_argument("--equilibrate", type=float, default=1.0,
+                     help="ps of Langevin equilibration on the force field before the run (default 1)")
+    run.add_argument("--platform", help="OpenMM platform: Reference, CPU, OpenCL, CUDA (default: fastest)")
+    run.add_argument("--seed", type=int, help="seed of the initial velocities")
+    run.add_argument("--report-interval", type=int, default=100, help="steps between reports (default 100)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--log", help="StateDataReporter CSV file")
+    out.add_argument("--dcd", help="DCDReporter trajectory file")
+    out.add_argument("--checkpoint", help="CheckpointReporter file")
+    parser.set_defaults(run=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Build, run, report."""
+    model = load_model(args.model)
+    system_info = model.metadata.recipe.get("system", {})
+    if args.input is None:
+        if not system_info.get("input"):
+            raise InputError(f"model {args.model} does not record its training system; give a PDB file or example.")
+        args.input = system_info["input"]
+        for key, value in system_info.get("settings", {}).items():
+            if hasattr(args, key) and getattr(args, key) is None and key != "input":
+                setattr(args, key, value)
+    prepared = _prepare(args)
+    steps = args.steps if args.steps is not None else int(round(args.time / model.metadata.step))
+    reporters = []
+    if args.log:
+        reporters.append(app.StateDataReporter(args.log, args.report_interval, step=True, time=True,
+                                               potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
+                                               temperature=True, speed=True))
+    if args.dcd:
+        reporters.append(app.DCDReporter(args.dcd, args.report_interval))
+    if args.checkpoint:
+        reporters.append(app.CheckpointReporter(args.checkpoint, args.report_interval))
+    _, summary = run_model(prepared, model, steps, temperature=args.temperature, friction=args.friction,
+                           start_temperature=args.start_temperature, platform=args.platform, seed=args.seed,
+                           report_interval=args.report_interval, reporters=reporters, equilibration=args.equilibrate)
+    print(summary.text())
+    return 0
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -171,4 +296,4 @@ def _standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_demo]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_train, add_run, add_demo]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BOLTZMANN = 0.0083144626181532  # kJ/mol/K
+from .units import BOLTZMANN
+
 
 
 def degrees_of_freedom_per_atom(masses: np.ndarray, constraints: np.ndarray | None = None,

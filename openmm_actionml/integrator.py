@@ -7,27 +7,30 @@ One step, in the shape of openmmtools' ``LangevinIntegrator(splitting="O V R V R
 - **O** (only with a ``temperature``): the exact Ornstein-Uhlenbeck half-step
   ``v <- a v + sqrt((1 - a^2) kT/m) xi`` with ``a = exp(-friction h/2)``, then a RATTLE velocity projection.
 - **kick** ``(c, k)``: ``v <- v + c h (f + f_k)/m`` then a RATTLE velocity projection. ``f`` is the force field
-  (anchored models only) and ``f_k`` the learned head ``k``. The TorchForce of :func:`add_learned_force` sits
-  alone in force group 30 and is switched by two context parameters: the step sets ``actionml_node = k`` and
-  ``actionml_active = 1``, stores ``f30`` in the per-DOF variable ``actionml_fw``, and the last kick sets
-  ``actionml_active = 0`` again, so the learned term never appears outside a step.
+  (anchored models only) and ``f_k`` the learned head ``k``. The kick copies ``f`` to the per-DOF variable
+  ``actionml_ff``; then, as the TorchForce of :func:`add_learned_force` sits alone in force group 30 and is
+  switched by two context parameters, it sets ``actionml_node = k`` and ``actionml_active = 1``, copies ``f30``
+  to ``actionml_fw`` and sets ``actionml_active = 0`` again. The learned term never appears outside a step.
 - **drift** ``c``: ``x <- x + c h v``; with constraints, a SHAKE projection and the matching velocity
   correction ``v += (x - x_unconstrained)/(c h)``, then RATTLE, exactly as :class:`SplittingStepper` does.
 
 Force groups, as verified on Reference, CPU and OpenCL with OpenMM 8.4: ``setIntegrationForceGroups(0..29)``
-makes ``f`` the force field alone, and ``f30`` is group 30 regardless of the integration groups. An expression
-may read one force variable, hence the per-DOF copy ``actionml_fw`` of ``f30``. OpenMM skips particles of zero
-mass in every per-DOF computation and sum on all three platforms, so no ``m = 0`` guard is written out; their
-positions and velocities stay fixed. (PoCL's single/mixed-precision compiler also rejects ``1/m``, which the
-program therefore never contains.)
+makes ``f`` the force field alone, and ``f30`` is group 30 whatever the integration groups. An expression may
+read one force variable, hence the per-DOF copies. OpenMM skips particles of zero mass in every per-DOF
+computation and sum on all three platforms, so no ``m = 0`` guard is written out; their positions and
+velocities stay fixed. (PoCL's single/mixed-precision compiler rejects ``1/m``, which the program never contains.)
 
-First same as last: the last kick evaluates its learned head (the first kick's, by the palindrome) and keeps it
-with the positions it was evaluated at, then, with ``actionml_active`` back at 0, the force field. OpenMM keeps
-the force field's forces cached, so the next step's first kick reuses both unless the positions changed in
-between (an exact comparison; OpenMM itself recomputes ``f`` then). Any assignment to a context parameter
-invalidates OpenMM's cached forces, which is why each kick evaluates the learned term before the force field.
-Verified by counting evaluations on Reference, CPU and OpenCL: 3 force-field and 3 network evaluations per T3
-step with reuse, 4 and 4 without.
+First same as last: the last kick keeps its forces (its head is the first kick's, by the palindrome) with the
+positions they were evaluated at; the next step's first kick reuses them unless the positions changed in between
+(an exact comparison, which catches ``setPositions``, ``loadState`` and barostat moves). Per-DOF copies are
+needed because any assignment to a context parameter invalidates OpenMM's cached forces. Counted on Reference,
+CPU and OpenCL: 3 force-field and 3 network evaluations per T3 step with reuse, 4 and 4 without.
+
+NaN: every :meth:`ActionMLIntegrator.step` reads one global, the sum of ``x^2 + v^2`` at the end of the step,
+and raises :class:`SimulationInstabilityError` if it is not finite; it also turns OpenMM's own NaN exception
+(the CPU platform checks coordinates in every force evaluation) into that error. If that exception comes from
+a learned evaluation (pure-ML models on CPU), ``actionml_active`` stays 1 until the next step,
+``loadState`` or ``loadCheckpoint``.
 
 Serialisation: ``XmlSerializer.serialize(integrator)`` stores the CustomIntegrator program, not the model;
 deserialising gives a plain ``CustomIntegrator`` that takes the same steps when the System carries the learned
@@ -49,21 +52,21 @@ import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch
 import openmm as mm
 import openmm.unit as u
 
-from .diagnostics import BOLTZMANN
 from .errors import InputError, ModelMismatchError, SimulationInstabilityError
-from .modelfile import ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, NODE_PARAMETER, ActionMLModel, load_model
-from .units import positive_float
+from .modelfile import (ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, LEARNED_FORCE_NAME, NODE_PARAMETER, ActionMLModel,
+                        load_model)
+from .units import BOLTZMANN, positive_float
 
 __all__ = ["ActionMLIntegrator", "add_learned_force", "LEARNED_FORCE_GROUP"]
 
 #: Groups 30 and 31 are reserved for learned terms; the force field stays in 0-29.
 RESERVED_GROUPS = (LEARNED_FORCE_GROUP, 31)
-LEARNED_FORCE_NAME = "ActionML learned kick potential"
 
+_FORCE_FIELD = "actionml_ff"      # per DOF: the force field's forces of the current kick (anchored)
 _LEARNED = "actionml_fw"          # per DOF: the learned forces of the current kick
-_LEARNED_AT = "actionml_fw_x"     # per DOF: the positions of the last kick's learned forces, kept for reuse
-_STALE = "actionml_stale"         # 1 until _LEARNED_AT holds real positions
-_MOVED = "actionml_moved"         # sum of (x - _LEARNED_AT)^2 + _STALE: zero when reuse is valid
+_FORCES_AT = "actionml_fx"        # per DOF: the positions of the last kick's forces, kept for reuse
+_STALE = "actionml_stale"         # 1 until _FORCES_AT holds real positions
+_MOVED = "actionml_moved"         # sum of (x - _FORCES_AT)^2 + _STALE: zero when reuse is valid
 _UNCONSTRAINED = "actionml_x1"    # per DOF: positions before the SHAKE projection of a drift
 _CHECK = "actionml_check"         # sum of x^2 + v^2 at the end of the step: finite unless the step blew up
 
@@ -131,7 +134,8 @@ class ActionMLIntegrator(mm.CustomIntegrator):
     Notes
     -----
     Create the System with :func:`add_learned_force` first. Every call of :meth:`step` checks that the
-    step size is still ``h`` and that positions and velocities are finite afterwards.
+    step size is still ``h`` and that positions and velocities are finite afterwards. A CMMotionRemover in the
+    System acts at the start of every step, as with OpenMM's own integrators; leave it out for exact NVE.
     """
 
     def __init__(self, model: ActionMLModel | str | Path, temperature: Any = None, friction: Any = None,
@@ -162,9 +166,11 @@ class ActionMLIntegrator(mm.CustomIntegrator):
 
     def _build_program(self) -> None:
         self.addPerDofVariable(_LEARNED, 0.0)
+        if self.model.metadata.anchored:
+            self.addPerDofVariable(_FORCE_FIELD, 0.0)
         self.addGlobalVariable(_CHECK, 0.0)
         if self.first_same_as_last:
-            self.addPerDofVariable(_LEARNED_AT, 0.0)
+            self.addPerDofVariable(_FORCES_AT, 0.0)
             self.addGlobalVariable(_STALE, 1.0)
             self.addGlobalVariable(_MOVED, 0.0)
         if self._constrained:
@@ -190,31 +196,34 @@ class ActionMLIntegrator(mm.CustomIntegrator):
         if self._constrained:
             self.addConstrainVelocities()
 
-    def _add_learned_evaluation(self, head: int, remember: bool, deactivate: bool) -> None:
-        """Store head ``head``'s learned forces at the current positions in ``actionml_fw``.
+    def _add_kick_forces(self, head: int, remember: bool) -> None:
+        """Store the kick's forces at the current positions: the force field's in ``actionml_ff`` (anchored),
+        head ``head``'s learned forces in ``actionml_fw``.
 
-        ``remember`` records the positions for the next step's first kick; ``deactivate`` switches the learned
-        force off again (the last evaluation of the step).
+        The force field is evaluated first and the learned force is switched on only for its own evaluation,
+        so an exception in a force evaluation (the CPU platform raises on NaN coordinates) does not leave it on.
+        ``remember`` records the positions for the next step's first kick.
         """
+        if self.model.metadata.anchored:
+            self.addComputePerDof(_FORCE_FIELD, "f")
         self.addComputeGlobal(NODE_PARAMETER, str(head))
         self.addComputeGlobal(ACTIVE_PARAMETER, "1")
         self.addComputePerDof(_LEARNED, f"f{LEARNED_FORCE_GROUP}")
+        self.addComputeGlobal(ACTIVE_PARAMETER, "0")
         if remember:
-            self.addComputePerDof(_LEARNED_AT, "x")
+            self.addComputePerDof(_FORCES_AT, "x")
             self.addComputeGlobal(_STALE, "0")
-        if deactivate:
-            self.addComputeGlobal(ACTIVE_PARAMETER, "0")
 
     def _add_kick(self, coefficient: float, head: int, first: bool, last: bool) -> None:
         if first and self.first_same_as_last:
-            # The previous step's last kick left head 0's forces at these positions, unless they moved since.
-            self.addComputeSum(_MOVED, f"(x - {_LEARNED_AT})^2 + {_STALE}")
+            # The previous step's last kick left these forces at these positions, unless they moved since.
+            self.addComputeSum(_MOVED, f"(x - {_FORCES_AT})^2 + {_STALE}")
             self.beginIfBlock(f"{_MOVED} != 0")
-            self._add_learned_evaluation(head, remember=True, deactivate=False)
+            self._add_kick_forces(head, remember=True)
             self.endBlock()
         else:
-            self._add_learned_evaluation(head, remember=last and self.first_same_as_last, deactivate=last)
-        forces = f"(f + {_LEARNED})" if self.model.metadata.anchored else _LEARNED
+            self._add_kick_forces(head, remember=last and self.first_same_as_last)
+        forces = f"({_FORCE_FIELD} + {_LEARNED})" if self.model.metadata.anchored else _LEARNED
         self.addComputePerDof("v", f"v + {coefficient!r}*dt*{forces}/m")
         if self._constrained:
             self.addConstrainVelocities()
@@ -250,10 +259,17 @@ class ActionMLIntegrator(mm.CustomIntegrator):
         if self.getStepSize().value_in_unit(u.picosecond) != self.h:
             raise ModelMismatchError(f"the step size was changed to {self.getStepSize()}; this integrator's "
                                      f"learned map is only valid at {self.h * 1000:g} fs. Do not call setStepSize.")
-        super().step(steps)
+        try:
+            super().step(steps)
+        except mm.OpenMMException as error:  # the CPU platform refuses NaN coordinates mid-step
+            if "nan" not in str(error).lower():
+                raise
+            raise SimulationInstabilityError(self._instability_advice(steps)) from error
         if not math.isfinite(self.getGlobalVariableByName(_CHECK)):
-            raise SimulationInstabilityError(
-                f"positions or velocities became NaN or infinite within the last {steps} steps of "
+            raise SimulationInstabilityError(self._instability_advice(steps))
+
+    def _instability_advice(self, steps: int) -> str:
+        return (f"positions or velocities became NaN or infinite within the last {steps} steps of "
                 f"{self.h * 1000:g} fs. Either the dynamics left the model's range (start from a minimised, "
-                f"equilibrated structure near the training temperature {self.model.metadata.temperature:g} K, "
-                f"or train on wider data) or the positions were already NaN when set.")
+                f"equilibrated structure near the training temperature {self.model.metadata.temperature:g} K, or "
+                f"train on wider data) or the positions were already NaN when set.")

@@ -30,6 +30,7 @@ LEARNED_FORCE_GROUP = 30
 NODE_PARAMETER = "actionml_node"
 ACTIVE_PARAMETER = "actionml_active"
 MASS_TOLERANCE = 1e-6
+LEARNED_FORCE_NAME = "ActionML learned kick potential"
 
 
 @dataclass
@@ -207,7 +208,7 @@ class ActionMLModel:
         force.addGlobalParameter(NODE_PARAMETER, 0.0)
         force.addGlobalParameter(ACTIVE_PARAMETER, 0.0)
         force.setForceGroup(LEARNED_FORCE_GROUP)
-        force.setName("ActionML learned kick potential")
+        force.setName(LEARNED_FORCE_NAME)
         return force
 
 

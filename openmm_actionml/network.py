@@ -207,7 +207,8 @@ class EnergyNetwork(torch.nn.Module):
             raise InputError(f"element(s) {unknown} are not in the network's vocabulary {self.config.elements}; "
                              f"build a network whose elements include them.")
         n = len(particle_elements)
-        pairs = torch.as_tensor([[int(i), int(j)] for i, j in (excluded_pairs or [])], dtype=torch.long).reshape(-1, 2)
+        pairs = torch.as_tensor([[int(i), int(j)] for i, j in ([] if excluded_pairs is None else excluded_pairs)],
+                                dtype=torch.long).reshape(-1, 2)
         if len(pairs) and (pairs.min() < 0 or pairs.max() >= n or (pairs[:, 0] == pairs[:, 1]).any()):
             raise InputError(f"excluded_pairs must be pairs of distinct particle indices in [0, {n}).")
         device = self.species.device

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .diagnostics import BOLTZMANN, degrees_of_freedom_per_atom, energy_drift
+from .diagnostics import degrees_of_freedom_per_atom, energy_drift
+from .units import BOLTZMANN
 from .splitting import SplittingStepper
 
 

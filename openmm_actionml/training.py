@@ -27,7 +27,7 @@ import openmm.unit as u
 from .atomic import atomic_path, check_writable
 from .constraints import ConstraintSet
 from .dataset import ReferenceDataset
-from .diagnostics import BOLTZMANN, relative_errors
+from .diagnostics import relative_errors
 from .errors import ActionMLError, InputError, SimulationInstabilityError
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
@@ -35,7 +35,7 @@ from .network import build_network
 from .nve_gate import GateOptions, GateResult, run_gate
 from .openmm_potential import OpenMMPotential
 from .splitting import SplittingStepper, get_splitting
-from .units import positive_float
+from .units import BOLTZMANN, positive_float
 
 
 class GateFailedError(ActionMLError):
@@ -258,7 +258,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(dataset: ReferenceDataset, system: Optional[mm.System], options: TrainingOptions, output: str | Path,
           checkpoint: Optional[str | Path] = None, overwrite: bool = False, system_name: str = "",
-          progress: bool = True) -> TrainingReport:
+          progress: bool = True, command: str = "") -> TrainingReport:
     """Train a scheme-A model, gate it on NVE ensembles and export the chosen candidate.
 
     Parameters
@@ -275,6 +275,8 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         A checkpoint file; if it exists the run resumes from it, and it is updated as training goes.
     overwrite
         Replace an existing output file.
+    system_name, command
+        Stored in the model's metadata and recipe.
     """
     output = check_writable(output, overwrite)
     started = time.time()
@@ -372,11 +374,12 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
     chosen = min(passing, key=lambda i: state["candidates"][i]["validation_loss"])
     report.chosen = chosen
     trainer.network.load_state_dict(state["candidates"][chosen]["network"])
-    export_model(copy.deepcopy(trainer.network).float(), _metadata(trainer, system_name, report), output, overwrite)
+    export_model(copy.deepcopy(trainer.network).float(), _metadata(trainer, system_name, report, command), output,
+                 overwrite)
     return report
 
 
-def _metadata(trainer: Trainer, system_name: str, report: TrainingReport) -> ModelMetadata:
+def _metadata(trainer: Trainer, system_name: str, report: TrainingReport, command: str) -> ModelMetadata:
     dataset, options = trainer.dataset, trainer.options
     constraints = [] if trainer.constraints is None else [
         [int(i), int(j), float(d)] for (i, j), d in zip(trainer.constraints.pairs.tolist(), trainer.constraints.distances)]
@@ -385,7 +388,10 @@ def _metadata(trainer: Trainer, system_name: str, report: TrainingReport) -> Mod
         elements=list(dataset.elements), masses=[float(m) for m in dataset.masses], constraints=constraints,
         periodic=dataset.box is not None, network=trainer.network.config_dict(), temperature=dataset.temperature,
         system_name=system_name,
-        recipe={"options": json.loads(json.dumps(asdict(options))),
+        recipe={"options": json.loads(json.dumps(asdict(options))), "command": command,
+                "system": {"input": dataset.metadata.get("input"),
+                           "settings": {key: value for key, value in dataset.metadata.items()
+                                        if key not in ("protocol", "provenance", "command", "input")}},
                 "dataset_protocol": dataset.metadata.get("protocol"),
                 "dataset_provenance": dataset.metadata.get("provenance"),
                 "report": {"classical": report.classical, "candidates": report.candidates, "chosen": report.chosen}})

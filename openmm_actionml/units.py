@@ -13,6 +13,9 @@ import openmm.unit as u
 
 from .errors import InputError
 
+#: Boltzmann constant in kJ/mol/K.
+BOLTZMANN = 0.0083144626181532
+
 
 def strip_unit(value: Any, unit: u.Unit, name: str) -> Any:
     """Return ``value`` as a number (or array) in ``unit``.

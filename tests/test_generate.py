@@ -9,7 +9,8 @@ import openmm.unit as u
 import pytest
 
 from conftest import platform_params
-from openmm_actionml.diagnostics import BOLTZMANN, energy_drift
+from openmm_actionml.diagnostics import energy_drift
+from openmm_actionml.units import BOLTZMANN
 from openmm_actionml.errors import InputError, SimulationInstabilityError
 from openmm_actionml.generate import CONSTRAINT_TOLERANCE, generate_reference_data
 from openmm_actionml.platforms import platform_properties

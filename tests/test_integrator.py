@@ -19,11 +19,12 @@ import openmm.unit as u
 import openmm_actionml
 from conftest import platform_params
 from openmm_actionml.constraints import ConstraintSet
-from openmm_actionml.diagnostics import BOLTZMANN
+from openmm_actionml.units import BOLTZMANN
 from openmm_actionml.errors import InputError, ModelFileError, ModelMismatchError, SimulationInstabilityError
 from openmm_actionml.integrator import LEARNED_FORCE_GROUP, ActionMLIntegrator, add_learned_force
 from openmm_actionml.kicks import KickPotential
 from openmm_actionml.modelfile import ActionMLModel, ModelMetadata, export_model, load_model
+from openmm_actionml.network import build_network
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.splitting import SplittingStepper, get_splitting
 from openmm_actionml.systems import PreparedSystem
@@ -164,8 +165,6 @@ def test_matches_torch_stepper(tmp_path, toy_network, systems, platform, anchore
 
 
 def test_matches_torch_stepper_with_the_real_network(tmp_path, systems):
-    from openmm_actionml.network import build_network
-
     prepared = systems[True]
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     pairs = [prepared.system.getConstraintParameters(k)[:2] for k in range(prepared.system.getNumConstraints())]
@@ -262,19 +261,25 @@ def test_nvt_kinetic_temperature(model, systems):
     assert abs(np.mean(temperatures) / 300.0 - 1.0) < 0.06, np.mean(temperatures)
 
 
-@pytest.mark.parametrize("platform", platform_params())
-def test_massless_particles_stay_fixed(tmp_path, platform):
-    """A zero-mass particle (immobile, as OpenMM treats them) must not produce NaN in kicks or the O step."""
+def small_system(masses: list[float], elements: list[str]) -> tuple[mm.System, app.Topology]:
+    """A chain of particles joined by stiff harmonic bonds, with its topology."""
     topology = app.Topology()
     residue = topology.addResidue("TOY", topology.addChain())
     system = mm.System()
-    for element, mass in [("C", 12.0), ("O", 0.0), ("N", 14.0)]:
+    bonds = mm.HarmonicBondForce()
+    for index, (mass, element) in enumerate(zip(masses, elements)):
         system.addParticle(mass)
         topology.addAtom(element, app.Element.getBySymbol(element), residue)
-    bonds = mm.HarmonicBondForce()
-    bonds.addBond(0, 1, 0.12, 5e4)
-    bonds.addBond(1, 2, 0.12, 5e4)
+        if index:
+            bonds.addBond(index - 1, index, 0.12, 5e4)
     system.addForce(bonds)
+    return system, topology
+
+
+@pytest.mark.parametrize("platform", platform_params())
+def test_massless_particles_stay_fixed(tmp_path, platform):
+    """A zero-mass particle (immobile, as OpenMM treats them) must not produce NaN in kicks or the O step."""
+    system, topology = small_system([12.0, 0.0, 14.0], ["C", "O", "N"])
     export_model(ToyNetwork(3), metadata_for(system, topology, 0.002), tmp_path / "m.pt")
     model = load_model(tmp_path / "m.pt")
     integrator = ActionMLIntegrator(model, temperature=300)
@@ -286,6 +291,54 @@ def test_massless_particles_stay_fixed(tmp_path, platform):
     assert np.isfinite(q).all() and np.isfinite(v).all()
     assert np.array_equal(q[1], q0[1]) and not v[1].any()
     assert not np.array_equal(q[0], q0[0])
+
+
+class Announced(torch.nn.Module):
+    """Prints ``tag`` on every evaluation (TorchScript prints from C++, so ``capfd`` sees it)."""
+
+    def __init__(self, network: torch.nn.Module, tag: str) -> None:
+        super().__init__()
+        self.network = network
+        self.tag = tag
+
+    def forward(self, q: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
+        print(self.tag)
+        return self.network(q, box)
+
+
+class AnnouncedBond(torch.nn.Module):
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        print("force-field")
+        return 1e3 * ((positions[1] - positions[0]).norm() - 0.12) ** 2
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["first-same-as-last", "no-reuse"])
+def test_evaluations_per_step(tmp_path, capfd, reuse):
+    """T3 costs 3 force-field and 3 network evaluations per step with reuse (4 and 4 without), also after a
+    getState in between; moved positions are noticed."""
+    import openmmtorch
+
+    system, topology = small_system([12.0, 1.0], ["C", "H"])
+    system.removeForce(0)
+    system.addForce(openmmtorch.TorchForce(torch.jit.script(AnnouncedBond())))
+    export_model(Announced(ToyNetwork(2), "network"), metadata_for(system, topology, 0.002), tmp_path / "m.pt")
+    model = load_model(tmp_path / "m.pt")
+    integrator = ActionMLIntegrator(model, first_same_as_last=reuse)
+    context = mm.Context(add_learned_force(system, model), integrator, mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(np.array([[0.0, 0.0, 0.0], [0.125, 0.0, 0.0]]))
+    counts = []
+    for action in ("step", "step", "getState", "step", "setPositions", "step"):
+        if action == "step":
+            capfd.readouterr()
+            integrator.step(1)
+            out = capfd.readouterr().out.split()
+            counts.append((out.count("force-field"), out.count("network")))
+        elif action == "getState":
+            context.getState(getForces=True, getEnergy=True)
+        else:
+            context.setPositions(state(context)[0] * 1.01)
+    per_step = (3, 3) if reuse else (4, 4)
+    assert counts == [(4, 4), per_step, per_step, (4, 4) if reuse else per_step]
 
 
 def test_simulation_reporters_checkpoints_and_states(tmp_path, model, systems):
@@ -380,14 +433,17 @@ def test_missing_or_corrupt_model_file(tmp_path, model):
         ActionMLIntegrator(corrupt)
 
 
-def test_nan_positions_raise(model, systems):
+@pytest.mark.parametrize("platform", platform_params())
+def test_nan_positions_raise_and_leave_the_learned_force_off(model, systems, platform):
     integrator = ActionMLIntegrator(model)
-    context = make_context(add_learned_force(systems[True].system, model), integrator, systems[True].positions)
+    context = make_context(add_learned_force(systems[True].system, model), integrator, systems[True].positions,
+                           platform)
     positions = state(context)[0]
     positions[3] = np.nan
     context.setPositions(positions)
     with pytest.raises(SimulationInstabilityError, match="NaN"):
         integrator.step(2)
+    assert context.getParameter("actionml_active") == 0.0
 
 
 def test_exported_module_takes_both_global_conventions(model, systems):
@@ -404,13 +460,14 @@ def test_exported_module_takes_both_global_conventions(model, systems):
 
 def test_no_hard_coded_cuda_device():
     """Device strings ('cuda', 'cuda:0') or .cuda() calls in code, not in docstrings or comments."""
+    string_types = {tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}  # 3.12 f-strings
     offenders = []
     for path in Path(openmm_actionml.__file__).parent.glob("*.py"):
         tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text()).readline))
         for previous, token in zip([None] + tokens, tokens):
-            device_string = token.type == tokenize.STRING and re.fullmatch(r"[rbfu]*['\"]cuda(:\d+)?['\"]", token.string)
-            method = token.type == tokenize.NAME and token.string == "cuda" and previous is not None \
-                and previous.string == "."
+            text = token.string.lstrip("rbfuRBFU").strip("'\"")
+            device_string = token.type in string_types and re.fullmatch(r"cuda(:.*)?", text)
+            method = token.type == tokenize.NAME and token.string == "cuda" and previous.string == "."
             if device_string or method:
                 offenders.append(f"{path.name}:{token.start[0]}")
     assert not offenders, offenders

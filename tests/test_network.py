@@ -11,8 +11,10 @@ import torch
 from openmm_actionml.errors import InputError
 from openmm_actionml.network import EnergyNetwork, NetworkConfig, build_network
 
+
 @pytest.fixture(autouse=True)
 def _float64():
+    """Exactness checks run in float64."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
@@ -182,6 +184,8 @@ def test_cell_list_equals_all_pairs_periodic(triclinic):
     q, box, elements = water_box(7, triclinic)  # 1029 atoms
     network = random_network(elements, periodic=True)
     same_pairs(network, q, box)
+    lattice = torch.randint(-2, 3, q.shape, generator=torch.Generator().manual_seed(4)).double()
+    same_pairs(network, q + lattice @ box, box)  # atoms anywhere, not only in the home box
     # The pairs are the true minimum images: compare with a brute-force search over neighbouring images.
     _, i, j, shifts = network.neighbor_pairs(q[None], box[None])
     nearest = torch.full((len(q), len(q)), float("inf"))

@@ -1,0 +1,180 @@
+"""Running a learned model in OpenMM with the usual reporters, and summarising the run.
+
+This is what ``actionml run`` does: build the System, add the learned force, minimise, draw velocities,
+run NVE or NVT with ``Simulation`` and its reporters, and report the energy drift, the per-element
+kinetic temperature (constraint-aware degrees of freedom) and the speed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import openmm as mm
+import openmm.app as app
+import openmm.unit as u
+
+from .diagnostics import EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift
+from .errors import InputError
+from .integrator import ActionMLIntegrator, add_learned_force
+from .modelfile import ActionMLModel
+from .platforms import get_platform
+from .systems import PreparedSystem
+from .units import BOLTZMANN
+
+
+class SummaryReporter:
+    """Collects total energy and velocities every ``interval`` steps for the closing summary."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval = int(interval)
+        self.times: list[float] = []
+        self.energies: list[float] = []
+        self.velocities: list[np.ndarray] = []
+
+    def describeNextReport(self, simulation: app.Simulation) -> tuple:
+        steps = self.interval - simulation.currentStep % self.interval
+        return (steps, False, True, False, True)
+
+    def report(self, simulation: app.Simulation, state: mm.State) -> None:
+        self.times.append(state.getTime().value_in_unit(u.picosecond))
+        self.energies.append((state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole))
+        self.velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
+
+
+class ProgressReporter:
+    """A one-line progress indicator on stderr with the simulated time and speed."""
+
+    def __init__(self, interval: int, total_steps: int) -> None:
+        self.interval, self.total = int(interval), int(total_steps)
+        self.started = time.monotonic()
+        self.first_step: Optional[int] = None
+
+    def describeNextReport(self, simulation: app.Simulation) -> tuple:
+        if self.first_step is None:
+            self.first_step = simulation.currentStep
+        return (self.interval - simulation.currentStep % self.interval, False, False, False, False)
+
+    def report(self, simulation: app.Simulation, state: mm.State) -> None:
+        done = simulation.currentStep - self.first_step
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        sys.stderr.write(f"\rstep {done}/{self.total} ({done / self.total:.0%}), {rate:.1f} steps/s, eta {eta:.0f} s   ")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@dataclass
+class RunSummary:
+    """What a run measured."""
+
+    steps: int
+    simulated_ps: float
+    wall_seconds: float
+    temperature: float
+    element_temperatures: dict[str, float]
+    drift: Optional[EnergyDrift]
+    evaluations_per_fs: float
+
+    def text(self) -> str:
+        lines = [f"{self.steps} steps, {self.simulated_ps:g} ps in {self.wall_seconds:.1f} s "
+                 f"({self.simulated_ps / self.wall_seconds:.3g} ps per wall second, "
+                 f"{self.evaluations_per_fs:.3g} force evaluations per fs)",
+                 f"kinetic temperature {self.temperature:.1f} K; per element: " +
+                 ", ".join(f"{e} {t:.1f} K" for e, t in self.element_temperatures.items())]
+        if self.drift is not None:
+            lines.append(f"energy drift {self.drift.slope_kt_per_dof_per_ns:+.3g} kT/DOF/ns "
+                         f"({self.drift.slope_kj_per_ns:+.3g} kJ/mol/ns), RMS about the trend {self.drift.rms_kj:.3g} kJ/mol")
+        return "\n".join(lines)
+
+
+def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, temperature: Optional[float] = None,
+              friction: Optional[float] = None, start_temperature: float | None = None, platform: Optional[str] = None,
+              report_interval: int = 100, reporters: Optional[list] = None, seed: Optional[int] = None,
+              equilibration: float = 1.0, progress: bool = True) -> tuple[app.Simulation, RunSummary]:
+    """Run ``model`` on ``prepared`` for ``steps`` long steps and summarise.
+
+    Parameters
+    ----------
+    prepared
+        Topology, System and positions (:func:`openmm_actionml.systems.build_system`).
+    model
+        A loaded model; it is validated against the System.
+    steps
+        Number of long steps.
+    temperature, friction
+        NVT with a Langevin thermostat when ``temperature`` (K) is given; NVE otherwise.
+    start_temperature
+        Temperature of the initial Maxwell-Boltzmann velocities and of the equilibration (default
+        ``temperature``, else the model's).
+    equilibration
+        ps of LangevinMiddle dynamics (1 fs, 1/ps) on the force field alone before the run, so an NVE run
+        starts from an equilibrated state rather than from the minimum.
+    platform
+        OpenMM platform name.
+    report_interval
+        Steps between summary samples and progress lines.
+    reporters
+        Extra OpenMM reporters (StateDataReporter, DCDReporter, CheckpointReporter, ...).
+    """
+    if int(steps) != steps or steps < 1:
+        raise InputError(f"steps must be a positive whole number, got {steps}.")
+    system = add_learned_force(prepared.system, model)
+    integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
+    integrator.validate(system, prepared.topology)
+    start = start_temperature or temperature or model.metadata.temperature
+    positions, velocities = _equilibrate(prepared, start, equilibration, platform, seed)
+    simulation = app.Simulation(prepared.topology, system, integrator, get_platform(platform))
+    simulation.context.setPositions(positions)
+    simulation.context.setVelocities(velocities)
+    summary = SummaryReporter(report_interval)
+    simulation.reporters.extend([summary] + list(reporters or []))
+    if progress:
+        simulation.reporters.append(ProgressReporter(report_interval, steps))
+    started = time.monotonic()
+    simulation.step(int(steps))
+    wall = time.monotonic() - started
+    return simulation, _summarise(prepared, model, summary, int(steps), wall, temperature)
+
+
+def _equilibrate(prepared: PreparedSystem, temperature: float, duration: float, platform: Optional[str],
+                 seed: Optional[int]) -> tuple[u.Quantity, u.Quantity]:
+    """Minimise and run LangevinMiddle on the force field alone; return positions and velocities."""
+    integrator = mm.LangevinMiddleIntegrator(temperature * u.kelvin, 1.0 / u.picosecond, 0.001 * u.picoseconds)
+    if seed is not None:
+        integrator.setRandomNumberSeed(int(seed))
+    platform_object = get_platform(platform)
+    context = mm.Context(prepared.system, integrator) if platform_object is None else \
+        mm.Context(prepared.system, integrator, platform_object)
+    context.setPositions(prepared.positions)
+    mm.LocalEnergyMinimizer.minimize(context)
+    if seed is None:
+        context.setVelocitiesToTemperature(temperature * u.kelvin)
+    else:
+        context.setVelocitiesToTemperature(temperature * u.kelvin, int(seed))
+    integrator.step(int(round(duration / 0.001)))
+    state = context.getState(getPositions=True, getVelocities=True)
+    return state.getPositions(asNumpy=True), state.getVelocities(asNumpy=True)
+
+
+def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryReporter, steps: int, wall: float,
+               thermostat: Optional[float]) -> RunSummary:
+    system = prepared.system
+    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())]).reshape(-1, 2)
+    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=thermostat is None)
+    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    velocities = np.array(summary.velocities)
+    per_element = element_temperatures(velocities, masses, elements, dof)
+    total = float((masses[:, None] * velocities ** 2).sum(-1).mean(0).sum() / (BOLTZMANN * dof.sum()))
+    drift = None
+    if thermostat is None and len(summary.times) >= 3:
+        drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
+    splitting = model.metadata.get_splitting()
+    h_fs = model.metadata.step * 1000.0
+    return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
+                      splitting.evaluations_per_step / h_fs)

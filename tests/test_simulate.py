@@ -1,0 +1,56 @@
+"""``actionml run`` / :func:`run_model`: a learned model in Simulation with reporters, and the summary."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import openmm.unit as u
+from openmm_actionml.cli import main
+from openmm_actionml.modelfile import ModelMetadata, export_model, load_model
+from openmm_actionml.network import build_network
+from openmm_actionml.simulate import run_model
+from openmm_actionml.splitting import SPLITTINGS
+
+
+@pytest.fixture(scope="module")
+def alanine_model(tmp_path_factory, alanine):
+    system = alanine.system
+    elements = [atom.element.symbol for atom in alanine.topology.atoms()]
+    network = build_network(elements, n_heads=2, zero_init=False, hidden=[8], n_channels=4)
+    masses = [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
+    metadata = ModelMetadata(scheme="A", step=0.002, splitting=SPLITTINGS["S2"].to_dict(), anchored=True,
+                             elements=elements, masses=masses, constraints=[], periodic=False,
+                             network=network.config_dict(), temperature=300.0, system_name="alanine-dipeptide",
+                             recipe={"system": {"input": "alanine-dipeptide", "settings": {"solvent": "vacuum"}}})
+    path = tmp_path_factory.mktemp("model") / "ala.pt"
+    export_model(network, metadata, path)
+    return load_model(path)
+
+
+def test_run_model_nve_summary(alanine, alanine_model):
+    simulation, summary = run_model(alanine, alanine_model, 40, platform="Reference", report_interval=10, seed=1,
+                                    equilibration=0.01, progress=False)
+    assert simulation.currentStep == 40
+    assert summary.simulated_ps == pytest.approx(0.08)
+    assert set(summary.element_temperatures) == {"C", "H", "N", "O"}
+    assert all(np.isfinite(t) and t > 0 for t in summary.element_temperatures.values())
+    assert summary.drift is not None and np.isfinite(summary.drift.slope_kt_per_dof_per_ns)
+    assert summary.evaluations_per_fs == pytest.approx(2 / 2.0)  # S2: two evaluations per 2 fs step
+
+
+def test_cli_run_uses_the_model_training_system(alanine_model, tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    argv = ["run", str(alanine_model.path), "--steps", "20", "--platform", "Reference", "--equilibrate", "0.01",
+            "--report-interval", "10", "--seed", "2", "--log", str(log), "--temperature", "300"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "20 steps, 0.04 ps" in out and "per element" in out
+    assert "energy drift" not in out  # NVT: no drift line
+    assert len(log.read_text().splitlines()) == 3  # header + 2 reports
+
+
+def test_cli_run_refuses_a_mismatched_system(alanine_model, capsys):
+    argv = ["run", str(alanine_model.path), "alanine-dipeptide", "--constraints", "HBonds", "--steps", "2",
+            "--platform", "Reference"]
+    assert main(argv) == 2
+    assert "constraints" in capsys.readouterr().err

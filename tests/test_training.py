@@ -1,0 +1,99 @@
+"""The trainer end to end on a tiny alanine-dipeptide dataset: export, gate, checkpoint and resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import openmm.unit as u
+from openmm_actionml.errors import InputError, ModelFileError
+from openmm_actionml.generate import generate_reference_data
+from openmm_actionml.kicks import KickPotential
+from openmm_actionml.modelfile import load_model
+from openmm_actionml.nve_gate import GateOptions
+from openmm_actionml.training import GateFailedError, Trainer, TrainingOptions, train
+
+STEP = 0.002  # ps
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(alanine):
+    return generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology, delta=0.5 * u.femtosecond,
+                                   record_every=2, n_segments=4, segment_length=0.05, decorrelation=0.05,
+                                   equilibration=0.1, platform="Reference", seed=3, progress=False)
+
+
+def tiny_options(**changes) -> TrainingOptions:
+    options = dict(step=STEP, splitting="S2", curriculum=(1, 2), iterations=3, batch_size=4, eval_every=1,
+                   checkpoint_every=1, network={"hidden": [8], "n_channels": 4},
+                   gate=GateOptions(n_trajectories=2, duration=0.02, record_every=1))
+    options.update(changes)
+    return TrainingOptions(**options)
+
+
+def test_train_exports_a_model_whose_network_is_on(tiny_dataset, tmp_path):
+    output = tmp_path / "model.pt"
+    report = train(tiny_dataset, None, tiny_options(), output, progress=False)
+    model = load_model(output)
+    meta = model.metadata
+    assert meta.scheme == "A" and meta.step == STEP and meta.anchored
+    assert meta.masses == pytest.approx(list(tiny_dataset.masses))
+    assert len(report.candidates) == 2 and 0 <= report.chosen < 2
+    assert meta.recipe["report"]["chosen"] == report.chosen
+    # The exported network is the trained one, not zero: the learned kick differs from the classical one.
+    q = torch.as_tensor(tiny_dataset.positions[0, :2])
+    learned = KickPotential(model.network.double(), None)
+    assert learned(q, 0).abs().max().item() > 0.0
+
+
+def test_gate_refusal_writes_nothing(tiny_dataset, tmp_path):
+    output = tmp_path / "model.pt"
+    impossible = GateOptions(n_trajectories=2, duration=0.02, record_every=1, min_stable_fraction=1.5)
+    with pytest.raises(GateFailedError, match="no model was written"):
+        train(tiny_dataset, None, tiny_options(gate=impossible), output, progress=False)
+    assert not output.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_after_interruption_continues_from_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run.chk"
+    output = tmp_path / "model.pt"
+    original_gate = Trainer.gate
+    calls = []
+
+    def interrupted_gate(self):
+        calls.append(1)
+        if len(calls) == 3:  # classical baseline, candidate k=1, then stop during candidate k=2
+            raise KeyboardInterrupt
+        return original_gate(self)
+
+    monkeypatch.setattr(Trainer, "gate", interrupted_gate)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_dataset, None, tiny_options(), output, checkpoint=checkpoint, progress=False)
+    assert checkpoint.exists() and not output.exists()
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["state"]["phase"] == 1 and len(saved["state"]["candidates"]) == 1
+    first = saved["state"]["candidates"][0]["validation_loss"]
+
+    monkeypatch.setattr(Trainer, "gate", original_gate)
+    report = train(tiny_dataset, None, tiny_options(), output, checkpoint=checkpoint, progress=False)
+    assert len(report.candidates) == 2
+    assert report.candidates[0]["validation_loss"] == first  # not retrained: resumed
+    assert output.exists()
+
+    with pytest.raises(InputError, match="other options"):
+        train(tiny_dataset, None, tiny_options(iterations=4), tmp_path / "other.pt", checkpoint=checkpoint,
+              progress=False)
+
+
+def test_pure_ml_requires_force_matching():
+    with pytest.raises(InputError, match="force_matching"):
+        TrainingOptions(step=STEP, anchored=False)
+
+
+def test_corrupt_model_file_is_reported(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"not a torchscript archive")
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(path)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
