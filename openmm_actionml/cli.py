@@ -149,8 +149,11 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--force-matching", type=float, default=0.0, help="weight tying heads to the force field")
     parser.add_argument("--pretrain-iterations", type=int, default=0, help="force-matching iterations first")
     parser.add_argument("--hidden", default="64,64", help="MLP hidden widths (default 64,64)")
-    parser.add_argument("--gate-trajectories", type=int, default=8)
-    parser.add_argument("--gate-duration", type=float, default=10.0, help="ps per gate trajectory (default 10)")
+    gate = GateOptions()
+    parser.add_argument("--gate-trajectories", type=int, default=gate.n_trajectories,
+                        help=f"NVE gate ensemble size (default {gate.n_trajectories})")
+    parser.add_argument("--gate-duration", type=float, default=gate.duration,
+                        help=f"ps per gate trajectory (default {gate.duration:g})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="", help="a name for the training system, stored in the model")
     parser.add_argument("--output", "-o", required=True, help="model file to write")

@@ -240,7 +240,7 @@ class Trainer:
         gate = self.options.gate
         q, v = self.windows(0, self.validation_segments, gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
-                        self.dataset.temperature, gate)
+                        self.dataset.temperature, gate, self.dataset.elements)
 
 
 def _progress(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
@@ -281,7 +281,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
     output = check_writable(output, overwrite)
     started = time.time()
     trainer = Trainer(dataset, system if system is not None else dataset.system(), options)
-    state = {"phase": 0, "iteration": 0, "candidates": [], "classical": None}
+    state = {"phase": 0, "iteration": 0, "candidates": [], "classical": None, "wall_seconds": 0.0}
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
@@ -295,7 +295,10 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
 
+    resumed_wall = state["wall_seconds"]
+
     def save() -> None:
+        state["wall_seconds"] = resumed_wall + time.time() - started
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {"options": asdict(options), "network": trainer.network.state_dict(),
                                           "optimizer": trainer.optimizer.state_dict(),
@@ -367,7 +370,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         save()
     passing = [i for i, c in enumerate(state["candidates"]) if c["gate"]["passed"]]
     report = TrainingReport([{key: value for key, value in c.items() if key != "network"} for c in state["candidates"]],
-                            -1, state["classical"], time.time() - started)
+                            -1, state["classical"], resumed_wall + time.time() - started)
     if not passing:
         raise GateFailedError("no candidate passed the NVE ensemble gate, so no model was written:\n" + report.summary()
                               + "\nTry a larger energy_penalty, a longer curriculum, more data, or a smaller step.")

@@ -1,6 +1,8 @@
 """Small analytic systems in torch for exactness tests (float64)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -34,3 +36,23 @@ def toy_state(n_atoms: int = 5, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     masses = torch.tensor([12.0, 1.008, 14.0, 16.0, 1.008, 12.0, 1.008][:n_atoms], dtype=torch.float64)
     v = torch.randn(n_atoms, 3, generator=generator, dtype=torch.float64) * (2.494 / masses[:, None]) ** 0.5
     return q, v, masses
+
+
+class ToyNetwork(torch.nn.Module):
+    """A scriptable stand-in for W: per head, a sum of pair Gaussians, ``(q[B, N, 3], box) -> [B, n_heads]``.
+
+    The same toy as ``test_integrator.ToyNetwork`` (float64, random amplitudes and widths per head).
+    """
+
+    def __init__(self, n_atoms: int, n_heads: int = 2, amplitude: float = 2.0, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.amplitudes = torch.nn.Parameter(amplitude * torch.randn(n_heads, dtype=torch.float64, generator=generator))
+        self.widths = torch.nn.Parameter(0.02 + 0.03 * torch.rand(n_heads, dtype=torch.float64, generator=generator))
+        i, j = torch.triu_indices(n_atoms, n_atoms, 1)
+        self.register_buffer("i", i)
+        self.register_buffer("j", j)
+
+    def forward(self, q: Tensor, box: Optional[Tensor]) -> Tensor:
+        r2 = ((q[:, self.i] - q[:, self.j]) ** 2).sum(-1)
+        return (self.amplitudes[None, :, None] * torch.exp(-r2[:, None, :] / self.widths[None, :, None])).sum(-1)
