@@ -137,7 +137,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
         description="Unrolled training of a scheme-A learned splitting with a curriculum and an energy penalty; "
                     "each curriculum stage is judged by an NVE ensemble gate and the most accurate candidate "
                     "that passes is exported. Interrupted runs resume from --checkpoint.")
-    parser.add_argument("dataset", help="reference dataset from `actionml generate`")
+    parser.add_argument("dataset", nargs="+", help="reference dataset(s) from `actionml generate`; several of the same "
+                        "system (e.g. at 300 K and 375 K) are combined, the first setting kT")
     parser.add_argument("--step", type=float, required=True, help="long step h in fs (a multiple of the frame spacing)")
     parser.add_argument("--splitting", default="T3", choices=["T3", "S2", "VV"], help="default T3 (BCSS)")
     parser.add_argument("--pure-ml", action="store_true", help="kicks use the learned potential alone (no force field)")
@@ -165,7 +166,7 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the report, and write the model."""
     check_writable(args.output, args.overwrite)
-    dataset = ReferenceDataset.load(args.dataset)
+    dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
     options = TrainingOptions(
         step=args.step / 1000.0, splitting=args.splitting, anchored=not args.pure_ml,
         curriculum=_integers(args.curriculum, "--curriculum"), iterations=args.iterations, batch_size=args.batch_size,
@@ -175,7 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
         network={"hidden": _integers(args.hidden, "--hidden")},
         gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
-                   system_name=args.name or Path(args.dataset).stem, command=args.command_line)
+                   system_name=args.name or Path(args.dataset[0]).stem, command=args.command_line)
     print(report.summary())
     print(f"wrote {args.output}")
     return 0

@@ -240,6 +240,40 @@ class ReferenceDataset:
                                "regenerate the data with this version of `actionml generate`.")
         return mm.XmlSerializer.deserialize(self.system_xml)
 
+    @classmethod
+    def concatenate(cls, datasets: Sequence["ReferenceDataset"]) -> "ReferenceDataset":
+        """One dataset holding the segments of several of the same system, e.g. drawn at 300 K and at 375 K
+        to cover slightly off-equilibrium states. Temperature (the loss's kT) and System are the first one's.
+
+        Raises
+        ------
+        DatasetError
+            If the datasets differ in atoms, masses, constraints, box, frame spacing or segment length.
+        """
+        first = datasets[0]
+        for other in datasets[1:]:
+            same = (other.positions.shape[1:] == first.positions.shape[1:] and other.elements == first.elements
+                    and np.allclose(other.masses, first.masses) and abs(other.delta - first.delta) <= 1e-12
+                    and np.array_equal(other.constraint_pairs, first.constraint_pairs)
+                    and np.allclose(other.constraint_distances, first.constraint_distances)
+                    and (other.box is None) == (first.box is None)
+                    and (first.box is None or np.allclose(other.box, first.box)))
+            if not same:
+                raise DatasetError("datasets to combine must be of the same system with the same atoms, masses, "
+                                   "constraints, box, frame spacing and segment length; generate them with the same "
+                                   "options except --temperature and --seed.")
+
+        def joined(name: str) -> np.ndarray | None:
+            arrays = [getattr(d, name) for d in datasets]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return cls(positions=joined("positions"), velocities=joined("velocities"), delta=first.delta,
+                   masses=first.masses, elements=first.elements, temperature=first.temperature, box=first.box,
+                   constraint_pairs=first.constraint_pairs, constraint_distances=first.constraint_distances,
+                   com_removed=first.com_removed, potential_energies=joined("potential_energies"),
+                   forces=joined("forces"), system_xml=first.system_xml,
+                   metadata={**first.metadata, "combined_temperatures": [d.temperature for d in datasets]})
+
     # -- file --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the dataset to ``path`` atomically; refuse an existing file unless ``overwrite``."""

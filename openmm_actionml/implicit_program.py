@@ -59,10 +59,10 @@ import openmm as mm
 from .errors import ActionMLConvergenceError, InputError, ModelMismatchError
 from .implicit import FixedPointSolver, ImplicitConvergenceWarning, ImplicitScheme
 from .modelfile import ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, NODE_PARAMETER, ModelMetadata
-from .splitting import Splitting
+from .splitting import Splitting, Stage, get_splitting
 from .units import BOLTZMANN
 
-__all__ = ["add_implicit_step", "ImplicitProgram", "ImplicitSolverState", "read_solver_state",
+__all__ = ["add_implicit_step", "predictor_splitting", "ImplicitProgram", "ImplicitSolverState", "read_solver_state",
            "check_convergence", "ITERATIONS", "TOTAL_ITERATIONS", "UNCONVERGED", "RESIDUAL"]
 
 #: Public globals (see the module docstring).
@@ -152,6 +152,20 @@ def implicit_scheme_of(metadata: ModelMetadata) -> ImplicitScheme:
     data = dict(metadata.implicit)
     data.setdefault("name", "B")
     return ImplicitScheme.from_dict(data)
+
+
+def predictor_splitting(splitting: Union[str, Splitting, None], scheme: ImplicitScheme) -> Optional[Splitting]:
+    """A scheme-A splitting as scheme B's predictor: kicks whose head the implicit scheme lacks use head 0.
+
+    ``None`` or ``"none"`` gives ``None`` (the trivial start ``q̄ = q + h v/2``, ``v̄ = v``). With ``gauss3`` the
+    T3 predictor keeps its heads (0 = the centre node's potential, 1 = the pair's); with ``midpoint`` and
+    ``gauss2`` every kick uses head 0. The result is stored in the model's ``metadata.splitting``.
+    """
+    if splitting is None or (isinstance(splitting, str) and splitting.lower() == "none"):
+        return None
+    splitting = get_splitting(splitting)
+    stages = tuple(Stage(s.kind, s.coefficient, s.head if s.head < scheme.n_heads else 0) for s in splitting.stages)
+    return Splitting(splitting.name, stages)
 
 
 def predictor_of(metadata: ModelMetadata, scheme: ImplicitScheme) -> Optional[Splitting]:

@@ -166,7 +166,9 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     system = prepared.system
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
     constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())]).reshape(-1, 2)
-    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=thermostat is None)
+    # The centre of mass is fixed by a CMMotionRemover, and carries no thermal motion in NVE (momentum is conserved).
+    com_fixed = thermostat is None or any(isinstance(f, mm.CMMotionRemover) for f in system.getForces())
+    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=com_fixed)
     elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
     velocities = np.array(summary.velocities)
     per_element = element_temperatures(velocities, masses, elements, dof)

@@ -64,8 +64,9 @@ class TrainingOptions:
         lambda_E, in kT units (0.3 held in the prototype; 0.03 heated).
     force_matching
         Weight of a term tying each head's forces to the force field's (needed in pure-ML mode).
-    pretrain_iterations
-        Force-matching iterations before the unrolled training (pure ML starts from a surrogate of V).
+    pretrain_iterations, pretrain_batch_size
+        Force-matching iterations (and frames per batch) before the unrolled training: pure ML starts from a
+        surrogate of V.
     validation_fraction
         Fraction of segments held out.
     eval_every, patience
@@ -89,6 +90,7 @@ class TrainingOptions:
     energy_penalty: float = 0.3
     force_matching: float = 0.0
     pretrain_iterations: int = 0
+    pretrain_batch_size: int = 128
     validation_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 3
@@ -122,8 +124,9 @@ class TrainingReport:
         lines = ["candidate  unroll  val-loss   dv(rel)   dq(rel)   gate"]
         for index, c in enumerate([self.classical] + self.candidates):
             mark = "*" if index - 1 == self.chosen else " "
+            force = f"  force error {c['errors']['force']:.2%}" if "force" in c["errors"] else ""
             lines.append(f"{mark}{c['name']:<9} {c.get('unroll', 0):>6}  {c['validation_loss']:.3e}  "
-                         f"{c['errors']['dv']:.3%}  {c['errors']['dq']:.3%}   {c['gate']['summary']}")
+                         f"{c['errors']['dv']:.3%}  {c['errors']['dq']:.3%}   {c['gate']['summary']}{force}")
         lines.append(f"wall time {self.wall_seconds / 60:.1f} min")
         return "\n".join(lines)
 
@@ -212,7 +215,8 @@ class Trainer:
         return loss, penalty
 
     def force_matching_loss(self, q: torch.Tensor) -> torch.Tensor:
-        """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2."""
+        """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2
+        (its square root is the relative force error)."""
         reference = self.reference_forces(q).detach()
         scale = (reference ** 2).mean()
         loss = torch.zeros((), dtype=torch.float64)
@@ -221,6 +225,12 @@ class Trainer:
             predicted = learned + reference if self.options.anchored else learned
             loss = loss + ((predicted - reference) ** 2).mean() / scale
         return loss / self.network_heads
+
+    def validation_force_loss(self) -> float:
+        """:meth:`force_matching_loss` on validation frames."""
+        q, _ = self.windows(0, self.validation_segments, 128)
+        with torch.no_grad():
+            return float(self.force_matching_loss(q[:, 0]))
 
     @property
     def network_heads(self) -> int:
@@ -234,6 +244,9 @@ class Trainer:
             q1, v1, _ = self.stepper.step(q[:, 0], v[:, 0])
         errors = relative_errors(self.masses.numpy(), self.options.step, q[:, 0].numpy(), v[:, 0].numpy(),
                                  q[:, 1].numpy(), v[:, 1].numpy(), q1.numpy(), v1.numpy())
+        if not self.options.anchored:
+            with torch.no_grad():
+                errors["force"] = float(self.force_matching_loss(q[:, 0])) ** 0.5
         return {"validation_loss": float(loss), "errors": errors}
 
     def gate(self) -> GateResult:
@@ -325,7 +338,8 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         total = options.pretrain_iterations if pretrain else options.iterations
         best, best_state, stale = float("inf"), None, 0
         while state["iteration"] < total:
-            q, v = trainer.windows(k, trainer.train_segments, options.batch_size)
+            q, v = trainer.windows(k, trainer.train_segments,
+                                   options.pretrain_batch_size if pretrain else options.batch_size)
             trainer.optimizer.zero_grad()
             if pretrain:
                 loss, penalty = trainer.force_matching_loss(q[:, 0]), torch.zeros(())
@@ -344,7 +358,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
             if progress:
                 _progress(phase, state["iteration"], total, float(loss), float(penalty), started)
             if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
-                score = trainer.validate()["validation_loss"] if not pretrain else float(loss)
+                score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_force_loss()
                 if score < best:
                     best, best_state, stale = score, copy.deepcopy(trainer.network.state_dict()), 0
                 else:

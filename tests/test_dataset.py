@@ -151,3 +151,20 @@ def test_split_by_segment():
         make_dataset(n_segments=1).split(0.5)
     with pytest.raises(InputError, match="validation_fraction"):
         data.split(1.0)
+
+
+def test_concatenate_combines_segments_and_refuses_other_systems():
+    rng = np.random.default_rng(0)
+
+    def make(n_segments: int, temperature: float, n_atoms: int = 3) -> ReferenceDataset:
+        shape = (n_segments, 4, n_atoms, 3)
+        return ReferenceDataset(rng.normal(size=shape), rng.normal(size=shape), 0.001, np.ones(n_atoms),
+                                ["C"] * n_atoms, temperature)
+
+    cold, hot = make(2, 300.0), make(3, 375.0)
+    both = ReferenceDataset.concatenate([cold, hot])
+    assert both.n_segments == 5 and both.temperature == 300.0
+    np.testing.assert_array_equal(both.positions[2:], hot.positions)
+    assert both.metadata["combined_temperatures"] == [300.0, 375.0]
+    with pytest.raises(DatasetError, match="same system"):
+        ReferenceDataset.concatenate([cold, make(2, 300.0, n_atoms=4)])

@@ -1,0 +1,370 @@
+"""Training scheme-B models (the implicit midpoint generating function) from reference data.
+
+The loss is :func:`implicit.gradient_matching_loss` on data pairs one step ``h`` apart: how far each pair is from
+solving the model's midpoint equations, in thermal units (DESIGN.md section 4). No solve is needed, and the node
+positions ``q̄ + c_k h v̄`` are built from data alone, so anchored training (``U_k = V + dU_k``) needs the force
+field's forces there but no Hessian-vector products of V. Pure-ML training (``U_k = dU_k``) needs a
+force-matching tie of every head to V (``force_matching > 0``), as in scheme A.
+
+Adam with a geometric learning-rate decay; every ``eval_every`` iterations the gradient-matching loss on a fixed
+set of validation pairs (held-out segments) is measured, the best network is kept and training stops after
+``patience`` evaluations without improvement. The report then *solves* the map (``ImplicitStepper``, Anderson)
+from validation pairs and compares one step with the data (relative ``dv`` and ``dq`` as in scheme A's report),
+for the unlearned scheme (``U = V``), the classical predictor alone, and the trained model, with the solver's
+iteration counts (the configured solver, and plain iteration for comparison).
+
+The exported model has ``scheme='B'``, ``implicit = ImplicitScheme.to_dict()`` and, as ``splitting``, its predictor
+(:func:`implicit_program.predictor_splitting`; empty for the trivial start). Run it with
+:func:`implicit_program.add_implicit_step`. Scheme B is unconstrained-only: data or Systems with constraints are
+refused.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import openmm as mm
+import openmm.unit as u
+
+from .atomic import check_writable
+from .constraints import ConstraintSet
+from .dataset import ReferenceDataset
+from .diagnostics import relative_errors
+from .errors import InputError, SimulationInstabilityError
+from .implicit import (FixedPointSolver, ImplicitConvergenceWarning, ImplicitStepper, get_implicit_scheme,
+                       gradient_matching_terms)
+from .implicit_program import predictor_splitting
+from .kicks import KickPotential
+from .modelfile import ModelMetadata, export_model
+from .network import build_network
+from .openmm_potential import OpenMMPotential
+from .splitting import SplittingStepper
+from .training import Trainer, _progress
+from .units import BOLTZMANN, positive_float
+
+__all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
+
+
+@dataclass
+class ImplicitTrainingOptions:
+    """Everything that defines a scheme-B training run (stored in the model's recipe).
+
+    Attributes
+    ----------
+    step
+        The step h in ps; a multiple of the data's frame spacing.
+    scheme
+        ``gauss3`` (default; two heads: centre and pair), ``gauss2`` or ``midpoint``; see
+        :data:`implicit.IMPLICIT_SCHEMES`.
+    predictor
+        The scheme-A splitting that starts the solve (``T3``, ``S2``, ``VV``) or ``none``.
+    anchored
+        ``U_k = V + dU_k`` (default) or pure ML ``U_k = dU_k``.
+    iterations
+        Adam iterations (early stopping may end sooner).
+    pretrain_iterations
+        Force-matching iterations before gradient matching (pure ML starts from a surrogate of V).
+    batch_size, learning_rate, final_learning_rate
+        Adam with a geometric decay over the run.
+    force_matching
+        Weight of a term tying each head's forces to the force field's (required for pure ML).
+    validation_fraction
+        Fraction of segments held out.
+    validation_pairs
+        Held-out pairs of the early-stopping loss (drawn once).
+    solve_pairs
+        Held-out pairs solved one at a time for the report's errors and iteration counts.
+    eval_every, patience
+        Validation cadence and early-stopping patience (in evaluations).
+    seed
+        Seeds torch and the data sampling.
+    network
+        Options passed to :func:`openmm_actionml.network.build_network`.
+    solver
+        :class:`FixedPointSolver` options for the report's solves; default Anderson(5), tolerance 1e-6.
+    export_dtype
+        ``float32`` (default, as scheme A) or ``float64`` for the exported network.
+    """
+
+    step: float
+    scheme: str = "gauss3"
+    predictor: str = "T3"
+    anchored: bool = True
+    iterations: int = 600
+    pretrain_iterations: int = 0
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    final_learning_rate: float = 2e-4
+    force_matching: float = 0.0
+    validation_fraction: float = 0.2
+    validation_pairs: int = 128
+    solve_pairs: int = 24
+    eval_every: int = 25
+    patience: int = 4
+    seed: int = 0
+    network: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)
+    export_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.step = positive_float(self.step, u.picosecond, "step")
+        get_implicit_scheme(self.scheme)
+        self.solver_settings()
+        if self.export_dtype not in ("float32", "float64"):
+            raise InputError(f"export_dtype must be 'float32' or 'float64', got {self.export_dtype!r}.")
+        if not self.anchored and self.force_matching <= 0:
+            raise InputError("pure-ML scheme-B training needs force_matching > 0 to keep each head tied to the force "
+                             "field; gradient matching alone leaves the heads' common offset free.")
+        for name in ("iterations", "batch_size", "validation_pairs", "solve_pairs", "eval_every", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+
+    def solver_settings(self) -> FixedPointSolver:
+        """The report's solver; non-convergence is counted, not raised."""
+        return FixedPointSolver(**{"on_nonconvergence": "warn", **self.solver})
+
+
+@dataclass
+class ImplicitTrainingReport:
+    """The outcome of :func:`train_implicit`.
+
+    ``classical`` (the unlearned scheme, ``U = V``), ``predictor`` (the classical predictor splitting alone) and
+    ``trained`` each hold ``validation_loss`` (gradient matching, thermal units; ``nan`` for the predictor),
+    ``errors`` ``{"dv", "dq"}`` of one solved step against the data, and ``solver``/``plain`` iteration
+    statistics (``mean``, ``max``, ``unconverged`` over the solved pairs).
+    """
+
+    classical: dict
+    predictor: dict
+    trained: dict
+    history: list[dict]
+    wall_seconds: float
+
+    def summary(self) -> str:
+        lines = ["model        val-loss   dv(rel)   dq(rel)   iterations (solver | plain): mean max unconverged"]
+        for name in ("predictor", "classical", "trained"):
+            c = getattr(self, name)
+            its = " | ".join(f"{c[k]['mean']:.1f} {c[k]['max']} {c[k]['unconverged']}" if c.get(k) else "-"
+                             for k in ("solver", "plain"))
+            lines.append(f"{name:<11} {c['validation_loss']:.3e}  {c['errors']['dv']:.3%}  {c['errors']['dq']:.3%}"
+                         f"   {its}")
+        lines.append(f"wall time {self.wall_seconds / 60:.1f} min")
+        return "\n".join(lines)
+
+
+class ImplicitTrainer(Trainer):
+    """Owns the data, the network, the force field and the optimiser of a scheme-B run.
+
+    It reuses :class:`training.Trainer`'s ``windows``, ``reference_forces`` and ``force_matching_loss``; its
+    set-up differs in the number of heads (the implicit scheme's) and in having no splitting stepper to train.
+    """
+
+    def __init__(self, dataset: ReferenceDataset, system: mm.System, options: ImplicitTrainingOptions) -> None:
+        _refuse_constraints(dataset, system)
+        self.options = options
+        self.dataset = dataset
+        torch.manual_seed(options.seed)
+        self.rng = np.random.default_rng(options.seed)
+        self.lag = dataset.lag_steps(options.step)
+        self.kT = BOLTZMANN * dataset.temperature
+        self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
+        self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
+        self.constraints = None
+        self.potential = OpenMMPotential(system, nonfinite="nan")
+        self.scheme = get_implicit_scheme(options.scheme)
+        self.predictor = predictor_splitting(options.predictor, self.scheme)
+        self.network = build_network(dataset.elements, n_heads=self.scheme.n_heads, periodic=self.box is not None,
+                                     **options.network).double()
+        self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
+        self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
+        frames, _ = self.windows(0, self.train_segments, 256)
+        self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
+        total = options.pretrain_iterations + options.iterations
+        decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total, 1))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
+        q, v = self.windows(1, self.validation_segments, options.validation_pairs)
+        self.validation = (q[:, 0], v[:, 0], q[:, 1], v[:, 1])
+        self.solve_set = tuple(x[:options.solve_pairs] for x in self.validation)
+
+    @property
+    def network_heads(self) -> int:
+        return self.scheme.n_heads
+
+    def loss_terms(self, q: torch.Tensor, v: torch.Tensor, q1: torch.Tensor, v1: torch.Tensor,
+                   kicks: Optional[KickPotential] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The velocity and position halves of the gradient-matching loss (thermal units)."""
+        return gradient_matching_terms(kicks if kicks is not None else self.kicks, self.scheme, self.options.step,
+                                       self.masses, q, v, q1, v1, self.kT)
+
+    def validation_loss(self, kicks: Optional[KickPotential] = None) -> float:
+        with torch.no_grad():
+            velocity, position = self.loss_terms(*self.validation, kicks)
+        return float(velocity + position)
+
+    def solve(self, kicks: KickPotential, solver: FixedPointSolver) -> tuple[dict, dict]:
+        """Solve one step from each of the ``solve_set`` pairs: relative errors and iteration statistics."""
+        forces = lambda x, head: kicks(x, head).detach()  # noqa: E731
+        h = self.options.step
+        predictor = None if self.predictor is None else SplittingStepper(self.predictor, h, self.masses, forces)
+        stepper = ImplicitStepper(self.scheme, h, self.masses, forces, solver, predictor, kT=self.kT)
+        q, v, q1, v1 = self.solve_set
+        results, iterations, unconverged = [], [], 0
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImplicitConvergenceWarning)
+            for i in range(len(q)):
+                q_new, v_new, stats = stepper.step(q[i], v[i])
+                results.append((q_new, v_new))
+                iterations.append(stats.iterations)
+                unconverged += not stats.converged
+        q_pred = torch.stack([r[0] for r in results]).numpy()
+        v_pred = torch.stack([r[1] for r in results]).numpy()
+        errors = relative_errors(self.masses.numpy(), h, q.numpy(), v.numpy(), q1.numpy(), v1.numpy(), q_pred, v_pred)
+        return errors, {"mean": float(np.mean(iterations)), "max": int(max(iterations)), "unconverged": unconverged,
+                        "tolerance": solver.tolerance, "method": solver.method}
+
+    def evaluate(self, kicks: KickPotential, plain: bool = True) -> dict:
+        """Validation loss, solved one-step errors and solver iterations of the map with ``kicks``."""
+        solver = self.options.solver_settings()
+        errors, stats = self.solve(kicks, solver)
+        result = {"validation_loss": self.validation_loss(kicks), "errors": errors, "solver": stats}
+        if plain:
+            plain_solver = FixedPointSolver("plain", tolerance=solver.tolerance, max_iterations=solver.max_iterations,
+                                            on_nonconvergence="warn")
+            result["plain"] = self.solve(kicks, plain_solver)[1]
+        return result
+
+    def predictor_only(self) -> dict:
+        """The classical predictor splitting (force field only) alone: the cheap map scheme B corrects."""
+        if self.predictor is None:
+            return {"validation_loss": float("nan"), "errors": {"dv": float("nan"), "dq": float("nan")}}
+        classical = KickPotential(None, self.reference_forces, self.box)
+        stepper = SplittingStepper(self.predictor, self.options.step, self.masses,
+                                   lambda x, head: classical(x, head).detach())
+        q, v, q1, v1 = self.solve_set
+        with torch.no_grad():
+            q_pred, v_pred, _ = stepper.step(q, v)
+        errors = relative_errors(self.masses.numpy(), self.options.step, q.numpy(), v.numpy(), q1.numpy(),
+                                 v1.numpy(), q_pred.numpy(), v_pred.numpy())
+        return {"validation_loss": float("nan"), "errors": errors}
+
+
+def _refuse_constraints(dataset: ReferenceDataset, system: mm.System) -> None:
+    if dataset.n_constraints or ConstraintSet.from_system(system) is not None:
+        count = max(dataset.n_constraints, system.getNumConstraints())
+        raise InputError(f"the reference data or System have {count} constraints, but scheme B (implicit midpoint) is "
+                         f"unconstrained-only: the midpoint of two constrained configurations is off the constraint "
+                         f"manifold. Generate flexible data (actionml generate without constraints) or train scheme A "
+                         f"(actionml train), which handles constraints with RATTLE.")
+
+
+def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], options: ImplicitTrainingOptions,
+                   output: str | Path, overwrite: bool = False, system_name: str = "", progress: bool = True,
+                   command: str = "") -> ImplicitTrainingReport:
+    """Train a scheme-B model by gradient matching and export it.
+
+    Parameters
+    ----------
+    dataset
+        Flexible reference data (:func:`openmm_actionml.generate.generate_reference_data`).
+    system
+        The OpenMM System the data came from (its force field is V); ``None`` takes the one the dataset carries.
+    options
+        The recipe.
+    output
+        Model file to write (atomically).
+    overwrite
+        Replace an existing output file.
+    system_name, command
+        Stored in the model's metadata and recipe.
+    progress
+        Write progress to stderr.
+
+    Raises
+    ------
+    InputError
+        For constrained data or Systems, or a step that is not a multiple of the data's spacing.
+    SimulationInstabilityError
+        If the loss becomes non-finite.
+    """
+    output = check_writable(output, overwrite)
+    started = time.time()
+    trainer = ImplicitTrainer(dataset, system if system is not None else dataset.system(), options)
+    classical_kicks = KickPotential(None, trainer.reference_forces, trainer.box)
+    classical = trainer.evaluate(classical_kicks)
+    predictor = trainer.predictor_only()
+    if progress:
+        sys.stderr.write(f"[scheme B {trainer.scheme.name}, h = {options.step * 1000:g} fs] unlearned: validation loss "
+                         f"{classical['validation_loss']:.3e}, dv {classical['errors']['dv']:.3%}, "
+                         f"dq {classical['errors']['dq']:.3%}, {classical['solver']['mean']:.1f} iterations\n")
+    history: list[dict] = []
+    phases = [("pretrain", options.pretrain_iterations)] if options.pretrain_iterations else []
+    phases.append(("gradient-matching", options.iterations))
+    for phase, total in phases:
+        best, best_state, stale = math.inf, None, 0
+        for iteration in range(1, total + 1):
+            q, v = trainer.windows(1, trainer.train_segments, options.batch_size)
+            trainer.optimizer.zero_grad()
+            tie = trainer.force_matching_loss(q[:, 0]) if options.force_matching > 0 or phase == "pretrain" \
+                else torch.zeros((), dtype=torch.float64)
+            if phase == "pretrain":
+                loss = tie
+            else:
+                velocity, position = trainer.loss_terms(q[:, 0], v[:, 0], q[:, 1], v[:, 1])
+                loss = velocity + position + options.force_matching * tie
+            if not bool(torch.isfinite(loss)):
+                raise SimulationInstabilityError(
+                    f"the scheme-B training loss became {float(loss)} in {phase} at iteration {iteration}; lower the "
+                    f"learning rate or check the reference data for blown-up frames.")
+            loss.backward()
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+            if progress:
+                _progress(phase, iteration, total, loss.item(), tie.item(), started)
+            if iteration % options.eval_every == 0 or iteration == total:
+                score = tie.item() if phase == "pretrain" else trainer.validation_loss()
+                history.append({"phase": phase, "iteration": iteration, "train_loss": loss.item(),
+                                "validation_loss": score})
+                if score < best:
+                    best, best_state, stale = score, copy.deepcopy(trainer.network.state_dict()), 0
+                else:
+                    stale += 1
+                    if stale >= options.patience:
+                        break
+        if progress:
+            sys.stderr.write("\n")
+        if best_state is not None:
+            trainer.network.load_state_dict(best_state)
+    trained = trainer.evaluate(trainer.kicks)
+    report = ImplicitTrainingReport(classical, predictor, trained, history, time.time() - started)
+    if progress:
+        sys.stderr.write(report.summary() + "\n")
+    dtype = torch.float32 if options.export_dtype == "float32" else torch.float64
+    export_model(copy.deepcopy(trainer.network).to(dtype), _metadata(trainer, system_name, report, command), output,
+                 overwrite)
+    return report
+
+
+def _metadata(trainer: ImplicitTrainer, system_name: str, report: ImplicitTrainingReport,
+              command: str) -> ModelMetadata:
+    dataset, options = trainer.dataset, trainer.options
+    return ModelMetadata(
+        scheme="B", step=options.step, splitting={} if trainer.predictor is None else trainer.predictor.to_dict(),
+        anchored=options.anchored, elements=list(dataset.elements), masses=[float(m) for m in dataset.masses],
+        constraints=[], periodic=dataset.box is not None, network=trainer.network.config_dict(),
+        temperature=dataset.temperature, system_name=system_name, implicit=trainer.scheme.to_dict(),
+        recipe={"options": json.loads(json.dumps(asdict(options))), "command": command,
+                "report_solver": trainer.options.solver_settings().to_dict(),
+                "dataset_protocol": dataset.metadata.get("protocol"),
+                "dataset_provenance": dataset.metadata.get("provenance"),
+                "report": {"classical": report.classical, "predictor": report.predictor, "trained": report.trained,
+                           "history": report.history, "wall_seconds": report.wall_seconds}})
