@@ -59,6 +59,7 @@ def main() -> None:
         for name, (integrator, *_rest) in rows.items():
             wall, cpu = time_run(integrator, args.seconds)
             best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
+    del contexts  # the integrators are usable only while their contexts live
     print(f"alanine dipeptide, CPU platform, {args.threads} thread(s), best of {args.rounds} x {args.seconds:g} s\n")
     print("| integrator | evaluations per fs | ps per wall second | ps per CPU second |")
     print("|---|---|---|---|")

@@ -13,8 +13,9 @@ from validation pairs and compares one step with the data (relative ``dv`` and `
 for the unlearned scheme (``U = V``), the classical predictor alone, and the trained model, with the solver's
 iteration counts (the configured solver, and plain iteration for comparison).
 
-The exported model has ``scheme='B'``, ``implicit = ImplicitScheme.to_dict()`` and, as ``splitting``, its predictor
-(:func:`implicit_program.predictor_splitting`; empty for the trivial start). Run it with
+The exported model has ``scheme='B'``, ``implicit = ImplicitScheme.to_dict()`` plus ``predictor_forces`` (what the
+predictor's kicks use: ``force_field`` for anchored models by default, ``model``), and, as ``splitting``, its
+predictor (:func:`implicit_program.predictor_splitting`; empty for the trivial start). Run it with
 :func:`implicit_program.add_implicit_step`. Scheme B is unconstrained-only: data or Systems with constraints are
 refused.
 """
@@ -42,14 +43,12 @@ from .diagnostics import relative_errors
 from .errors import InputError, SimulationInstabilityError
 from .implicit import (FixedPointSolver, ImplicitConvergenceWarning, ImplicitStepper, get_implicit_scheme,
                        gradient_matching_terms)
-from .implicit_program import predictor_splitting
+from .implicit_program import PREDICTOR_FORCES, default_predictor_forces, predictor_splitting
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
-from .network import build_network
-from .openmm_potential import OpenMMPotential
 from .splitting import SplittingStepper
-from .training import Trainer, _progress
-from .units import BOLTZMANN, positive_float
+from .training import Trainer, progress_line
+from .units import positive_float
 
 __all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
 
@@ -67,12 +66,16 @@ class ImplicitTrainingOptions:
         :data:`implicit.IMPLICIT_SCHEMES`.
     predictor
         The scheme-A splitting that starts the solve (``T3``, ``S2``, ``VV``) or ``none``.
+    predictor_forces
+        What the predictor kicks with: ``force_field`` (anchored only; no network evaluation) or ``model`` (the
+        heads named by the splitting). Default: ``force_field`` when anchored, else ``model``.
     anchored
         ``U_k = V + dU_k`` (default) or pure ML ``U_k = dU_k``.
     iterations
         Adam iterations (early stopping may end sooner).
-    pretrain_iterations
-        Force-matching iterations before gradient matching (pure ML starts from a surrogate of V).
+    pretrain_iterations, pretrain_batch_size
+        Force-matching iterations (and frames per batch) before gradient matching: pure ML starts from a
+        surrogate of V. Early stopping in this phase uses the force error on validation frames.
     batch_size, learning_rate, final_learning_rate
         Adam with a geometric decay over the run.
     force_matching
@@ -98,9 +101,11 @@ class ImplicitTrainingOptions:
     step: float
     scheme: str = "gauss3"
     predictor: str = "T3"
+    predictor_forces: Optional[str] = None
     anchored: bool = True
     iterations: int = 600
     pretrain_iterations: int = 0
+    pretrain_batch_size: int = 128
     batch_size: int = 16
     learning_rate: float = 2e-3
     final_learning_rate: float = 2e-4
@@ -119,12 +124,18 @@ class ImplicitTrainingOptions:
         self.step = positive_float(self.step, u.picosecond, "step")
         get_implicit_scheme(self.scheme)
         self.solver_settings()
+        if self.predictor_forces is None:
+            self.predictor_forces = default_predictor_forces(self.anchored)
+        if self.predictor_forces not in PREDICTOR_FORCES or (self.predictor_forces == "force_field"
+                                                             and not self.anchored):
+            raise InputError(f"predictor_forces must be 'model' or (anchored models only) 'force_field', got "
+                             f"{self.predictor_forces!r}.")
         if self.export_dtype not in ("float32", "float64"):
             raise InputError(f"export_dtype must be 'float32' or 'float64', got {self.export_dtype!r}.")
         if not self.anchored and self.force_matching <= 0:
             raise InputError("pure-ML scheme-B training needs force_matching > 0 to keep each head tied to the force "
                              "field; gradient matching alone leaves the heads' common offset free.")
-        for name in ("iterations", "batch_size", "validation_pairs", "solve_pairs", "eval_every", "patience"):
+        for name in ("iterations", "batch_size", "pretrain_batch_size", "validation_pairs", "solve_pairs", "eval_every", "patience"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}.")
 
@@ -170,35 +181,14 @@ class ImplicitTrainer(Trainer):
 
     def __init__(self, dataset: ReferenceDataset, system: mm.System, options: ImplicitTrainingOptions) -> None:
         _refuse_constraints(dataset, system)
-        self.options = options
-        self.dataset = dataset
-        torch.manual_seed(options.seed)
-        self.rng = np.random.default_rng(options.seed)
-        self.lag = dataset.lag_steps(options.step)
-        self.kT = BOLTZMANN * dataset.temperature
-        self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
-        self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
         self.constraints = None
-        self.potential = OpenMMPotential(system, nonfinite="nan")
         self.scheme = get_implicit_scheme(options.scheme)
         self.predictor = predictor_splitting(options.predictor, self.scheme)
-        self.network = build_network(dataset.elements, n_heads=self.scheme.n_heads, periodic=self.box is not None,
-                                     **options.network).double()
-        self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
-        self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
-        frames, _ = self.windows(0, self.train_segments, 256)
-        self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
-        total = options.pretrain_iterations + options.iterations
-        decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total, 1))
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
+        self.setup(dataset, system, options, self.scheme.n_heads, options.pretrain_iterations + options.iterations)
+        self.classical_kicks = KickPotential(None, self.reference_forces, self.box)
         q, v = self.windows(1, self.validation_segments, options.validation_pairs)
         self.validation = (q[:, 0], v[:, 0], q[:, 1], v[:, 1])
         self.solve_set = tuple(x[:options.solve_pairs] for x in self.validation)
-
-    @property
-    def network_heads(self) -> int:
-        return self.scheme.n_heads
 
     def loss_terms(self, q: torch.Tensor, v: torch.Tensor, q1: torch.Tensor, v1: torch.Tensor,
                    kicks: Optional[KickPotential] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +205,10 @@ class ImplicitTrainer(Trainer):
         """Solve one step from each of the ``solve_set`` pairs: relative errors and iteration statistics."""
         forces = lambda x, head: kicks(x, head).detach()  # noqa: E731
         h = self.options.step
-        predictor = None if self.predictor is None else SplittingStepper(self.predictor, h, self.masses, forces)
+        predictor = None
+        if self.predictor is not None:
+            start = self.classical_kicks if self.options.predictor_forces == "force_field" else kicks
+            predictor = SplittingStepper(self.predictor, h, self.masses, lambda x, head: start(x, head).detach())
         stepper = ImplicitStepper(self.scheme, h, self.masses, forces, solver, predictor, kT=self.kT)
         q, v, q1, v1 = self.solve_set
         results, iterations, unconverged = [], [], 0
@@ -236,6 +229,8 @@ class ImplicitTrainer(Trainer):
         """Validation loss, solved one-step errors and solver iterations of the map with ``kicks``."""
         solver = self.options.solver_settings()
         errors, stats = self.solve(kicks, solver)
+        if kicks.network is not None and not self.options.anchored:
+            errors["force"] = self.validation_force_loss() ** 0.5  # relative force error of the heads
         result = {"validation_loss": self.validation_loss(kicks), "errors": errors, "solver": stats}
         if plain:
             plain_solver = FixedPointSolver("plain", tolerance=solver.tolerance, max_iterations=solver.max_iterations,
@@ -247,9 +242,8 @@ class ImplicitTrainer(Trainer):
         """The classical predictor splitting (force field only) alone: the cheap map scheme B corrects."""
         if self.predictor is None:
             return {"validation_loss": float("nan"), "errors": {"dv": float("nan"), "dq": float("nan")}}
-        classical = KickPotential(None, self.reference_forces, self.box)
         stepper = SplittingStepper(self.predictor, self.options.step, self.masses,
-                                   lambda x, head: classical(x, head).detach())
+                                   lambda x, head: self.classical_kicks(x, head).detach())
         q, v, q1, v1 = self.solve_set
         with torch.no_grad():
             q_pred, v_pred, _ = stepper.step(q, v)
@@ -299,8 +293,7 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
     output = check_writable(output, overwrite)
     started = time.time()
     trainer = ImplicitTrainer(dataset, system if system is not None else dataset.system(), options)
-    classical_kicks = KickPotential(None, trainer.reference_forces, trainer.box)
-    classical = trainer.evaluate(classical_kicks)
+    classical = trainer.evaluate(trainer.classical_kicks)
     predictor = trainer.predictor_only()
     if progress:
         sys.stderr.write(f"[scheme B {trainer.scheme.name}, h = {options.step * 1000:g} fs] unlearned: validation loss "
@@ -312,7 +305,8 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
     for phase, total in phases:
         best, best_state, stale = math.inf, None, 0
         for iteration in range(1, total + 1):
-            q, v = trainer.windows(1, trainer.train_segments, options.batch_size)
+            q, v = trainer.windows(1, trainer.train_segments,
+                                   options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
             trainer.optimizer.zero_grad()
             tie = trainer.force_matching_loss(q[:, 0]) if options.force_matching > 0 or phase == "pretrain" \
                 else torch.zeros((), dtype=torch.float64)
@@ -329,9 +323,9 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
             trainer.optimizer.step()
             trainer.scheduler.step()
             if progress:
-                _progress(phase, iteration, total, loss.item(), tie.item(), started)
+                progress_line(phase, iteration, total, loss.item(), tie.item(), started)
             if iteration % options.eval_every == 0 or iteration == total:
-                score = tie.item() if phase == "pretrain" else trainer.validation_loss()
+                score = trainer.validation_force_loss() if phase == "pretrain" else trainer.validation_loss()
                 history.append({"phase": phase, "iteration": iteration, "train_loss": loss.item(),
                                 "validation_loss": score})
                 if score < best:
@@ -361,7 +355,8 @@ def _metadata(trainer: ImplicitTrainer, system_name: str, report: ImplicitTraini
         scheme="B", step=options.step, splitting={} if trainer.predictor is None else trainer.predictor.to_dict(),
         anchored=options.anchored, elements=list(dataset.elements), masses=[float(m) for m in dataset.masses],
         constraints=[], periodic=dataset.box is not None, network=trainer.network.config_dict(),
-        temperature=dataset.temperature, system_name=system_name, implicit=trainer.scheme.to_dict(),
+        temperature=dataset.temperature, system_name=system_name,
+        implicit={**trainer.scheme.to_dict(), "predictor_forces": options.predictor_forces},
         recipe={"options": json.loads(json.dumps(asdict(options))), "command": command,
                 "report_solver": trainer.options.solver_settings().to_dict(),
                 "dataset_protocol": dataset.metadata.get("protocol"),

@@ -53,6 +53,8 @@ import openmm as mm
 import openmm.unit as u
 
 from .errors import InputError, ModelMismatchError, SimulationInstabilityError
+from .implicit import FixedPointSolver
+from .implicit_program import ImplicitProgram, add_implicit_step, check_convergence, read_solver_state
 from .modelfile import (ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, LEARNED_FORCE_NAME, NODE_PARAMETER, ActionMLModel,
                         load_model)
 from .units import BOLTZMANN, positive_float
@@ -139,13 +141,17 @@ class ActionMLIntegrator(mm.CustomIntegrator):
     """
 
     def __init__(self, model: ActionMLModel | str | Path, temperature: Any = None, friction: Any = None,
-                 constraint_tolerance: float = 1e-10, *, step: Any = None, first_same_as_last: bool = True) -> None:
+                 constraint_tolerance: float = 1e-10, *, step: Any = None, first_same_as_last: bool = True,
+                 solver: Optional[FixedPointSolver] = None) -> None:
         self.model = _as_model(model)
         meta = self.model.metadata
         name = f"model {self.model.path.name}"
-        if meta.scheme != "A":
-            raise ModelMismatchError(f"{name} is a scheme-{meta.scheme} model; ActionMLIntegrator runs scheme-A "
-                                     f"(explicit splitting) models.")
+        if meta.scheme not in ("A", "B"):
+            raise ModelMismatchError(f"{name} has unknown scheme {meta.scheme!r}; this version runs schemes A and B.")
+        if solver is not None and meta.scheme != "B":
+            raise InputError("solver= applies to scheme-B (implicit) models only.")
+        self.solver = solver
+        self._implicit: Optional[ImplicitProgram] = None
         self.h = float(meta.step)
         requested = self.h if step is None else positive_float(step, u.picosecond, "step")
         if abs(requested - self.h) > 1e-9 * self.h:
@@ -165,6 +171,9 @@ class ActionMLIntegrator(mm.CustomIntegrator):
         self._build_program()
 
     def _build_program(self) -> None:
+        if self.model.metadata.scheme == "B":
+            self._build_implicit_program()
+            return
         self.addPerDofVariable(_LEARNED, 0.0)
         if self.model.metadata.anchored:
             self.addPerDofVariable(_FORCE_FIELD, 0.0)
@@ -186,6 +195,18 @@ class ActionMLIntegrator(mm.CustomIntegrator):
                 self._add_drift(stage.coefficient)
             else:
                 self._add_kick(stage.coefficient, stage.head, first=index == 0, last=index == len(stages) - 1)
+        self._add_ou_half_step()
+        self.addComputeSum(_CHECK, "x*x + v*v")
+
+    def _build_implicit_program(self) -> None:
+        """Scheme B: the fixed-point solve of :mod:`openmm_actionml.implicit_program` between the O half-steps."""
+        self.addGlobalVariable(_CHECK, 0.0)
+        if self.temperature is not None:
+            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
+            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
+        self.addUpdateContextState()
+        self._add_ou_half_step()
+        self._implicit = add_implicit_step(self, self.model.metadata, self.solver, update_context_state=False)
         self._add_ou_half_step()
         self.addComputeSum(_CHECK, "x*x + v*v")
 
@@ -259,6 +280,7 @@ class ActionMLIntegrator(mm.CustomIntegrator):
         if self.getStepSize().value_in_unit(u.picosecond) != self.h:
             raise ModelMismatchError(f"the step size was changed to {self.getStepSize()}; this integrator's "
                                      f"learned map is only valid at {self.h * 1000:g} fs. Do not call setStepSize.")
+        before = read_solver_state(self) if self._implicit is not None else None
         try:
             super().step(steps)
         except mm.OpenMMException as error:  # the CPU platform refuses NaN coordinates mid-step
@@ -267,6 +289,8 @@ class ActionMLIntegrator(mm.CustomIntegrator):
             raise SimulationInstabilityError(self._instability_advice(steps)) from error
         if not math.isfinite(self.getGlobalVariableByName(_CHECK)):
             raise SimulationInstabilityError(self._instability_advice(steps))
+        if self._implicit is not None:
+            check_convergence(self, before, steps, self._implicit)
 
     def _instability_advice(self, steps: int) -> str:
         return (f"positions or velocities became NaN or infinite within the last {steps} steps of "

@@ -165,29 +165,36 @@ class Trainer:
     """Owns the data, the network, the force field and the optimiser of one training run."""
 
     def __init__(self, dataset: ReferenceDataset, system: mm.System, options: TrainingOptions) -> None:
+        splitting = get_splitting(options.splitting)
+        self.constraints = ConstraintSet.from_system(system)
+        self.setup(dataset, system, options, splitting.n_heads,
+                   options.pretrain_iterations + options.iterations * len(options.curriculum))
+        self.stepper = SplittingStepper(splitting, options.step, self.masses, self.kicks, self.constraints)
+
+    def setup(self, dataset: ReferenceDataset, system: mm.System, options, n_heads: int, total_iterations: int) -> None:
+        """What every trainer needs: seeds, units, the force field, the network (with feature scaling fitted
+        on training frames), the kick potentials, the segment split, Adam and its decay over ``total_iterations``.
+        ``self.constraints`` must be set first."""
         self.options = options
         self.dataset = dataset
+        self.n_heads = n_heads
         torch.manual_seed(options.seed)
         self.rng = np.random.default_rng(options.seed)
         self.lag = dataset.lag_steps(options.step)
         self.kT = BOLTZMANN * dataset.temperature
         self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
         self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
-        self.constraints = ConstraintSet.from_system(system)
         # Blown-up configurations give NaN (not an exception), so the NVE gate can count them as unstable.
         self.potential = OpenMMPotential(system, nonfinite="nan")
-        splitting = get_splitting(options.splitting)
         excluded = None if self.constraints is None else self.constraints.pairs.tolist()
-        self.network = build_network(dataset.elements, n_heads=splitting.n_heads, periodic=self.box is not None,
+        self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
                                      excluded_pairs=excluded, **options.network).double()
         self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
-        self.stepper = SplittingStepper(splitting, options.step, self.masses, self.kicks, self.constraints)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
         frames, _ = self.windows(0, self.train_segments, 256)
         self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
-        total = options.pretrain_iterations + options.iterations * len(options.curriculum)
-        decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total, 1))
+        decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total_iterations, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
 
     def reference_forces(self, q: torch.Tensor) -> torch.Tensor:
@@ -220,21 +227,17 @@ class Trainer:
         reference = self.reference_forces(q).detach()
         scale = (reference ** 2).mean()
         loss = torch.zeros((), dtype=torch.float64)
-        for head in range(self.network_heads):
+        for head in range(self.n_heads):
             learned = self.kicks.learned_forces(q, head)
             predicted = learned + reference if self.options.anchored else learned
             loss = loss + ((predicted - reference) ** 2).mean() / scale
-        return loss / self.network_heads
+        return loss / self.n_heads
 
     def validation_force_loss(self) -> float:
         """:meth:`force_matching_loss` on validation frames."""
         q, _ = self.windows(0, self.validation_segments, 128)
         with torch.no_grad():
             return float(self.force_matching_loss(q[:, 0]))
-
-    @property
-    def network_heads(self) -> int:
-        return self.stepper.splitting.n_heads
 
     def validate(self) -> dict:
         """Validation loss at the first curriculum unroll and one-step relative errors."""
@@ -256,7 +259,7 @@ class Trainer:
                         self.dataset.temperature, gate, self.dataset.elements)
 
 
-def _progress(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
+def progress_line(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
     elapsed = time.time() - started
     eta = elapsed / max(iteration, 1) * (total - iteration)
     sys.stderr.write(f"\r[{stage}] {iteration}/{total} loss {loss:.3e} energy-penalty {penalty:.2e} "
@@ -356,7 +359,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
             trainer.scheduler.step()
             state["iteration"] += 1
             if progress:
-                _progress(phase, state["iteration"], total, float(loss), float(penalty), started)
+                progress_line(phase, state["iteration"], total, float(loss), float(penalty), started)
             if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
                 score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_force_loss()
                 if score < best:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from openmm_actionml.platforms import available_platforms
 from openmm_actionml.systems import build_system
@@ -23,6 +24,16 @@ def platform_params() -> list:
                          pytest.mark.skip(reason=f"OpenMM platform {name} is not available on this machine "
                                                  f"(OpenCL on a CPU needs pocl-opencl-icd)"))
             for name in TEST_PLATFORMS]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One torch thread: the networks are small, and on 2 cores shared with OpenMM's threads more torch threads
+    made them up to 60 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

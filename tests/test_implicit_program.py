@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -16,9 +17,9 @@ from openmm_actionml.errors import ActionMLConvergenceError, InputError, ModelMi
 from openmm_actionml.implicit import (IMPLICIT_SCHEMES, FixedPointSolver, ImplicitConvergenceWarning,
                                       ImplicitStepper)
 from openmm_actionml.implicit_program import (ITERATIONS, RESIDUAL, TOTAL_ITERATIONS, UNCONVERGED,
-                                              add_implicit_step, check_convergence, predictor_splitting,
-                                              read_solver_state)
-from openmm_actionml.integrator import add_learned_force
+                                              add_implicit_step, check_convergence, default_predictor_forces,
+                                              predictor_splitting, read_solver_state)
+from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.kicks import KickPotential
 from openmm_actionml.modelfile import ActionMLModel, ModelMetadata, export_model, load_model
 from openmm_actionml.openmm_potential import OpenMMPotential
@@ -29,15 +30,6 @@ H = 0.002  # ps
 N_STEPS = 5
 KT = BOLTZMANN * 300.0
 TORCH_SOLVER = FixedPointSolver("anderson", tolerance=1e-12, max_iterations=300, anderson_depth=5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a shared, busy machine two threads made the small network 60 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +43,18 @@ def flexible(alanine):
 
 
 def make_model(path, system: mm.System, elements: list[str], scheme: str = "gauss3", anchored: bool = True,
-               predictor="T3", h: float = H, network=None) -> tuple[ActionMLModel, torch.nn.Module]:
+               predictor="T3", h: float = H, network=None, predictor_forces: Optional[str] = None
+               ) -> tuple[ActionMLModel, torch.nn.Module]:
+    """A toy scheme-B model; the predictor kicks with the force field (anchored) or the heads (pure ML) by default."""
     masses = [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
     implicit = IMPLICIT_SCHEMES[scheme]
     splitting = predictor_splitting(predictor, implicit)
     network = ToyNetwork(system.getNumParticles()) if network is None else network
     metadata = ModelMetadata(scheme="B", step=h, splitting={} if splitting is None else splitting.to_dict(),
                              anchored=anchored, elements=elements, masses=masses, constraints=[], periodic=False,
-                             network={"kind": "toy"}, temperature=300.0, implicit=implicit.to_dict())
+                             network={"kind": "toy"}, temperature=300.0,
+                             implicit={**implicit.to_dict(),
+                                       "predictor_forces": predictor_forces or default_predictor_forces(anchored)})
     export_model(network, metadata, path)
     return load_model(path), network
 
@@ -88,7 +84,12 @@ def torch_stepper(model: ActionMLModel, network: torch.nn.Module, system: mm.Sys
     kicks = KickPotential(network, (lambda q: potential.energy_and_forces(q)[1]) if meta.anchored else None)
     masses = torch.tensor(meta.masses, dtype=torch.float64)
     forces = lambda q, head: kicks(q, head).detach()  # noqa: E731
-    predictor = SplittingStepper(meta.get_splitting(), meta.step, masses, forces) if meta.splitting else None
+    if meta.implicit["predictor_forces"] == "force_field":
+        classical = KickPotential(None, lambda q: potential.energy_and_forces(q)[1])
+        kick = lambda q, head: classical(q, head).detach()  # noqa: E731
+    else:
+        kick = forces
+    predictor = SplittingStepper(meta.get_splitting(), meta.step, masses, kick) if meta.splitting else None
     return ImplicitStepper(meta.implicit["name"], meta.step, masses, forces, solver, predictor, kT=KT)
 
 
@@ -133,16 +134,17 @@ def test_matches_torch_stepper(tmp_path, flexible, platform, anchored):
     assert after.total_iterations >= N_STEPS * 2 and context.getParameter("actionml_active") == 0.0
 
 
-@pytest.mark.parametrize("scheme, predictor, method, depth", [
-    ("midpoint", "T3", "anderson", 1),
-    ("gauss2", None, "damped", 5),
-    ("gauss3", "S2", "plain", 5),
-    ("gauss3", "T3", "anderson", 8),
-], ids=["midpoint-anderson1", "gauss2-trivial-damped", "gauss3-S2-plain", "gauss3-anderson8"])
-def test_same_iterations_as_torch_on_reference(tmp_path, flexible, scheme, predictor, method, depth):
+@pytest.mark.parametrize("scheme, predictor, forces, method, depth", [
+    ("midpoint", "T3", "model", "anderson", 1),
+    ("gauss2", None, "model", "damped", 5),
+    ("gauss3", "S2", "force_field", "plain", 5),
+    ("gauss3", "T3", "model", "anderson", 8),
+], ids=["midpoint-T3model-anderson1", "gauss2-trivial-damped", "gauss3-S2ff-plain", "gauss3-T3model-anderson8"])
+def test_same_iterations_as_torch_on_reference(tmp_path, flexible, scheme, predictor, forces, method, depth):
     """Same solver settings on both sides: the same iteration counts and the same state to round-off."""
     system, prepared = flexible
-    model, network = make_model(tmp_path / "m.pt", system, elements_of(prepared), scheme, predictor=predictor)
+    model, network = make_model(tmp_path / "m.pt", system, elements_of(prepared), scheme, predictor=predictor,
+                                predictor_forces=forces)
     solver = FixedPointSolver(method, tolerance=1e-9, max_iterations=200, anderson_depth=depth)
     context, integrator, _ = make_context(system, model, solver, prepared.positions)
     q0, v0 = state(context)
@@ -245,9 +247,34 @@ def test_refusals(tmp_path, flexible):
     scheme_a.scheme = "A"
     with pytest.raises(ModelMismatchError, match="scheme-A"):
         add_implicit_step(mm.CustomIntegrator(H), scheme_a)
+    pure = copy.deepcopy(model.metadata)
+    pure.anchored = False
+    with pytest.raises(ModelMismatchError, match="force field"):
+        add_implicit_step(mm.CustomIntegrator(H), pure)
     wrong_heads = copy.deepcopy(model.metadata)
     wrong_heads.implicit = IMPLICIT_SCHEMES["midpoint"].to_dict()
     with pytest.raises(ModelMismatchError, match="head 1"):
         add_implicit_step(mm.CustomIntegrator(H), wrong_heads)
     assert predictor_splitting("none", IMPLICIT_SCHEMES["gauss3"]) is None
     assert {s.head for s in predictor_splitting("T3", IMPLICIT_SCHEMES["gauss2"]).stages} == {0}
+
+
+def test_actionml_integrator_runs_scheme_b_models(tmp_path, flexible):
+    """ActionMLIntegrator builds the same scheme-B step as add_implicit_step, and its step() checks convergence."""
+    system, prepared = flexible
+    model, _ = make_model(tmp_path / "m.pt", system, elements_of(prepared))
+    solver = FixedPointSolver("anderson", tolerance=1e-10, max_iterations=60)
+    context, integrator, _ = make_context(system, model, solver, prepared.positions)
+    wrapped = ActionMLIntegrator(model, solver=solver)
+    other = mm.Context(add_learned_force(system, model), wrapped, mm.Platform.getPlatformByName("Reference"))
+    other.setState(context.getState(getPositions=True, getVelocities=True))
+    integrator.step(3)
+    wrapped.step(3)
+    np.testing.assert_array_equal(state(context)[0], state(other)[0])
+    np.testing.assert_array_equal(state(context)[1], state(other)[1])
+
+    failing = ActionMLIntegrator(model, solver=FixedPointSolver("plain", tolerance=1e-10, max_iterations=2))
+    stuck = mm.Context(add_learned_force(system, model), failing, mm.Platform.getPlatformByName("Reference"))
+    stuck.setState(context.getState(getPositions=True, getVelocities=True))
+    with pytest.raises(ActionMLConvergenceError, match="max_iterations = 2"):
+        failing.step(2)

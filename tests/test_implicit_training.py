@@ -21,15 +21,6 @@ from openmm_actionml.modelfile import load_model
 STEP = 0.002  # ps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a shared, busy machine two threads made the small network 60 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_dataset(alanine):
     return generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
@@ -47,12 +38,14 @@ def tiny_options(**changes) -> ImplicitTrainingOptions:
 @pytest.mark.parametrize("anchored", [True, False], ids=["anchored", "pure"])
 def test_train_implicit_exports_a_scheme_b_model_whose_network_is_on(tiny_dataset, alanine, tmp_path, anchored):
     output = tmp_path / "model.pt"
-    options = tiny_options() if anchored else tiny_options(anchored=False, force_matching=1.0, pretrain_iterations=2)
+    options = tiny_options() if anchored else tiny_options(anchored=False, force_matching=1.0, pretrain_iterations=2,
+                                                           pretrain_batch_size=8)
     report = train_implicit(tiny_dataset, None, options, output, progress=False)
     model = load_model(output)
     meta = model.metadata
     assert meta.scheme == "B" and meta.step == STEP and meta.anchored == anchored and meta.constraints == []
-    assert meta.implicit == IMPLICIT_SCHEMES["gauss3"].to_dict()
+    assert meta.implicit == {**IMPLICIT_SCHEMES["gauss3"].to_dict(),
+                             "predictor_forces": "force_field" if anchored else "model"}
     assert meta.get_splitting().name == "T3"
     assert meta.recipe["options"]["scheme"] == "gauss3"
     for entry in (report.trained, report.classical):
@@ -60,6 +53,7 @@ def test_train_implicit_exports_a_scheme_b_model_whose_network_is_on(tiny_datase
         assert entry["solver"]["mean"] >= 1 and entry["plain"]["max"] >= 1
     assert 0 < report.predictor["errors"]["dv"] < 1
     assert "trained" in report.summary()
+    assert ("force" in report.trained["errors"]) != anchored  # pure ML reports its heads' relative force error
     # The exported network is the trained one: its learned forces are not zero (the readout starts at zero).
     q = torch.as_tensor(tiny_dataset.positions[0, :2])
     learned = KickPotential(load_model(output).network.double(), None)
@@ -87,5 +81,7 @@ def test_bad_options_are_refused():
         ImplicitTrainingOptions(step=STEP, anchored=False)
     with pytest.raises(InputError, match="unknown implicit scheme"):
         ImplicitTrainingOptions(step=STEP, scheme="gauss9")
+    with pytest.raises(InputError, match="predictor_forces"):
+        ImplicitTrainingOptions(step=STEP, anchored=False, force_matching=1.0, predictor_forces="force_field")
     with pytest.raises(InputError, match="fixed-point method"):
         ImplicitTrainingOptions(step=STEP, solver={"method": "newton"})

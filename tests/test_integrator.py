@@ -28,27 +28,11 @@ from openmm_actionml.network import build_network
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.splitting import SplittingStepper, get_splitting
 from openmm_actionml.systems import PreparedSystem
+from toy_systems import ToyNetwork
 
 N_STEPS = 10
 H_CONSTRAINED = 0.008  # ps: T3 with HBonds, the design's default
 H_FLEXIBLE = 0.004
-
-
-class ToyNetwork(torch.nn.Module):
-    """A scriptable stand-in for W: per head, a sum of pair Gaussians, ``(q[B, N, 3], box) -> [B, n_heads]``."""
-
-    def __init__(self, n_atoms: int, n_heads: int = 2, amplitude: float = 2.0, seed: int = 0) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.amplitudes = torch.nn.Parameter(amplitude * torch.randn(n_heads, dtype=torch.float64, generator=generator))
-        self.widths = torch.nn.Parameter(0.02 + 0.03 * torch.rand(n_heads, dtype=torch.float64, generator=generator))
-        i, j = torch.triu_indices(n_atoms, n_atoms, 1)
-        self.register_buffer("i", i)
-        self.register_buffer("j", j)
-
-    def forward(self, q: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
-        r2 = ((q[:, self.i] - q[:, self.j]) ** 2).sum(-1)
-        return (self.amplitudes[None, :, None] * torch.exp(-r2[:, None, :] / self.widths[None, :, None])).sum(-1)
 
 
 class Scaled(torch.nn.Module):

@@ -41,7 +41,7 @@ def test_train_exports_a_model_whose_network_is_on(tiny_dataset, tmp_path):
     assert meta.recipe["report"]["chosen"] == report.chosen
     # The exported network is the trained one, not zero: the learned kick differs from the classical one.
     q = torch.as_tensor(tiny_dataset.positions[0, :2])
-    learned = KickPotential(model.network.double(), None)
+    learned = KickPotential(load_model(output).network.double(), None)  # a copy: .double() changes it in place
     assert learned(q, 0).abs().max().item() > 0.0
 
 

@@ -39,10 +39,8 @@ def toy_state(n_atoms: int = 5, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class ToyNetwork(torch.nn.Module):
-    """A scriptable stand-in for W: per head, a sum of pair Gaussians, ``(q[B, N, 3], box) -> [B, n_heads]``.
-
-    The same toy as ``test_integrator.ToyNetwork`` (float64, random amplitudes and widths per head).
-    """
+    """A scriptable stand-in for W: per head, a sum of pair Gaussians, ``(q[B, N, 3], box) -> [B, n_heads]``
+    (float64, random amplitudes and widths per head)."""
 
     def __init__(self, n_atoms: int, n_heads: int = 2, amplitude: float = 2.0, seed: int = 0) -> None:
         super().__init__()
