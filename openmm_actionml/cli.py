@@ -149,6 +149,9 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--energy-penalty", type=float, default=0.3, help="lambda_E in kT units (default 0.3)")
     parser.add_argument("--force-matching", type=float, default=0.0, help="weight tying heads to the force field")
     parser.add_argument("--pretrain-iterations", type=int, default=0, help="force-matching iterations first")
+    parser.add_argument("--eval-every", type=int, default=25, help="iterations between validations (default 25)")
+    parser.add_argument("--patience", type=int, default=3, help="validations without improvement before a stage "
+                        "ends early (default 3)")
     parser.add_argument("--hidden", default="64,64", help="MLP hidden widths (default 64,64)")
     gate = GateOptions()
     parser.add_argument("--gate-trajectories", type=int, default=gate.n_trajectories,
@@ -172,7 +175,8 @@ def run_train(args: argparse.Namespace) -> int:
         curriculum=_integers(args.curriculum, "--curriculum"), iterations=args.iterations, batch_size=args.batch_size,
         learning_rate=args.learning_rate, final_learning_rate=args.learning_rate / 10.0,
         energy_penalty=args.energy_penalty, force_matching=args.force_matching,
-        pretrain_iterations=args.pretrain_iterations, seed=args.seed,
+        pretrain_iterations=args.pretrain_iterations, seed=args.seed, eval_every=args.eval_every,
+        patience=args.patience,
         network={"hidden": _integers(args.hidden, "--hidden")},
         gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,

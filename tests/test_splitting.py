@@ -131,3 +131,29 @@ def test_constrained_rigid_chain_conserves_energy_better_than_step_error():
     energy = toy_energy(qs) + 0.5 * (masses[:, None] * vs ** 2).sum((-1, -2))
     first, last = energy[:100].mean(), energy[100:].mean()
     assert abs(last - first).item() < 3 * energy.std().item() + 1e-9
+
+
+def test_untrained_anchored_s2_is_mclachlan():
+    """An untrained anchored model (dW = 0 by zero init) is the classical McLachlan splitting, written out here."""
+    from openmm_actionml.kicks import KickPotential
+    from openmm_actionml.network import build_network
+    from openmm_actionml.splitting import MCLACHLAN_B
+
+    q, v, masses = toy_state()
+    network = build_network(["C", "H", "N", "O", "H"], n_heads=2).double()
+    run = SplittingStepper(get_splitting("S2"), H, masses, KickPotential(network, toy_forces))
+    with torch.no_grad():
+        q1, v1, _ = run.step(q, v)
+
+    def forces(x: np.ndarray) -> np.ndarray:
+        return toy_forces(torch.tensor(x)).detach().numpy()
+
+    m, b = masses[:, None].numpy(), MCLACHLAN_B
+    qn, vn = q.numpy(), v.numpy()
+    vn = vn + b * H * forces(qn) / m
+    qn = qn + 0.5 * H * vn
+    vn = vn + (1 - 2 * b) * H * forces(qn) / m
+    qn = qn + 0.5 * H * vn
+    vn = vn + b * H * forces(qn) / m
+    np.testing.assert_allclose(q1.numpy(), qn, rtol=0, atol=100 * EPS * np.abs(qn).max())
+    np.testing.assert_allclose(v1.numpy(), vn, rtol=0, atol=100 * EPS * np.abs(vn).max())

@@ -1,0 +1,76 @@
+"""The model file: export/load round trip, validation against a System, and damaged files."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import openmm as mm
+import openmm.unit as u
+from openmm_actionml.errors import ModelFileError, ModelMismatchError
+from openmm_actionml.modelfile import ModelMetadata, export_model, load_model
+from openmm_actionml.network import build_network
+from openmm_actionml.splitting import SPLITTINGS
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, alanine):
+    elements = [atom.element.symbol for atom in alanine.topology.atoms()]
+    network = build_network(elements, zero_init=False, hidden=[8], n_channels=4)
+    system = alanine.system
+    metadata = ModelMetadata(scheme="A", step=0.004, splitting=SPLITTINGS["S2"].to_dict(), anchored=True,
+                             elements=elements, constraints=[], periodic=False, network=network.config_dict(),
+                             masses=[system.getParticleMass(i).value_in_unit(u.dalton)
+                                     for i in range(system.getNumParticles())],
+                             temperature=300.0, system_name="alanine-dipeptide", recipe={"seed": 3})
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    export_model(network, metadata, path)
+    return network, metadata, path
+
+
+def test_round_trip_gives_identical_outputs_and_metadata(exported, alanine):
+    network, metadata, path = exported
+    model = load_model(path)
+    assert model.metadata == metadata
+    q = torch.tensor(alanine.positions.value_in_unit(u.nanometer), dtype=torch.float32)
+    with torch.no_grad():
+        expected = network(q[None], None)
+    assert torch.equal(model.network(q[None], None), expected)
+    for head in (0, 1):
+        energy, forces = model.module(q, torch.tensor(float(head)), torch.tensor(1.0))
+        assert energy.item() == pytest.approx(expected[0, head].item(), rel=1e-6)
+        assert forces.shape == q.shape and bool(torch.isfinite(forces).all())
+
+
+def test_validate_names_each_mismatch(exported, alanine):
+    model = load_model(exported[2])
+    model.validate(alanine.system, step=0.004, topology=alanine.topology)
+    heavier = copy.deepcopy(alanine.system)
+    heavier.setParticleMass(0, 2.0 * u.dalton)
+    with pytest.raises(ModelMismatchError, match="particle 0 has mass"):
+        model.validate(heavier)
+    constrained = copy.deepcopy(alanine.system)
+    constrained.addConstraint(0, 1, 0.1)
+    with pytest.raises(ModelMismatchError, match="constraints"):
+        model.validate(constrained)
+    periodic = copy.deepcopy(alanine.system)
+    for force in periodic.getForces():
+        if isinstance(force, mm.NonbondedForce):
+            force.setNonbondedMethod(mm.NonbondedForce.CutoffPeriodic)
+    with pytest.raises(ModelMismatchError, match="non-periodic"):
+        model.validate(periodic)
+    with pytest.raises(ModelMismatchError, match="4 fs, not 2 fs"):
+        model.validate(alanine.system, step=0.002)
+    bigger = copy.deepcopy(alanine.system)
+    bigger.addParticle(1.0)
+    with pytest.raises(ModelMismatchError, match="23"):
+        model.validate(bigger)
+
+
+def test_truncated_file_is_reported(exported, tmp_path):
+    data = exported[2].read_bytes()
+    broken = tmp_path / "truncated.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(broken)
