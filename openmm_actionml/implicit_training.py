@@ -34,7 +34,6 @@ from typing import Optional
 import numpy as np
 import torch
 import openmm as mm
-import openmm.unit as u
 
 from .atomic import check_writable
 from .constraints import ConstraintSet
@@ -47,20 +46,18 @@ from .implicit_program import PREDICTOR_FORCES, default_predictor_forces, predic
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
 from .splitting import SplittingStepper
-from .training import Trainer, progress_line
-from .units import positive_float
+from .training import OptimisationOptions, Trainer, progress_line
 
 __all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
 
 
 @dataclass
-class ImplicitTrainingOptions:
-    """Everything that defines a scheme-B training run (stored in the model's recipe).
+class ImplicitTrainingOptions(OptimisationOptions):
+    """A scheme-B training run: :class:`training.OptimisationOptions` (here ``iterations`` is the whole
+    gradient-matching run) and
 
     Attributes
     ----------
-    step
-        The step h in ps; a multiple of the data's frame spacing.
     scheme
         ``gauss3`` (default; two heads: centre and pair), ``gauss2`` or ``midpoint``; see
         :data:`implicit.IMPLICIT_SCHEMES`.
@@ -69,59 +66,28 @@ class ImplicitTrainingOptions:
     predictor_forces
         What the predictor kicks with: ``force_field`` (anchored only; no network evaluation) or ``model`` (the
         heads named by the splitting). Default: ``force_field`` when anchored, else ``model``.
-    anchored
-        ``U_k = V + dU_k`` (default) or pure ML ``U_k = dU_k``.
-    iterations
-        Adam iterations (early stopping may end sooner).
-    pretrain_iterations, pretrain_batch_size
-        Force-matching iterations (and frames per batch) before gradient matching: pure ML starts from a
-        surrogate of V. Early stopping in this phase uses the force error on validation frames.
-    batch_size, learning_rate, final_learning_rate
-        Adam with a geometric decay over the run.
-    force_matching
-        Weight of a term tying each head's forces to the force field's (required for pure ML).
-    validation_fraction
-        Fraction of segments held out.
     validation_pairs
         Held-out pairs of the early-stopping loss (drawn once).
     solve_pairs
         Held-out pairs solved one at a time for the report's errors and iteration counts.
-    eval_every, patience
-        Validation cadence and early-stopping patience (in evaluations).
-    seed
-        Seeds torch and the data sampling.
-    network
-        Options passed to :func:`openmm_actionml.network.build_network`.
     solver
         :class:`FixedPointSolver` options for the report's solves; default Anderson(5), tolerance 1e-6.
     export_dtype
         ``float32`` (default, as scheme A) or ``float64`` for the exported network.
     """
 
-    step: float
+    iterations: int = 600
+    patience: int = 4
     scheme: str = "gauss3"
     predictor: str = "T3"
     predictor_forces: Optional[str] = None
-    anchored: bool = True
-    iterations: int = 600
-    pretrain_iterations: int = 0
-    pretrain_batch_size: int = 128
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    final_learning_rate: float = 2e-4
-    force_matching: float = 0.0
-    validation_fraction: float = 0.2
     validation_pairs: int = 128
     solve_pairs: int = 24
-    eval_every: int = 25
-    patience: int = 4
-    seed: int = 0
-    network: dict = field(default_factory=dict)
     solver: dict = field(default_factory=dict)
     export_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        self.step = positive_float(self.step, u.picosecond, "step")
+        super().__post_init__()
         get_implicit_scheme(self.scheme)
         self.solver_settings()
         if self.predictor_forces is None:
@@ -132,10 +98,7 @@ class ImplicitTrainingOptions:
                              f"{self.predictor_forces!r}.")
         if self.export_dtype not in ("float32", "float64"):
             raise InputError(f"export_dtype must be 'float32' or 'float64', got {self.export_dtype!r}.")
-        if not self.anchored and self.force_matching <= 0:
-            raise InputError("pure-ML scheme-B training needs force_matching > 0 to keep each head tied to the force "
-                             "field; gradient matching alone leaves the heads' common offset free.")
-        for name in ("iterations", "batch_size", "pretrain_batch_size", "validation_pairs", "solve_pairs", "eval_every", "patience"):
+        for name in ("validation_pairs", "solve_pairs"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}.")
 

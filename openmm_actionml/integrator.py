@@ -1,4 +1,9 @@
-"""``ActionMLIntegrator``: scheme A (a learned palindromic kick/drift splitting) as an OpenMM CustomIntegrator.
+"""``ActionMLIntegrator``: a learned long step as an OpenMM CustomIntegrator.
+
+Scheme A (the default) is a learned palindromic kick/drift splitting, described below. Scheme B (the implicit
+midpoint generating function) replaces the stages by the fixed-point solve of
+:mod:`openmm_actionml.implicit_program`; its ``step()`` also raises :class:`ActionMLConvergenceError` (or warns,
+per the solver's ``on_nonconvergence``) when a solve did not converge.
 
 One step, in the shape of openmmtools' ``LangevinIntegrator(splitting="O V R V R ... V O")``::
 
@@ -115,7 +120,7 @@ def add_learned_force(system: mm.System, model: ActionMLModel | str | Path) -> m
 
 
 class ActionMLIntegrator(mm.CustomIntegrator):
-    """Long steps with a learned symplectic, time-reversible splitting (scheme A).
+    """Long steps with a learned symplectic, time-reversible map: scheme A (splitting) or B (implicit).
 
     Parameters
     ----------
@@ -131,7 +136,9 @@ class ActionMLIntegrator(mm.CustomIntegrator):
     step
         Optional step size (ps or a Quantity), checked against the model's ``h``.
     first_same_as_last
-        Reuse the last kick's forces at the start of the next step when the positions are unchanged.
+        Reuse the last kick's forces at the start of the next step when the positions are unchanged (scheme A).
+    solver
+        Scheme B's fixed-point solver (default: Anderson(5), tolerance 1e-6).
 
     Notes
     -----
@@ -171,44 +178,38 @@ class ActionMLIntegrator(mm.CustomIntegrator):
         self._build_program()
 
     def _build_program(self) -> None:
-        if self.model.metadata.scheme == "B":
-            self._build_implicit_program()
-            return
+        """update context state; [O half-step]; scheme A's stages or scheme B's solve; [O half-step]; finite check."""
+        implicit = self.model.metadata.scheme == "B"
+        self.addGlobalVariable(_CHECK, 0.0)
+        if self.temperature is not None:
+            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
+            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
+        if not implicit:
+            self._add_splitting_variables()
+        self.addUpdateContextState()
+        self._add_ou_half_step()
+        if implicit:
+            self._implicit = add_implicit_step(self, self.model.metadata, self.solver, update_context_state=False)
+        else:
+            stages = self.model.metadata.get_splitting().stages
+            for index, stage in enumerate(stages):
+                if stage.kind == "drift":
+                    self._add_drift(stage.coefficient)
+                else:
+                    self._add_kick(stage.coefficient, stage.head, first=index == 0, last=index == len(stages) - 1)
+        self._add_ou_half_step()
+        self.addComputeSum(_CHECK, "x*x + v*v")
+
+    def _add_splitting_variables(self) -> None:
         self.addPerDofVariable(_LEARNED, 0.0)
         if self.model.metadata.anchored:
             self.addPerDofVariable(_FORCE_FIELD, 0.0)
-        self.addGlobalVariable(_CHECK, 0.0)
         if self.first_same_as_last:
             self.addPerDofVariable(_FORCES_AT, 0.0)
             self.addGlobalVariable(_STALE, 1.0)
             self.addGlobalVariable(_MOVED, 0.0)
         if self._constrained:
             self.addPerDofVariable(_UNCONSTRAINED, 0.0)
-        if self.temperature is not None:
-            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
-            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
-        self.addUpdateContextState()
-        self._add_ou_half_step()
-        stages = self.model.metadata.get_splitting().stages
-        for index, stage in enumerate(stages):
-            if stage.kind == "drift":
-                self._add_drift(stage.coefficient)
-            else:
-                self._add_kick(stage.coefficient, stage.head, first=index == 0, last=index == len(stages) - 1)
-        self._add_ou_half_step()
-        self.addComputeSum(_CHECK, "x*x + v*v")
-
-    def _build_implicit_program(self) -> None:
-        """Scheme B: the fixed-point solve of :mod:`openmm_actionml.implicit_program` between the O half-steps."""
-        self.addGlobalVariable(_CHECK, 0.0)
-        if self.temperature is not None:
-            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
-            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
-        self.addUpdateContextState()
-        self._add_ou_half_step()
-        self._implicit = add_implicit_step(self, self.model.metadata, self.solver, update_context_state=False)
-        self._add_ou_half_step()
-        self.addComputeSum(_CHECK, "x*x + v*v")
 
     def _add_ou_half_step(self) -> None:
         if self.temperature is None:

@@ -43,30 +43,24 @@ class GateFailedError(ActionMLError):
 
 
 @dataclass
-class TrainingOptions:
-    """Everything that defines a training run (stored in the model's recipe).
+class OptimisationOptions:
+    """What every trainer shares (stored in the model's recipe).
 
     Attributes
     ----------
     step
-        The long step h in ps; a multiple of the data's fine step.
-    splitting
-        ``"T3"`` (default), ``"S2"`` or ``"VV"``.
+        The long step h in ps; a multiple of the data's frame spacing.
     anchored
         ``W = V + dW`` (default) or pure ML ``W = dW``.
-    curriculum
-        Unroll lengths, trained in turn.
     iterations
-        Adam iterations per curriculum stage (early stopping may end a stage sooner).
+        Adam iterations per stage (early stopping may end a stage sooner).
     batch_size, learning_rate, final_learning_rate
         Adam with a geometric decay over the whole run.
-    energy_penalty
-        lambda_E, in kT units (0.3 held in the prototype; 0.03 heated).
     force_matching
-        Weight of a term tying each head's forces to the force field's (needed in pure-ML mode).
+        Weight of a term tying each head's forces to the force field's (required in pure-ML mode).
     pretrain_iterations, pretrain_batch_size
-        Force-matching iterations (and frames per batch) before the unrolled training: pure ML starts from a
-        surrogate of V.
+        Force-matching iterations (and frames per batch) before the main training: pure ML starts from a
+        surrogate of V. Early stopping in this phase uses the force error on validation frames.
     validation_fraction
         Fraction of segments held out.
     eval_every, patience
@@ -75,38 +69,62 @@ class TrainingOptions:
         Seeds torch and the data sampling.
     network
         Options passed to :func:`openmm_actionml.network.build_network`.
-    gate
-        The NVE ensemble gate.
     """
 
     step: float
-    splitting: str = "T3"
     anchored: bool = True
-    curriculum: tuple[int, ...] = (1, 2, 4, 8, 16)
     iterations: int = 150
     batch_size: int = 16
     learning_rate: float = 2e-3
     final_learning_rate: float = 2e-4
-    energy_penalty: float = 0.3
     force_matching: float = 0.0
     pretrain_iterations: int = 0
     pretrain_batch_size: int = 128
     validation_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 3
-    checkpoint_every: int = 25
     seed: int = 0
     network: dict = field(default_factory=dict)
-    gate: GateOptions = field(default_factory=GateOptions)
 
     def __post_init__(self) -> None:
         self.step = positive_float(self.step, u.picosecond, "step")
-        self.curriculum = tuple(int(k) for k in self.curriculum)
-        if not self.curriculum or min(self.curriculum) < 1:
-            raise InputError("curriculum must be a list of positive unroll lengths, e.g. 1,2,4,8.")
+        for name in ("iterations", "batch_size", "pretrain_batch_size", "eval_every", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if not self.anchored and self.force_matching <= 0:
             raise InputError("pure-ML training needs force_matching > 0 to keep each head tied to the force field; "
                              "untied heads drift and heat (DESIGN.md section 3).")
+
+
+@dataclass
+class TrainingOptions(OptimisationOptions):
+    """A scheme-A training run: :class:`OptimisationOptions` and
+
+    Attributes
+    ----------
+    splitting
+        ``"T3"`` (default), ``"S2"`` or ``"VV"``.
+    curriculum
+        Unroll lengths, trained in turn, ``iterations`` each.
+    energy_penalty
+        lambda_E, in kT units (0.3 held in the prototype; 0.03 heated).
+    checkpoint_every
+        Iterations between checkpoints.
+    gate
+        The NVE ensemble gate.
+    """
+
+    splitting: str = "T3"
+    curriculum: tuple[int, ...] = (1, 2, 4, 8, 16)
+    energy_penalty: float = 0.3
+    checkpoint_every: int = 25
+    gate: GateOptions = field(default_factory=GateOptions)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.curriculum = tuple(int(k) for k in self.curriculum)
+        if not self.curriculum or min(self.curriculum) < 1:
+            raise InputError("curriculum must be a list of positive unroll lengths, e.g. 1,2,4,8.")
         if isinstance(self.gate, dict):
             self.gate = GateOptions(**self.gate)
 
