@@ -30,6 +30,7 @@ from .systems import SOLVENTS, PreparedSystem, build_system
 from .modelfile import load_model
 from .nve_gate import GateOptions
 from .simulate import run_model
+from .implicit_training import ImplicitTrainingOptions, train_implicit
 from .training import TrainingOptions, train
 
 #: The demo's settings: alanine dipeptide, flexible, velocity Verlet at 0.25 fs.
@@ -140,10 +141,15 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset", nargs="+", help="reference dataset(s) from `actionml generate`; several of the same "
                         "system (e.g. at 300 K and 375 K) are combined, the first setting kT")
     parser.add_argument("--step", type=float, required=True, help="long step h in fs (a multiple of the frame spacing)")
-    parser.add_argument("--splitting", default="T3", choices=["T3", "S2", "VV"], help="default T3 (BCSS)")
+    parser.add_argument("--splitting", default="T3", choices=["T3", "S2", "VV"],
+                        help="scheme A's splitting (default T3, BCSS); with --implicit, the predictor")
+    parser.add_argument("--implicit", choices=["gauss3", "gauss2", "midpoint"],
+                        help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
+                             "matching, instead of scheme A; flexible systems only")
     parser.add_argument("--pure-ml", action="store_true", help="kicks use the learned potential alone (no force field)")
     parser.add_argument("--curriculum", default="1,2,4,8,16", help="unroll lengths (default 1,2,4,8,16)")
-    parser.add_argument("--iterations", type=int, default=150, help="Adam iterations per curriculum stage")
+    parser.add_argument("--iterations", type=int, default=150,
+                        help="Adam iterations per curriculum stage (scheme B: in all; default 150)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--energy-penalty", type=float, default=0.3, help="lambda_E in kT units (default 0.3)")
@@ -170,17 +176,24 @@ def run_train(args: argparse.Namespace) -> int:
     """Train, print the report, and write the model."""
     check_writable(args.output, args.overwrite)
     dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
-    options = TrainingOptions(
-        step=args.step / 1000.0, splitting=args.splitting, anchored=not args.pure_ml,
-        curriculum=_integers(args.curriculum, "--curriculum"), iterations=args.iterations, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, final_learning_rate=args.learning_rate / 10.0,
-        energy_penalty=args.energy_penalty, force_matching=args.force_matching,
-        pretrain_iterations=args.pretrain_iterations, seed=args.seed, eval_every=args.eval_every,
-        patience=args.patience,
-        network={"hidden": _integers(args.hidden, "--hidden")},
-        gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
+    common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, iterations=args.iterations,
+                  batch_size=args.batch_size, learning_rate=args.learning_rate,
+                  final_learning_rate=args.learning_rate / 10.0, force_matching=args.force_matching,
+                  pretrain_iterations=args.pretrain_iterations, seed=args.seed, eval_every=args.eval_every,
+                  patience=args.patience, network={"hidden": _integers(args.hidden, "--hidden")})
+    name = args.name or Path(args.dataset[0]).stem
+    if args.implicit:
+        report = train_implicit(dataset, None, ImplicitTrainingOptions(**common, scheme=args.implicit,
+                                                                       predictor=args.splitting),
+                                args.output, overwrite=args.overwrite, system_name=name, command=args.command_line)
+        print(report.summary())
+        print(f"wrote {args.output}")
+        return 0
+    options = TrainingOptions(**common, splitting=args.splitting, curriculum=_integers(args.curriculum, "--curriculum"),
+                              energy_penalty=args.energy_penalty,
+                              gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
-                   system_name=args.name or Path(args.dataset[0]).stem, command=args.command_line)
+                   system_name=name, command=args.command_line)
     print(report.summary())
     print(f"wrote {args.output}")
     return 0

@@ -22,12 +22,11 @@ refused.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -46,7 +45,7 @@ from .implicit_program import PREDICTOR_FORCES, default_predictor_forces, predic
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
 from .splitting import SplittingStepper
-from .training import OptimisationOptions, Trainer, progress_line
+from .training import OptimisationOptions, Trainer, base_recipe, progress_line
 
 __all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
 
@@ -320,9 +319,7 @@ def _metadata(trainer: ImplicitTrainer, system_name: str, report: ImplicitTraini
         constraints=[], periodic=dataset.box is not None, network=trainer.network.config_dict(),
         temperature=dataset.temperature, system_name=system_name,
         implicit={**trainer.scheme.to_dict(), "predictor_forces": options.predictor_forces},
-        recipe={"options": json.loads(json.dumps(asdict(options))), "command": command,
+        recipe={**base_recipe(dataset, options, command),
                 "report_solver": trainer.options.solver_settings().to_dict(),
-                "dataset_protocol": dataset.metadata.get("protocol"),
-                "dataset_provenance": dataset.metadata.get("provenance"),
                 "report": {"classical": report.classical, "predictor": report.predictor, "trained": report.trained,
                            "history": report.history, "wall_seconds": report.wall_seconds}})

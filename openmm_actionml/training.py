@@ -417,6 +417,17 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
     return report
 
 
+def base_recipe(dataset: ReferenceDataset, options: OptimisationOptions, command: str) -> dict:
+    """The part of a model's recipe every trainer writes: options, command, the system (so ``actionml run`` can
+    rebuild it) and the data's protocol and provenance."""
+    return {"options": json.loads(json.dumps(asdict(options))), "command": command,
+            "system": {"input": dataset.metadata.get("input"),
+                       "settings": {key: value for key, value in dataset.metadata.items()
+                                    if key not in ("protocol", "provenance", "command", "input")}},
+            "dataset_protocol": dataset.metadata.get("protocol"),
+            "dataset_provenance": dataset.metadata.get("provenance")}
+
+
 def _metadata(trainer: Trainer, system_name: str, report: TrainingReport, command: str) -> ModelMetadata:
     dataset, options = trainer.dataset, trainer.options
     constraints = [] if trainer.constraints is None else [
@@ -426,10 +437,5 @@ def _metadata(trainer: Trainer, system_name: str, report: TrainingReport, comman
         elements=list(dataset.elements), masses=[float(m) for m in dataset.masses], constraints=constraints,
         periodic=dataset.box is not None, network=trainer.network.config_dict(), temperature=dataset.temperature,
         system_name=system_name,
-        recipe={"options": json.loads(json.dumps(asdict(options))), "command": command,
-                "system": {"input": dataset.metadata.get("input"),
-                           "settings": {key: value for key, value in dataset.metadata.items()
-                                        if key not in ("protocol", "provenance", "command", "input")}},
-                "dataset_protocol": dataset.metadata.get("protocol"),
-                "dataset_provenance": dataset.metadata.get("provenance"),
+        recipe={**base_recipe(dataset, options, command),
                 "report": {"classical": report.classical, "candidates": report.candidates, "chosen": report.chosen}})

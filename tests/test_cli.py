@@ -5,6 +5,7 @@ import pytest
 
 from openmm_actionml.cli import main
 from openmm_actionml.dataset import ReferenceDataset
+from openmm_actionml.modelfile import load_model
 
 TINY = ["--segments", "2", "--segment-length", "0.005", "--equilibration", "0.01", "--decorrelation", "0.005",
         "--platform", "Reference", "--seed", "1"]
@@ -64,3 +65,16 @@ def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exit_info:
         main(["generate"])
     assert exit_info.value.code == 2
+
+
+def test_train_scheme_b_from_the_command_line(tmp_path, capsys):
+    dataset = tmp_path / "flex.npz"
+    assert main(["generate", "alanine-dipeptide", "--record-every", "2", *TINY,
+                 "--output", str(dataset)]) == 0
+    model = tmp_path / "b.pt"
+    argv = ["train", str(dataset), "--step", "2", "--implicit", "gauss3", "--iterations", "3", "--eval-every", "1",
+            "--hidden", "8", "--output", str(model)]
+    assert main(argv) == 0
+    meta = load_model(model).metadata
+    assert meta.scheme == "B" and meta.implicit["name"] == "gauss3" and meta.recipe["system"]["input"] == "alanine-dipeptide"
+    assert "wrote" in capsys.readouterr().out
