@@ -28,12 +28,17 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--example", help="bundled example to run (default: the model's training system)")
+    parser.add_argument("--constraints", help="with --example: its constraints (e.g. HBonds)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    system = model.metadata.recipe["system"]
-    prepared = build_example(system["input"], **{key: value for key, value in system["settings"].items()
-                                                 if key in ("constraints", "hydrogen_mass", "solvent")})
+    system = model.metadata.recipe.get("system") or {"input": args.example, "settings": {}}
+    settings = {key: value for key, value in system["settings"].items()
+                if key in ("constraints", "hydrogen_mass", "solvent")}
+    if args.constraints:
+        settings["constraints"] = args.constraints
+    prepared = build_example(args.example or system["input"], **settings)
     steps = int(round(args.time / model.metadata.step))
     per_element: dict[str, list[float]] = {}
     for seed in range(args.trajectories):

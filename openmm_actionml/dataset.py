@@ -171,7 +171,7 @@ class ReferenceDataset:
         return n
 
     def windows(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None = None,
-                stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                stride: int = 1, select: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Positions and velocities at ``t, t+lag, ..., t+k*lag`` for every start frame ``t``.
 
         Parameters
@@ -184,11 +184,14 @@ class ReferenceDataset:
             Segment indices to draw from (default: all).
         stride
             Spacing of start frames ``t``, in frames.
+        select
+            Indices into the ``M`` windows to return (only those are gathered), e.g. a random batch.
 
         Returns
         -------
         positions, velocities
-            Shape ``[M, k + 1, N, 3]``, ``M`` = (number of segments) x (start frames per segment).
+            Shape ``[M, k + 1, N, 3]``, ``M`` = (number of segments) x (start frames per segment), in that order;
+            with ``select``, ``[len(select), k + 1, N, 3]``.
         """
         n = self.lag_steps(lag)
         if int(k) != k or k < 1 or int(stride) != stride or stride < 1:
@@ -198,10 +201,18 @@ class ReferenceDataset:
             raise InputError(f"a window of {k} x {n} frames spans {span * self.delta:g} ps, longer than a segment "
                              f"({self.segment_duration:g} ps); use a smaller lag or k, or generate longer segments.")
         chosen = self._segments(segments)
-        frames = np.arange(0, self.n_frames - span, int(stride))[:, None] + n * np.arange(int(k) + 1)
-        index = (chosen[:, None, None], frames[None])
-        shape = (-1, int(k) + 1, self.n_atoms, 3)
-        return self.positions[index].reshape(shape), self.velocities[index].reshape(shape)
+        starts = np.arange(0, self.n_frames - span, int(stride))
+        if select is None:
+            select = np.arange(len(chosen) * len(starts))
+        segment, start = np.divmod(np.asarray(select, dtype=np.int64), len(starts))
+        index = (chosen[segment][:, None], starts[start][:, None] + n * np.arange(int(k) + 1))
+        return self.positions[index], self.velocities[index]
+
+    def count_windows(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None = None,
+                      stride: int = 1) -> int:
+        """``M``, the number of windows :meth:`windows` would return."""
+        span = int(k) * self.lag_steps(lag)
+        return len(self._segments(segments)) * len(range(0, self.n_frames - span, int(stride)))
 
     def pairs(self, lag: u.Quantity | float, segments: Sequence[int] | None = None,
               stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -223,12 +223,11 @@ class Trainer:
 
     def windows(self, k: int, segments: np.ndarray, count: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` random reference windows of ``k`` steps (``k = 0``: single frames), ``[M, k + 1, N, 3]``."""
-        q, v = self.dataset.windows(self.options.step, max(k, 1), segments)
-        q, v = q[:, :k + 1], v[:, :k + 1]
-        if count is not None and count < len(q):
-            pick = self.rng.choice(len(q), count, replace=False)
-            q, v = q[pick], v[pick]
-        return torch.as_tensor(q, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64)
+        total = self.dataset.count_windows(self.options.step, max(k, 1), segments)
+        pick = self.rng.choice(total, count, replace=False) if count is not None and count < total else None
+        q, v = self.dataset.windows(self.options.step, max(k, 1), segments, select=pick)
+        return (torch.as_tensor(q[:, :k + 1], dtype=torch.float64),
+                torch.as_tensor(v[:, :k + 1], dtype=torch.float64))
 
     def unroll_loss(self, q_ref: torch.Tensor, v_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trajectory loss (thermal units, averaged over the unroll) and the energy penalty term."""

@@ -168,3 +168,15 @@ def test_concatenate_combines_segments_and_refuses_other_systems():
     assert both.metadata["combined_temperatures"] == [300.0, 375.0]
     with pytest.raises(DatasetError, match="same system"):
         ReferenceDataset.concatenate([cold, make(2, 300.0, n_atoms=4)])
+
+
+def test_selected_windows_equal_indexing_all_windows():
+    rng = np.random.default_rng(1)
+    shape = (3, 9, 2, 3)
+    data = ReferenceDataset(rng.normal(size=shape), rng.normal(size=shape), 0.001, np.ones(2), ["C", "C"], 300.0)
+    q, v = data.windows(0.002, 2, [0, 2])
+    assert data.count_windows(0.002, 2, [0, 2]) == len(q)
+    pick = rng.choice(len(q), 4, replace=False)
+    q_pick, v_pick = data.windows(0.002, 2, [0, 2], select=pick)
+    np.testing.assert_array_equal(q_pick, q[pick])
+    np.testing.assert_array_equal(v_pick, v[pick])

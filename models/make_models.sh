@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The exact commands that made the shipped models (see models/README.md). About 40 min on 2 cores.
+set -euo pipefail
+A="${ACTIONML:-actionml}"  # the installed command; run from an empty working directory
+export OMP_NUM_THREADS=1
+$A generate alanine-dipeptide --delta 0.25 --record-every 4 --segments 12 --segment-length 2 --seed 1 --platform CPU --output ala-flex.npz --overwrite
+$A generate alanine-dipeptide --constraints HBonds --delta 0.25 --record-every 4 --segments 16 --segment-length 2 --seed 2 --platform CPU --output ala-hbonds.npz --overwrite
+$A train ala-flex.npz --step 4 --splitting S2 --curriculum 1,2,4,8 --iterations 400 --batch-size 16 --learning-rate 5e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 10 --seed 0 --name alanine-dipeptide --output alanine-s2-4fs.pt --checkpoint s2.chk --overwrite > s2.log 2>&1 &
+$A train ala-hbonds.npz --step 8 --splitting T3 --curriculum 1,2,4,8,16 --iterations 400 --batch-size 16 --learning-rate 5e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 10 --seed 0 --name "alanine-dipeptide (HBonds)" --output alanine-t3-8fs.pt --checkpoint t3.chk --overwrite > t3.log 2>&1 &
+wait
