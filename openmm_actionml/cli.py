@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import openmm as mm
 import openmm.app as app
 import openmm.unit as u
 
@@ -29,7 +30,7 @@ from .platforms import get_platform
 from .systems import SOLVENTS, PreparedSystem, build_system
 from .modelfile import load_model
 from .nve_gate import GateOptions
-from .simulate import run_model
+from .simulate import run_model, topology_from_elements
 from .implicit_training import ImplicitTrainingOptions, train_implicit
 from .training import TrainingOptions, train
 
@@ -199,6 +200,19 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_xml(path: str, kind: type) -> Any:
+    """An OpenMM object of type ``kind`` from an XmlSerializer file, or a clear error."""
+    try:
+        with open(path) as handle:
+            value = mm.XmlSerializer.deserialize(handle.read())
+    except Exception as error:  # OSError, or OpenMM's XML parse errors
+        raise InputError(f"cannot read {path} as a serialized OpenMM {kind.__name__} ({error}); write it with "
+                         f"openmm.XmlSerializer.serialize.") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{path} holds a {type(value).__name__}, not a {kind.__name__}.")
+    return value
+
+
 def _integers(text: str, option: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -216,6 +230,8 @@ def add_run(subcommands: argparse._SubParsersAction) -> None:
                     "ActionMLIntegrator. Prints drift, per-element temperature and speed.")
     parser.add_argument("model", help="model file (.pt) from `actionml train` or models/")
     parser.add_argument("input", nargs="?", help="PDB file or bundled example (default: the model's training system)")
+    parser.add_argument("--system-xml", help="a serialized System to run instead of INPUT (with --state-xml)")
+    parser.add_argument("--state-xml", help="a serialized State to continue from (positions, velocities, box)")
     _add_system_options(parser)
     run = parser.add_argument_group("run")
     length = run.add_mutually_exclusive_group(required=True)
@@ -240,14 +256,22 @@ def run_run(args: argparse.Namespace) -> int:
     """Build, run, report."""
     model = load_model(args.model)
     system_info = model.metadata.recipe.get("system", {})
-    if args.input is None:
+    state = None
+    if (args.system_xml is None) != (args.state_xml is None):
+        raise InputError("--system-xml and --state-xml go together: give both, or neither.")
+    if args.system_xml is not None:
+        system, state = _read_xml(args.system_xml, mm.System), _read_xml(args.state_xml, mm.State)
+        prepared = PreparedSystem(topology_from_elements(model.metadata.elements), system,
+                                  state.getPositions(asNumpy=True))
+    elif args.input is None:
         if not system_info.get("input"):
             raise InputError(f"model {args.model} does not record its training system; give a PDB file or example.")
         args.input = system_info["input"]
         for key, value in system_info.get("settings", {}).items():
             if hasattr(args, key) and getattr(args, key) is None and key != "input":
                 setattr(args, key, value)
-    prepared = _prepare(args)
+    if args.system_xml is None:
+        prepared = _prepare(args)
     steps = args.steps if args.steps is not None else int(round(args.time / model.metadata.step))
     reporters = []
     if args.log:
@@ -260,7 +284,8 @@ def run_run(args: argparse.Namespace) -> int:
         reporters.append(app.CheckpointReporter(args.checkpoint, args.report_interval))
     _, summary = run_model(prepared, model, steps, temperature=args.temperature, friction=args.friction,
                            start_temperature=args.start_temperature, platform=args.platform, seed=args.seed,
-                           report_interval=args.report_interval, reporters=reporters, equilibration=args.equilibrate)
+                           report_interval=args.report_interval, reporters=reporters, equilibration=args.equilibrate,
+                           state=state)
     print(summary.text())
     return 0
 

@@ -18,6 +18,7 @@ import openmm.unit as u
 
 from .diagnostics import EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift
 from .errors import InputError
+from .implicit_program import ImplicitSolverState, read_solver_state
 from .integrator import ActionMLIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import get_platform
@@ -79,6 +80,7 @@ class RunSummary:
     element_temperatures: dict[str, float]
     drift: Optional[EnergyDrift]
     evaluations_per_fs: float
+    solver: Optional[ImplicitSolverState] = None
 
     def text(self) -> str:
         lines = [f"{self.steps} steps, {self.simulated_ps:g} ps in {self.wall_seconds:.1f} s "
@@ -86,6 +88,9 @@ class RunSummary:
                  f"{self.evaluations_per_fs:.3g} force evaluations per fs)",
                  f"kinetic temperature {self.temperature:.1f} K; per element: " +
                  ", ".join(f"{e} {t:.1f} K" for e, t in self.element_temperatures.items())]
+        if self.solver is not None:
+            lines.append(f"scheme-B solver: {self.solver.total_iterations / self.steps:.1f} iterations per step, "
+                         f"{self.solver.unconverged} unconverged step(s), last residual {self.solver.residual:.2g}")
         if self.drift is not None:
             lines.append(f"energy drift {self.drift.slope_kt_per_dof_per_ns:+.3g} kT/DOF/ns "
                          f"({self.drift.slope_kj_per_ns:+.3g} kJ/mol/ns), RMS about the trend {self.drift.rms_kj:.3g} kJ/mol")
@@ -95,7 +100,8 @@ class RunSummary:
 def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, temperature: Optional[float] = None,
               friction: Optional[float] = None, start_temperature: float | None = None, platform: Optional[str] = None,
               report_interval: int = 100, reporters: Optional[list] = None, seed: Optional[int] = None,
-              equilibration: float = 1.0, progress: bool = True) -> tuple[app.Simulation, RunSummary]:
+              equilibration: float = 1.0, state: Optional[mm.State] = None,
+              progress: bool = True) -> tuple[app.Simulation, RunSummary]:
     """Run ``model`` on ``prepared`` for ``steps`` long steps and summarise.
 
     Parameters
@@ -114,6 +120,9 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     equilibration
         ps of LangevinMiddle dynamics (1 fs, 1/ps) on the force field alone before the run, so an NVE run
         starts from an equilibrated state rather than from the minimum.
+    state
+        Continue from this State (positions, velocities, box) instead: no minimisation, velocities or
+        equilibration.
     platform
         OpenMM platform name.
     report_interval
@@ -126,11 +135,14 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     system = add_learned_force(prepared.system, model)
     integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
     integrator.validate(system, prepared.topology)
-    start = start_temperature or temperature or model.metadata.temperature
-    positions, velocities = _equilibrate(prepared, start, equilibration, platform, seed)
     simulation = app.Simulation(prepared.topology, system, integrator, get_platform(platform))
-    simulation.context.setPositions(positions)
-    simulation.context.setVelocities(velocities)
+    if state is None:
+        start = start_temperature or temperature or model.metadata.temperature
+        positions, velocities = _equilibrate(prepared, start, equilibration, platform, seed)
+        simulation.context.setPositions(positions)
+        simulation.context.setVelocities(velocities)
+    else:
+        simulation.context.setState(state)
     summary = SummaryReporter(report_interval)
     simulation.reporters.extend([summary] + list(reporters or []))
     if progress:
@@ -138,7 +150,18 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     started = time.monotonic()
     simulation.step(int(steps))
     wall = time.monotonic() - started
-    return simulation, _summarise(prepared, model, summary, int(steps), wall, temperature)
+    solver = read_solver_state(integrator) if model.metadata.scheme == "B" else None
+    return simulation, _summarise(prepared, model, summary, int(steps), wall, temperature, solver)
+
+
+def topology_from_elements(elements: list[str]) -> app.Topology:
+    """A minimal Topology (one residue per particle) for a System that comes without one, e.g. from XML."""
+    topology = app.Topology()
+    chain = topology.addChain()
+    for index, symbol in enumerate(elements):
+        residue = topology.addResidue(f"X{index}", chain)
+        topology.addAtom(symbol or "X", app.Element.getBySymbol(symbol) if symbol else None, residue)
+    return topology
 
 
 def _equilibrate(prepared: PreparedSystem, temperature: float, duration: float, platform: Optional[str],
@@ -162,7 +185,7 @@ def _equilibrate(prepared: PreparedSystem, temperature: float, duration: float, 
 
 
 def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryReporter, steps: int, wall: float,
-               thermostat: Optional[float]) -> RunSummary:
+               thermostat: Optional[float], solver: Optional[ImplicitSolverState]) -> RunSummary:
     system = prepared.system
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
     constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())]).reshape(-1, 2)
@@ -176,7 +199,11 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     drift = None
     if thermostat is None and len(summary.times) >= 3:
         drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
-    splitting = model.metadata.get_splitting()
     h_fs = model.metadata.step * 1000.0
-    return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
-                      splitting.evaluations_per_step / h_fs)
+    if solver is None:
+        evaluations = model.metadata.get_splitting().evaluations_per_step
+    else:  # one evaluation per node per iteration, plus the predictor's kicks
+        predictor = model.metadata.splitting
+        kicks = sum(1 for kind, *_ in predictor["stages"] if kind == "kick") if predictor else 0
+        evaluations = solver.total_iterations / steps * len(model.metadata.implicit["nodes"]) + kicks
+    return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift, evaluations / h_fs, solver)

@@ -54,3 +54,45 @@ def test_cli_run_refuses_a_mismatched_system(alanine_model, capsys):
             "--platform", "Reference"]
     assert main(argv) == 2
     assert "constraints" in capsys.readouterr().err
+
+
+def test_run_model_scheme_b_reports_solver_statistics(alanine, tmp_path):
+    from openmm_actionml.implicit import IMPLICIT_SCHEMES
+    from openmm_actionml.implicit_program import default_predictor_forces, predictor_splitting
+
+    system = alanine.system
+    elements = [atom.element.symbol for atom in alanine.topology.atoms()]
+    network = build_network(elements, n_heads=2, zero_init=False, hidden=[8], n_channels=4)
+    scheme = IMPLICIT_SCHEMES["gauss3"]
+    metadata = ModelMetadata(scheme="B", step=0.001, splitting=predictor_splitting("T3", scheme).to_dict(),
+                             anchored=True, elements=elements, constraints=[], periodic=False,
+                             masses=[system.getParticleMass(i).value_in_unit(u.dalton)
+                                     for i in range(system.getNumParticles())],
+                             network=network.config_dict(), temperature=300.0,
+                             implicit={**scheme.to_dict(), "predictor_forces": default_predictor_forces(True)})
+    export_model(network, metadata, tmp_path / "b.pt")
+    _, summary = run_model(alanine, load_model(tmp_path / "b.pt"), 10, platform="Reference", report_interval=5,
+                           seed=1, equilibration=0.01, progress=False)
+    assert summary.solver is not None and summary.solver.unconverged == 0
+    assert summary.solver.total_iterations >= 10  # at least one iteration per step
+    assert "scheme-B solver" in summary.text()
+
+
+def test_cli_run_continues_from_serialized_system_and_state(alanine, alanine_model, tmp_path, capsys):
+    import openmm as mm
+
+    context = mm.Context(alanine.system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(alanine.positions)
+    context.setVelocitiesToTemperature(300, 1)
+    (tmp_path / "system.xml").write_text(mm.XmlSerializer.serialize(alanine.system))
+    (tmp_path / "state.xml").write_text(mm.XmlSerializer.serialize(context.getState(getPositions=True,
+                                                                                      getVelocities=True)))
+    argv = ["run", str(alanine_model.path), "--system-xml", str(tmp_path / "system.xml"), "--state-xml",
+            str(tmp_path / "state.xml"), "--steps", "10", "--report-interval", "5", "--platform", "Reference"]
+    assert main(argv) == 0
+    assert "10 steps" in capsys.readouterr().out
+    assert main(argv[:4] + ["--steps", "2"]) == 2
+    assert "go together" in capsys.readouterr().err
+    (tmp_path / "bad.xml").write_text("<System")
+    assert main(argv[:3] + [str(tmp_path / "bad.xml")] + argv[4:]) == 2
+    assert "cannot read" in capsys.readouterr().err
