@@ -38,3 +38,19 @@ def platform_properties(platform: mm.Platform | None, precision: str | None = No
         return {}
     key = PRECISION_PROPERTY.get(platform.getName())
     return {key: precision} if key else {}
+
+
+def explain_context_error(error: Exception, platform: mm.Platform | None) -> Exception:
+    """Turn OpenMM's error for a platform that lacks openmmtorch's kernels into one that says what to install.
+
+    Returns the original ``error`` for anything else.
+    """
+    # Context's check of a named platform, and Platform::createKernel's own message.
+    if not any(text in str(error) for text in ("does not support all required kernels",
+                                                "does not support the requested kernel")):
+        return error
+    name = platform.getName() if platform is not None else "chosen"
+    failures = "; ".join(mm.Platform.getPluginLoadFailures()) or "none reported"
+    return InputError(f"the {name} platform cannot run the learned force: openmmtorch has no plugin for it here "
+                      f"(plugin load failures: {failures}). Install openmmtorch's build for this platform, e.g. "
+                      f"`pip install \"openmmtorch[cuda12]==1.5\"` for CUDA, or choose Reference, CPU or OpenCL.")

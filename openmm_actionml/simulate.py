@@ -21,7 +21,7 @@ from .errors import InputError
 from .implicit_program import ImplicitSolverState, read_solver_state
 from .integrator import ActionMLIntegrator, add_learned_force
 from .modelfile import ActionMLModel
-from .platforms import get_platform
+from .platforms import explain_context_error, get_platform
 from .systems import PreparedSystem
 from .units import BOLTZMANN
 
@@ -135,7 +135,11 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     system = add_learned_force(prepared.system, model)
     integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
     integrator.validate(system, prepared.topology)
-    simulation = app.Simulation(prepared.topology, system, integrator, get_platform(platform))
+    platform_object = get_platform(platform)
+    try:
+        simulation = app.Simulation(prepared.topology, system, integrator, platform_object)
+    except mm.OpenMMException as error:
+        raise explain_context_error(error, platform_object) from error
     if state is None:
         start = start_temperature or temperature or model.metadata.temperature
         positions, velocities = _equilibrate(prepared, start, equilibration, platform, seed)

@@ -96,3 +96,19 @@ def test_cli_run_continues_from_serialized_system_and_state(alanine, alanine_mod
     (tmp_path / "bad.xml").write_text("<System")
     assert main(argv[:3] + [str(tmp_path / "bad.xml")] + argv[4:]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_platform_without_the_torch_plugin_gets_a_clear_error():
+    """OpenMM's message for a platform lacking openmmtorch's kernels (no such platform exists on the test machine,
+    so the exception is the one OpenMM's Platform::createKernel throws)."""
+    import openmm as mm
+    from openmm_actionml.errors import InputError
+    from openmm_actionml.platforms import explain_context_error
+
+    error = mm.OpenMMException("Called createKernel() on a Platform which does not support the requested kernel")
+    explained = explain_context_error(error, mm.Platform.getPlatformByName("Reference"))
+    assert isinstance(explained, InputError) and "openmmtorch[cuda12]" in str(explained)
+    named = mm.OpenMMException("Specified a Platform for a Context which does not support all required kernels")
+    assert isinstance(explain_context_error(named, None), InputError)
+    other = mm.OpenMMException("something else")
+    assert explain_context_error(other, None) is other
