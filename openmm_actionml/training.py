@@ -422,7 +422,9 @@ def base_recipe(dataset: ReferenceDataset, options: OptimisationOptions, command
     return {"options": json.loads(json.dumps(asdict(options))), "command": command,
             "system": {"input": dataset.metadata.get("input"),
                        "settings": {key: value for key, value in dataset.metadata.items()
-                                    if key not in ("protocol", "provenance", "command", "input")}},
+                                    if key not in ("protocol", "provenance", "command", "input",
+                                                   "combined_temperatures")}},
+            "dataset_temperatures": dataset.metadata.get("combined_temperatures", [dataset.temperature]),
             "dataset_protocol": dataset.metadata.get("protocol"),
             "dataset_provenance": dataset.metadata.get("provenance")}
 
