@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv opencl clean-venv
+.PHONY: demo test venv opencl clean-venv
 
 venv: $(STAMP)
 
@@ -27,9 +27,6 @@ demo: venv
 
 test: venv opencl
 	$(VPY) -m pytest -ra
-
-test-slow: venv opencl
-	$(VPY) -m pytest -ra -m slow
 
 clean-venv:
 	rm -rf $(VENV)
