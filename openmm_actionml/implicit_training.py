@@ -22,7 +22,6 @@ refused.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 import warnings
@@ -45,7 +44,7 @@ from .implicit_program import PREDICTOR_FORCES, default_predictor_forces, predic
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
 from .splitting import SplittingStepper
-from .training import OptimisationOptions, Trainer, base_recipe, progress_line
+from .training import EarlyStopping, OptimisationOptions, Trainer, base_recipe, progress_line
 
 __all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
 
@@ -265,7 +264,7 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
     phases = [("pretrain", options.pretrain_iterations)] if options.pretrain_iterations else []
     phases.append(("gradient-matching", options.iterations))
     for phase, total in phases:
-        best, best_state, stale = math.inf, None, 0
+        stopping = EarlyStopping(options.patience)
         for iteration in range(1, total + 1):
             q, v = trainer.windows(1, trainer.train_segments,
                                    options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
@@ -290,16 +289,11 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
                 score = trainer.validation_force_loss() if phase == "pretrain" else trainer.validation_loss()
                 history.append({"phase": phase, "iteration": iteration, "train_loss": loss.item(),
                                 "validation_loss": score})
-                if score < best:
-                    best, best_state, stale = score, copy.deepcopy(trainer.network.state_dict()), 0
-                else:
-                    stale += 1
-                    if stale >= options.patience:
-                        break
+                if stopping.update(score, trainer.network):
+                    break
         if progress:
             sys.stderr.write("\n")
-        if best_state is not None:
-            trainer.network.load_state_dict(best_state)
+        stopping.restore(trainer.network)
     trained = trainer.evaluate(trainer.kicks)
     report = ImplicitTrainingReport(classical, predictor, trained, history, time.time() - started)
     if progress:

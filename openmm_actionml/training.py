@@ -276,6 +276,30 @@ class Trainer:
                         self.dataset.temperature, gate, self.dataset.elements)
 
 
+class EarlyStopping:
+    """Keeps the network state of the best validation score; says stop after ``patience`` validations without
+    improvement."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = float("inf")
+        self.state: Optional[dict] = None
+        self.stale = 0
+
+    def update(self, score: float, network: torch.nn.Module) -> bool:
+        """Record a validation ``score``; return whether to stop."""
+        if score < self.best:
+            self.best, self.state, self.stale = score, copy.deepcopy(network.state_dict()), 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, network: torch.nn.Module) -> None:
+        """Load the best state seen, if any."""
+        if self.state is not None:
+            network.load_state_dict(self.state)
+
+
 def progress_line(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
     elapsed = time.time() - started
     eta = elapsed / max(iteration, 1) * (total - iteration)
@@ -356,7 +380,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         pretrain = phase == "pretrain"
         k = 0 if pretrain else options.curriculum[state["phase"] - (1 if options.pretrain_iterations else 0)]
         total = options.pretrain_iterations if pretrain else options.iterations
-        best, best_state, stale = float("inf"), None, 0
+        stopping = EarlyStopping(options.patience)
         while state["iteration"] < total:
             q, v = trainer.windows(k, trainer.train_segments,
                                    options.pretrain_batch_size if pretrain else options.batch_size)
@@ -379,18 +403,13 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
                 progress_line(phase, state["iteration"], total, float(loss), float(penalty), started)
             if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
                 score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_force_loss()
-                if score < best:
-                    best, best_state, stale = score, copy.deepcopy(trainer.network.state_dict()), 0
-                else:
-                    stale += 1
-                if stale >= options.patience:
+                if stopping.update(score, trainer.network):
                     break
             if state["iteration"] % options.checkpoint_every == 0:
                 save()
         if progress:
             sys.stderr.write("\n")
-        if best_state is not None:
-            trainer.network.load_state_dict(best_state)
+        stopping.restore(trainer.network)
         if not pretrain:
             metrics = trainer.validate()
             gate = trainer.gate()
