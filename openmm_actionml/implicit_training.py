@@ -44,7 +44,7 @@ from .implicit_program import PREDICTOR_FORCES, default_predictor_forces, predic
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
 from .splitting import SplittingStepper
-from .training import EarlyStopping, OptimisationOptions, Trainer, base_recipe, progress_line
+from .training import EarlyStopping, OptimisationOptions, ProgressLine, Trainer, base_recipe
 
 __all__ = ["ImplicitTrainingOptions", "ImplicitTrainingReport", "ImplicitTrainer", "train_implicit"]
 
@@ -265,6 +265,7 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
     phases.append(("gradient-matching", options.iterations))
     for phase, total in phases:
         stopping = EarlyStopping(options.patience)
+        line = ProgressLine(phase, total, progress)
         for iteration in range(1, total + 1):
             q, v = trainer.windows(1, trainer.train_segments,
                                    options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
@@ -283,16 +284,14 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
             loss.backward()
             trainer.optimizer.step()
             trainer.scheduler.step()
-            if progress:
-                progress_line(phase, iteration, total, loss.item(), tie.item(), started)
+            line.update(iteration, loss=loss.item(), force_tie=tie.item())
             if iteration % options.eval_every == 0 or iteration == total:
                 score = trainer.validation_force_loss() if phase == "pretrain" else trainer.validation_loss()
                 history.append({"phase": phase, "iteration": iteration, "train_loss": loss.item(),
                                 "validation_loss": score})
                 if stopping.update(score, trainer.network):
                     break
-        if progress:
-            sys.stderr.write("\n")
+        line.close()
         stopping.restore(trainer.network)
     trained = trainer.evaluate(trainer.kicks)
     report = ImplicitTrainingReport(classical, predictor, trained, history, time.time() - started)

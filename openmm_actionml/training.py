@@ -300,12 +300,29 @@ class EarlyStopping:
             network.load_state_dict(self.state)
 
 
-def progress_line(stage: str, iteration: int, total: int, loss: float, penalty: float, started: float) -> None:
-    elapsed = time.time() - started
-    eta = elapsed / max(iteration, 1) * (total - iteration)
-    sys.stderr.write(f"\r[{stage}] {iteration}/{total} loss {loss:.3e} energy-penalty {penalty:.2e} "
-                     f"elapsed {elapsed:.0f}s eta {eta:.0f}s   ")
-    sys.stderr.flush()
+class ProgressLine:
+    """A one-line progress indicator for one training stage on stderr, redrawn at most once a second."""
+
+    def __init__(self, stage: str, total: int, enabled: bool = True, done: int = 0) -> None:
+        self.stage, self.total, self.enabled, self.first = stage, total, enabled, done
+        self.started = time.time()
+        self.last = 0.0
+
+    def update(self, iteration: int, **values: float) -> None:
+        """Show ``iteration`` of ``total`` and the named ``values`` (losses)."""
+        now = time.time()
+        if not self.enabled or (now - self.last < 1.0 and iteration < self.total):
+            return
+        self.last = now
+        rate = (iteration - self.first) / max(now - self.started, 1e-9)
+        eta = (self.total - iteration) / rate if rate > 0 else float("inf")
+        shown = " ".join(f"{name.replace('_', '-')} {value:.3e}" for name, value in values.items())
+        sys.stderr.write(f"\r[{self.stage}] {iteration}/{self.total} {shown} eta {eta:.0f} s   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -381,6 +398,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         k = 0 if pretrain else options.curriculum[state["phase"] - (1 if options.pretrain_iterations else 0)]
         total = options.pretrain_iterations if pretrain else options.iterations
         stopping = EarlyStopping(options.patience)
+        line = ProgressLine(phase, total, progress, done=state["iteration"])
         while state["iteration"] < total:
             q, v = trainer.windows(k, trainer.train_segments,
                                    options.pretrain_batch_size if pretrain else options.batch_size)
@@ -399,16 +417,14 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
             trainer.optimizer.step()
             trainer.scheduler.step()
             state["iteration"] += 1
-            if progress:
-                progress_line(phase, state["iteration"], total, float(loss), float(penalty), started)
+            line.update(state["iteration"], loss=loss.item(), energy_penalty=penalty.item())
             if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
                 score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_force_loss()
                 if stopping.update(score, trainer.network):
                     break
             if state["iteration"] % options.checkpoint_every == 0:
                 save()
-        if progress:
-            sys.stderr.write("\n")
+        line.close()
         stopping.restore(trainer.network)
         if not pretrain:
             metrics = trainer.validate()
