@@ -63,8 +63,10 @@ def anchored_model(prepared, network: torch.nn.Module, path: Path, step: float):
     return load_model(path)
 
 
-def make_runner(system: mm.System, integrator: mm.Integrator, positions, properties: dict[str, str]):
-    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), properties)
+def make_runner(system: mm.System, integrator: mm.Integrator, positions, properties: dict[str, str],
+                platform: str = "CPU"):
+    context = mm.Context(system, integrator, mm.Platform.getPlatformByName(platform),
+                         properties if platform == "CPU" else {})
     context.setPositions(positions)
     context.applyConstraints(1e-8)
     mm.LocalEnergyMinimizer.minimize(context, 10.0, 200)
