@@ -240,15 +240,26 @@ class Trainer:
 
     def force_matching_loss(self, q: torch.Tensor) -> torch.Tensor:
         """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2
-        (its square root is the relative force error)."""
-        reference = self.reference_forces(q).detach()
+        (its square root is the relative force error).
+
+        With constraints only the part of a force that moves the system matters: a kick's velocity change is
+        RATTLE-projected, so forces are compared after the same projection of ``F/m`` (components along the
+        constraints, which no dynamics sees, are neither fitted nor counted)."""
+        reference = self.dynamical_forces(q, self.reference_forces(q).detach())
         scale = (reference ** 2).mean()
         loss = torch.zeros((), dtype=torch.float64)
         for head in range(self.n_heads):
             learned = self.kicks.learned_forces(q, head)
-            predicted = learned + reference if self.options.anchored else learned
+            predicted = self.dynamical_forces(q, learned) + (reference if self.options.anchored else 0.0)
             loss = loss + ((predicted - reference) ** 2).mean() / scale
         return loss / self.n_heads
+
+    def dynamical_forces(self, q: torch.Tensor, forces: torch.Tensor) -> torch.Tensor:
+        """``forces`` with the parts along the constraints removed (mass-weighted, as RATTLE removes them)."""
+        if self.constraints is None:
+            return forces
+        masses = self.masses.to(forces.dtype)[:, None]
+        return masses * self.constraints.project_velocities(q, forces / masses)
 
     def validation_force_loss(self) -> float:
         """:meth:`force_matching_loss` on validation frames."""
