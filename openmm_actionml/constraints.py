@@ -70,7 +70,8 @@ class ConstraintSet:
             pairs.append((i, j))
             distances.append(d.value_in_unit(mm.unit.nanometer) if mm.unit.is_quantity(d) else d)
         masses = [system.getParticleMass(i).value_in_unit(mm.unit.dalton) for i in range(system.getNumParticles())]
-        return cls(torch.tensor(pairs), torch.tensor(distances), torch.tensor(masses), **kwargs)
+        return cls(torch.tensor(pairs), torch.tensor(distances, dtype=torch.float64),
+                   torch.tensor(masses, dtype=torch.float64), **kwargs)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -184,7 +184,10 @@ class Trainer:
 
     def __init__(self, dataset: ReferenceDataset, system: mm.System, options: TrainingOptions) -> None:
         splitting = get_splitting(options.splitting)
-        self.constraints = ConstraintSet.from_system(system)
+        # From the dataset, so that its masses are exactly the stepper's (a System read back from XML differs by
+        # float rounding).
+        self.constraints = ConstraintSet(dataset.constraint_pairs, dataset.constraint_distances, dataset.masses) \
+            if dataset.n_constraints else None
         self.setup(dataset, system, options, splitting.n_heads,
                    options.pretrain_iterations + options.iterations * len(options.curriculum))
         self.stepper = SplittingStepper(splitting, options.step, self.masses, self.kicks, self.constraints)

@@ -97,3 +97,28 @@ def test_corrupt_model_file_is_reported(tmp_path):
         load_model(path)
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_force_matching_ignores_force_components_along_constraints(alanine_hbonds):
+    """With constraints, forces are compared after RATTLE's projection: a force along a constrained bond, which no
+    dynamics sees, costs nothing, while the same force across the bond does."""
+    dataset = generate_reference_data(alanine_hbonds.system, alanine_hbonds.positions, topology=alanine_hbonds.topology,
+                                      delta=0.5 * u.femtosecond, record_every=2, n_segments=3, segment_length=0.02,
+                                      decorrelation=0.01, equilibration=0.01, platform="Reference", seed=4,
+                                      progress=False)
+    trainer = Trainer(dataset, dataset.system(), tiny_options(step=0.004))
+    q = torch.as_tensor(dataset.positions[0, :1])
+    i, j = trainer.constraints.pairs[0].tolist()
+    bond = q[0, i] - q[0, j]
+    along = torch.zeros_like(q)
+    along[0, i], along[0, j] = bond, -bond  # equal and opposite along the bond: a pure constraint force
+    across = torch.zeros_like(q)
+    normal = torch.linalg.cross(bond, torch.tensor([0.0, 0.0, 1.0], dtype=q.dtype))
+    across[0, i] = normal
+    # A linear solve leaves round-off ~ cond(A) eps |x|, A the mass-weighted Gram matrix of the constraint directions.
+    constraints = trainer.constraints
+    bonds = q[0, constraints.pairs[:, 0]] - q[0, constraints.pairs[:, 1]]
+    condition = torch.linalg.cond(constraints._coupling * (bonds @ bonds.T)).item()
+    bound = 10 * condition * torch.finfo(q.dtype).eps * bond.norm().item()
+    assert trainer.dynamical_forces(q, along).abs().max().item() < bound
+    assert trainer.dynamical_forces(q, across).abs().max().item() > 0.1 * normal.norm().item()
