@@ -59,10 +59,7 @@ def main() -> None:
                             ("force field (classical)", KickPotential(None, trainer.reference_forces))):
             stepper = SplittingStepper(get_splitting("T3"), step_fs / 1000.0, trainer.masses, kicks, trainer.constraints)
             result = run_gate(stepper, energy, q[:, 0], v[:, 0], dataset.temperature, gate, dataset.elements)
-            elements = ", ".join(f"{e} {t:.0f}" for e, t in result.element_temperatures.items())
-            print(f"| {name} | {step_fs:g} fs | {result.stable_fraction:.0%} | {result.drift_mean:+.3f} ± "
-                  f"{result.drift_standard_error:.3f} | {result.energy_rms:.3f} | {result.temperature:.1f} | {elements} |",
-                  flush=True)
+            print(f"| {name} | {step_fs:g} fs | {result.table_cells()} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ class GateResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def table_cells(self) -> str:
+        """``stable | drift ± s.e. | E RMS | T | per-element T``, for a markdown table row."""
+        elements = ", ".join(f"{e} {t:.1f}" for e, t in self.element_temperatures.items())
+        return (f"{self.stable_fraction:.0%} | {self.drift_mean:+.3f} ± {self.drift_standard_error:.3f} | "
+                f"{self.energy_rms:.3f} | {self.temperature:.1f} | {elements}")
+
     def summary(self) -> str:
         verdict = "PASS" if self.passed else f"FAIL ({self.reason})"
         elements = "/".join(f"{e} {t:.0f}" for e, t in self.element_temperatures.items())

@@ -122,3 +122,10 @@ def test_force_matching_ignores_force_components_along_constraints(alanine_hbond
     bound = 10 * condition * torch.finfo(q.dtype).eps * bond.norm().item()
     assert trainer.dynamical_forces(q, along).abs().max().item() < bound
     assert trainer.dynamical_forces(q, across).abs().max().item() > 0.1 * normal.norm().item()
+
+
+def test_gate_result_table_cells():
+    from openmm_actionml.nve_gate import GateResult
+
+    result = GateResult(0.75, 0.1234, 0.05, 0.3, 301.25, {"C": 300.04, "H": 302.46}, True, "")
+    assert result.table_cells() == "75% | +0.123 ± 0.050 | 0.300 | 301.2 | C 300.0, H 302.5"
