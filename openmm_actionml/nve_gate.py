@@ -78,7 +78,7 @@ def run_gate(stepper: SplittingStepper, potential_energy: Callable[[Tensor], Ten
     """Integrate ``q0, v0`` (``[B, N, 3]``) with ``stepper`` and judge the ensemble.
 
     A trajectory is unstable when its total energy becomes non-finite or moves by more than
-    ``n_dof * kT`` (the system's whole thermal energy) from its start.
+    ``4 n_dof kT`` (four times the system's thermal energy) from its own start.
     """
     masses = stepper.masses.to(q0.dtype)
     constraints = None if stepper.constraints is None else stepper.constraints.pairs.numpy()
@@ -97,7 +97,8 @@ def run_gate(stepper: SplittingStepper, potential_energy: Callable[[Tensor], Ten
                 energies.append(total.numpy())
                 kinetic.append(twice_k.numpy())
                 velocities.append(v.numpy())
-                alive &= torch.isfinite(total) & ((total - float(energies[0].mean())).abs() < n_dof * kT * 4)
+                start = torch.as_tensor(energies[0], dtype=total.dtype)
+                alive &= torch.isfinite(total) & ((total - start).abs() < n_dof * kT * 4)
                 if not bool(alive.any()):
                     break
             if step < n_steps:

@@ -201,7 +201,7 @@ class Trainer:
         self.n_heads = n_heads
         torch.manual_seed(options.seed)
         self.rng = np.random.default_rng(options.seed)
-        self.lag = dataset.lag_steps(options.step)
+        dataset.lag_steps(options.step)  # refuses a step that is not a multiple of the frame spacing
         self.kT = BOLTZMANN * dataset.temperature
         self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
         self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
