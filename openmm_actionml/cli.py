@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import openmm as mm
@@ -19,24 +20,26 @@ import openmm.app as app
 import openmm.unit as u
 
 from . import __version__
-from .atomic import check_writable
+from .atomic import atomic_path, check_writable
 from .dataset import ReferenceDataset
 from .diagnostics import energy_drift
+from .ensemble import EnsembleOptions
+from .evaluate import evaluate
+from .report import markdown_table, plot, write_json
 from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
 from .examples import EXAMPLES, build_example
 from .generate import generate_reference_data
 from .platforms import get_platform
 from .systems import SOLVENTS, PreparedSystem, build_system
-from .modelfile import load_model
+from .modelfile import ActionMLModel, load_model
 from .nve_gate import GateOptions
 from .simulate import run_model, topology_from_elements
 from .implicit_training import ImplicitTrainingOptions, train_implicit
 from .training import TrainingOptions, train
 
-#: The demo's settings: alanine dipeptide, flexible, velocity Verlet at 0.25 fs.
-DEMO = {"example": "alanine-dipeptide", "delta_fs": 0.25, "record_every": 2, "segments": 4, "segment_length": 2.0,
-        "decorrelation": 1.0, "equilibration": 5.0, "seed": 2026}
+#: The repository's models/ folder with the shipped models (source checkout or editable install).
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +91,11 @@ def add_generate(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_generate)
 
 
+#: The options of :func:`_add_system_options`, as ``build_system`` keywords.
+SYSTEM_OPTIONS = ("forcefield", "solvent", "padding", "nonbonded_cutoff", "constraints", "rigid_water",
+                  "hydrogen_mass", "protein_only")
+
+
 def _add_system_options(parser: argparse.ArgumentParser) -> None:
     """The options that build a System from a PDB file or example (shared by generate and run)."""
     system = parser.add_argument_group("system")
@@ -119,10 +127,22 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_for_model(args: argparse.Namespace, model: ActionMLModel) -> PreparedSystem:
+    """The System of ``args.input``, or, without one, the system the model records it was trained on (system
+    options left out take the recorded settings)."""
+    if args.input is None:
+        system_info = model.metadata.recipe.get("system", {})
+        if not system_info.get("input"):
+            raise InputError(f"model {model.path} does not record its training system; give a PDB file or example.")
+        args.input = system_info["input"]
+        for key, value in system_info.get("settings", {}).items():
+            if key in SYSTEM_OPTIONS and getattr(args, key) is None:
+                setattr(args, key, value)
+    return _prepare(args)
+
+
 def _prepare(args: argparse.Namespace) -> PreparedSystem:
-    options: dict[str, Any] = {key: getattr(args, key) for key in
-                               ("forcefield", "solvent", "padding", "nonbonded_cutoff", "constraints", "rigid_water",
-                                "hydrogen_mass", "protein_only") if getattr(args, key) is not None}
+    options: dict[str, Any] = {key: getattr(args, key) for key in SYSTEM_OPTIONS if getattr(args, key) is not None}
     if os.path.isfile(args.input):
         return build_system(args.input, **options)
     if args.input in EXAMPLES:
@@ -255,7 +275,6 @@ def add_run(subcommands: argparse._SubParsersAction) -> None:
 def run_run(args: argparse.Namespace) -> int:
     """Build, run, report."""
     model = load_model(args.model)
-    system_info = model.metadata.recipe.get("system", {})
     state = None
     if (args.system_xml is None) != (args.state_xml is None):
         raise InputError("--system-xml and --state-xml go together: give both, or neither.")
@@ -263,15 +282,8 @@ def run_run(args: argparse.Namespace) -> int:
         system, state = _read_xml(args.system_xml, mm.System), _read_xml(args.state_xml, mm.State)
         prepared = PreparedSystem(topology_from_elements(model.metadata.elements), system,
                                   state.getPositions(asNumpy=True))
-    elif args.input is None:
-        if not system_info.get("input"):
-            raise InputError(f"model {args.model} does not record its training system; give a PDB file or example.")
-        args.input = system_info["input"]
-        for key, value in system_info.get("settings", {}).items():
-            if hasattr(args, key) and getattr(args, key) is None and key != "input":
-                setattr(args, key, value)
-    if args.system_xml is None:
-        prepared = _prepare(args)
+    else:
+        prepared = _prepare_for_model(args, model)
     steps = args.steps if args.steps is not None else int(round(args.time / model.metadata.step))
     reporters = []
     if args.log:
@@ -290,32 +302,99 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- demo --------------------------------------------------------------------------------------------
-def add_demo(subcommands: argparse._SubParsersAction) -> None:
-    """``actionml demo``: a small run on the bundled alanine dipeptide."""
+# -- evaluate --------------------------------------------------------------------------------------
+def add_evaluate(subcommands: argparse._SubParsersAction) -> None:
+    """``actionml evaluate``: a model beside Verlet, HMR and its classical splitting, on NVE ensembles."""
     parser = subcommands.add_parser(
-        "demo", help="generate a small reference dataset for alanine dipeptide and report its energy drift",
-        description=f"Velocity Verlet at {DEMO['delta_fs']} fs on alanine dipeptide in vacuum: "
-                    f"{DEMO['segments']} NVE segments of {DEMO['segment_length']} ps. Rewrites its own output.")
-    parser.add_argument("--output-dir", default="results/demo", help="directory for the dataset (default results/demo)")
-    parser.add_argument("--platform", help="OpenMM platform (default: fastest)")
+        "evaluate", help="judge a learned model against Verlet, HMR and the classical splitting on NVE ensembles",
+        description="Run the learned model, its splitting unlearned (dW = 0), velocity Verlet at the usual steps "
+                    "and at the learned step, Verlet with hydrogen-mass repartitioning at 4 fs (constrained "
+                    "systems) and the fine-step reference, in OpenMM, from the same equilibrated starts. Prints a "
+                    "markdown table (stable fraction, drift, E RMS, per-element temperature, reversibility, "
+                    "velocity autocorrelation against the reference, cost, speed) and writes it with JSON and PNG "
+                    "plots to --output-dir.")
+    parser.add_argument("model", help="model file (.pt) from `actionml train` or models/")
+    parser.add_argument("input", nargs="?", help="PDB file or bundled example (default: the model's training system)")
+    _add_system_options(parser)
+    _add_ensemble_options(parser, EnsembleOptions())
+    parser.add_argument("--output-dir", default="results/evaluate", help="default results/evaluate")
+    parser.set_defaults(run=run_evaluate)
+
+
+def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOptions,
+                          platform: Optional[str] = None) -> None:
+    ensemble = parser.add_argument_group("ensemble")
+    ensemble.add_argument("--trajectories", type=int, default=defaults.n_trajectories,
+                          help=f"NVE trajectories per integrator (default {defaults.n_trajectories})")
+    ensemble.add_argument("--time", type=float, default=defaults.duration,
+                          help=f"ps per trajectory (default {defaults.duration:g})")
+    ensemble.add_argument("--sample-interval", type=float,
+                          help="fs between samples, a multiple of every step (default: the model's step)")
+    ensemble.add_argument("--temperature", type=float, help="K of the starts (default: the model's)")
+    ensemble.add_argument("--platform", default=platform, help=f"OpenMM platform: Reference, CPU, OpenCL, CUDA "
+                          f"(default: {platform or 'fastest'})")
+    ensemble.add_argument("--seed", type=int, default=1, help="seed of the starts (default 1)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Build the system, run the ensembles, print and write the report."""
+    model = load_model(args.model)
+    _evaluate_and_report(model, _prepare_for_model(args, model), args)
+    return 0
+
+
+def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: argparse.Namespace) -> None:
+    get_platform(args.platform)
+    directory = Path(args.output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    sample = (args.sample_interval or model.metadata.step * 1000.0) / 1000.0
+    options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=sample,
+                              correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
+    started = time.monotonic()
+    results = evaluate(prepared, model, options, temperature=args.temperature, platform=args.platform,
+                       seed=args.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    table = markdown_table(results)
+    title = (f"{model.path.name}: {args.trajectories} x {args.time:g} ps NVE at "
+             f"{args.temperature or model.metadata.temperature:g} K ({args.platform or 'fastest platform'})")
+    with atomic_path(directory / "results.md", overwrite=True) as tmp:
+        tmp.write_text(f"# {title}\n\n{table}\n")
+    write_json(results, directory / "results.json", {"model": str(model.path), "command": args.command_line,
+                                                     "options": asdict(options)})
+    plots = plot(results, directory, title)
+    print(f"\n{title}\n\n{table}\n")
+    print(f"wrote {directory / 'results.md'}, results.json and {', '.join(p.name for p in plots)} "
+          f"({time.monotonic() - started:.0f} s)")
+
+
+# -- demo --------------------------------------------------------------------------------------------
+#: The demo: the shipped 8 fs T3 model of alanine dipeptide with HBonds, beside Verlet, HMR and classical T3.
+DEMO_MODEL = MODELS_DIR / "alanine-t3-8fs.pt"
+
+
+def add_demo(subcommands: argparse._SubParsersAction) -> None:
+    """``actionml demo``: the shipped alanine-dipeptide model beside Verlet."""
+    defaults = EnsembleOptions(n_trajectories=8, duration=10.0)
+    parser = subcommands.add_parser(
+        "demo", help="run the shipped alanine-dipeptide model beside Verlet and report",
+        description=f"actionml evaluate on {DEMO_MODEL.name} (alanine dipeptide in vacuum, HBonds, T3 at 8 fs): "
+                    f"{defaults.n_trajectories} NVE trajectories of {defaults.duration:g} ps per integrator, "
+                    f"a few minutes on 2 CPU cores.")
+    _add_ensemble_options(parser, defaults, platform="Reference")  # double precision; fastest for 22 atoms
+    parser.add_argument("--model", default=str(DEMO_MODEL), help=f"default {DEMO_MODEL}")
+    parser.add_argument("--output-dir", default="results/demo", help="default results/demo")
     parser.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Generate the demo dataset and summarise it."""
-    directory = Path(args.output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    output = directory / f"{DEMO['example']}-reference.npz"
-    prepared = build_example(DEMO["example"])
-    started = time.monotonic()
-    dataset = generate_reference_data(
-        prepared.system, prepared.positions, output, topology=prepared.topology,
-        delta=DEMO["delta_fs"] * u.femtosecond, n_segments=DEMO["segments"], segment_length=DEMO["segment_length"],
-        record_every=DEMO["record_every"], decorrelation=DEMO["decorrelation"], equilibration=DEMO["equilibration"],
-        platform=args.platform, seed=DEMO["seed"], overwrite=True,
-        metadata={**prepared.settings, "input": DEMO["example"], "command": args.command_line})
-    _summarise(dataset, output, time.monotonic() - started)
+    """``actionml evaluate`` on the shipped model's own system."""
+    if not Path(args.model).is_file():
+        raise InputError(f"the demo's model {args.model} is missing; run the demo from a source checkout "
+                         f"(git clone ...; pip install -e .), or pass --model.")
+    model = load_model(args.model)
+    args.input = None
+    for key in SYSTEM_OPTIONS:
+        setattr(args, key, None)
+    _evaluate_and_report(model, _prepare_for_model(args, model), args)
     return 0
 
 
@@ -342,4 +421,5 @@ def _standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_train, add_run, add_demo]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_train, add_run, add_evaluate,
+                                                                add_demo]

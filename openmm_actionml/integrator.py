@@ -1,4 +1,5 @@
-"""``ActionMLIntegrator``: a learned long step as an OpenMM CustomIntegrator.
+"""``ActionMLIntegrator``: a learned long step as an OpenMM CustomIntegrator; ``SplittingIntegrator``: the same
+program on the force field alone (the classical splittings velocity Verlet, S2 and T3).
 
 Scheme A (the default) is a learned palindromic kick/drift splitting, described below. Scheme B (the implicit
 midpoint generating function) replaces the stages by the fixed-point solve of
@@ -62,9 +63,10 @@ from .implicit import FixedPointSolver
 from .implicit_program import ImplicitProgram, add_implicit_step, check_convergence, read_solver_state
 from .modelfile import (ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, LEARNED_FORCE_NAME, NODE_PARAMETER, ActionMLModel,
                         load_model)
+from .splitting import Splitting, get_splitting
 from .units import BOLTZMANN, positive_float
 
-__all__ = ["ActionMLIntegrator", "add_learned_force", "LEARNED_FORCE_GROUP"]
+__all__ = ["ActionMLIntegrator", "SplittingIntegrator", "add_learned_force", "LEARNED_FORCE_GROUP"]
 
 #: Groups 30 and 31 are reserved for learned terms; the force field stays in 0-29.
 RESERVED_GROUPS = (LEARNED_FORCE_GROUP, 31)
@@ -119,7 +121,120 @@ def add_learned_force(system: mm.System, model: ActionMLModel | str | Path) -> m
     return system
 
 
-class ActionMLIntegrator(mm.CustomIntegrator):
+class SplittingIntegrator(mm.CustomIntegrator):
+    """A palindromic kick/drift splitting on the force field alone: velocity Verlet (``"VV"``), McLachlan's
+    two-stage (``"S2"``) or the three-stage BCSS (``"T3"``) scheme, NVE or with Langevin half-steps.
+
+    These are the classical schemes a learned model corrects (the learned map with ``dW = 0``), and the
+    baselines of ``actionml evaluate``. Positions and velocities are synchronous, unlike OpenMM's leapfrog
+    ``VerletIntegrator``. The force-field forces of the last kick are reused by the next step's first kick
+    through OpenMM's own force cache, so a step costs ``splitting.evaluations_per_step`` evaluations.
+
+    Parameters
+    ----------
+    splitting
+        A name (``"T3"``, ``"S2"``, ``"VV"``) or a :class:`~openmm_actionml.splitting.Splitting`.
+    step
+        Step size (ps or a Quantity).
+    temperature, friction
+        Langevin bath (K, 1/ps or Quantities) applied as exact Ornstein-Uhlenbeck half-steps around the
+        splitting; ``None`` for NVE. Default friction 1/ps.
+    constraint_tolerance
+        Relative tolerance of OpenMM's constraint solver.
+    """
+
+    def __init__(self, splitting: str | Splitting, step: Any, temperature: Any = None, friction: Any = None,
+                 constraint_tolerance: float = 1e-10) -> None:
+        self.splitting = get_splitting(splitting)
+        self._setup(positive_float(step, u.picosecond, "step"), temperature, friction, constraint_tolerance,
+                     constrained=True)
+        self._build_program()
+
+    def _setup(self, h: float, temperature: Any, friction: Any, constraint_tolerance: float,
+               constrained: bool) -> None:
+        if friction is not None and temperature is None:
+            raise InputError("friction= needs a temperature=; without one the integrator is NVE.")
+        super().__init__(h)
+        self.h = h
+        self.temperature = None if temperature is None else positive_float(temperature, u.kelvin, "temperature")
+        self.friction = None if temperature is None else \
+            positive_float(1.0 if friction is None else friction, u.picosecond ** -1, "friction")
+        self._constrained = constrained
+        self.setConstraintTolerance(float(constraint_tolerance))
+
+    @property
+    def evaluations_per_step(self) -> float:
+        """Force evaluations per step (force field, plus the network for learned kicks) once forces are reused."""
+        return float(self.splitting.evaluations_per_step)
+
+    def _build_program(self) -> None:
+        """update context state; [O half-step]; the stages; [O half-step]; finite check."""
+        self.addGlobalVariable(_CHECK, 0.0)
+        if self.temperature is not None:
+            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
+            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
+        self._add_variables()
+        self.addUpdateContextState()
+        self._add_ou_half_step()
+        self._add_stages()
+        self._add_ou_half_step()
+        self.addComputeSum(_CHECK, "x*x + v*v")
+
+    def _add_variables(self) -> None:
+        if self._constrained:
+            self.addPerDofVariable(_UNCONSTRAINED, 0.0)
+
+    def _add_stages(self) -> None:
+        stages = self.splitting.stages
+        for index, stage in enumerate(stages):
+            if stage.kind == "drift":
+                self._add_drift(stage.coefficient)
+            else:
+                forces = self._add_kick_forces(stage.head, first=index == 0, last=index == len(stages) - 1)
+                self.addComputePerDof("v", f"v + {stage.coefficient!r}*dt*{forces}/m")
+                if self._constrained:
+                    self.addConstrainVelocities()
+
+    def _add_kick_forces(self, head: int, first: bool, last: bool) -> str:
+        """Emit what a kick needs before it and return the expression of its forces."""
+        return "f"
+
+    def _add_ou_half_step(self) -> None:
+        if self.temperature is None:
+            return
+        self.addComputePerDof("v", "ou_a*v + sqrt((1 - ou_a*ou_a)*kT/m)*gaussian")
+        if self._constrained:
+            self.addConstrainVelocities()
+
+    def _add_drift(self, coefficient: float) -> None:
+        self.addComputePerDof("x", f"x + {coefficient!r}*dt*v")
+        if self._constrained:
+            self.addComputePerDof(_UNCONSTRAINED, "x")
+            self.addConstrainPositions()
+            self.addComputePerDof("v", f"v + (x - {_UNCONSTRAINED})/({coefficient!r}*dt)")
+            self.addConstrainVelocities()
+
+    def step(self, steps: int) -> None:
+        """Take ``steps`` steps; raise :class:`SimulationInstabilityError` if the state is no longer finite."""
+        if self.getStepSize().value_in_unit(u.picosecond) != self.h:
+            raise InputError(f"the step size was changed to {self.getStepSize()}; create a new integrator for "
+                             f"another step size.")
+        try:
+            super().step(steps)
+        except mm.OpenMMException as error:  # the CPU platform refuses NaN coordinates mid-step
+            if "nan" not in str(error).lower():
+                raise
+            raise SimulationInstabilityError(self._instability_advice(steps)) from error
+        if not math.isfinite(self.getGlobalVariableByName(_CHECK)):
+            raise SimulationInstabilityError(self._instability_advice(steps))
+
+    def _instability_advice(self, steps: int) -> str:
+        return (f"positions or velocities became NaN or infinite within the last {steps} steps of "
+                f"{self.h * 1000:g} fs with the {self.splitting.name} splitting: the step is beyond its stability "
+                f"limit for this system, or the positions were already NaN when set.")
+
+
+class ActionMLIntegrator(SplittingIntegrator):
     """Long steps with a learned symplectic, time-reversible map: scheme A (splitting) or B (implicit).
 
     Parameters
@@ -159,48 +274,33 @@ class ActionMLIntegrator(mm.CustomIntegrator):
             raise InputError("solver= applies to scheme-B (implicit) models only.")
         self.solver = solver
         self._implicit: Optional[ImplicitProgram] = None
-        self.h = float(meta.step)
-        requested = self.h if step is None else positive_float(step, u.picosecond, "step")
-        if abs(requested - self.h) > 1e-9 * self.h:
-            raise ModelMismatchError(f"{name} takes steps of {self.h * 1000:g} fs, not {requested * 1000:g} fs; a "
+        self._steps_taken = 0
+        h = float(meta.step)
+        requested = h if step is None else positive_float(step, u.picosecond, "step")
+        if abs(requested - h) > 1e-9 * h:
+            raise ModelMismatchError(f"{name} takes steps of {h * 1000:g} fs, not {requested * 1000:g} fs; a "
                                      f"learned map is only valid at the step it was trained for (leave step= out "
                                      f"to use the model's).")
-        if friction is not None and temperature is None:
-            raise InputError("friction= needs a temperature=; without one the integrator is NVE.")
-        super().__init__(self.h)
-        self.temperature = None if temperature is None else positive_float(temperature, u.kelvin, "temperature")
-        self.friction = None if temperature is None else \
-            positive_float(1.0 if friction is None else friction, u.picosecond ** -1, "friction")
+        self.splitting = meta.get_splitting() if meta.scheme == "A" else None
         self.first_same_as_last = first_same_as_last
-        self._constrained = bool(meta.constraints)
-        self.setConstraintTolerance(float(constraint_tolerance))
+        self._setup(h, temperature, friction, constraint_tolerance, constrained=bool(meta.constraints))
         self.setIntegrationForceGroups(set(range(LEARNED_FORCE_GROUP)))
         self._build_program()
 
-    def _build_program(self) -> None:
-        """update context state; [O half-step]; scheme A's stages or scheme B's solve; [O half-step]; finite check."""
-        implicit = self.model.metadata.scheme == "B"
-        self.addGlobalVariable(_CHECK, 0.0)
-        if self.temperature is not None:
-            self.addGlobalVariable("kT", BOLTZMANN * self.temperature)
-            self.addGlobalVariable("ou_a", math.exp(-0.5 * self.friction * self.h))
-        if not implicit:
-            self._add_splitting_variables()
-        self.addUpdateContextState()
-        self._add_ou_half_step()
-        if implicit:
-            self._implicit = add_implicit_step(self, self.model.metadata, self.solver, update_context_state=False)
-        else:
-            stages = self.model.metadata.get_splitting().stages
-            for index, stage in enumerate(stages):
-                if stage.kind == "drift":
-                    self._add_drift(stage.coefficient)
-                else:
-                    self._add_kick(stage.coefficient, stage.head, first=index == 0, last=index == len(stages) - 1)
-        self._add_ou_half_step()
-        self.addComputeSum(_CHECK, "x*x + v*v")
+    @property
+    def evaluations_per_step(self) -> float:
+        """Force-field plus network evaluations per step: scheme A's kicks with reuse; for scheme B, the mean
+        solver iterations of the steps this object has taken times the nodes, plus the predictor's kicks."""
+        if self._implicit is None:
+            return super().evaluations_per_step
+        meta = self.model.metadata
+        kicks = sum(1 for kind, *_ in meta.splitting["stages"] if kind == "kick") if meta.splitting else 0
+        iterations = read_solver_state(self).total_iterations / max(self._steps_taken, 1)
+        return iterations * len(meta.implicit["nodes"]) + kicks
 
-    def _add_splitting_variables(self) -> None:
+    def _add_variables(self) -> None:
+        if self.splitting is None:
+            return
         self.addPerDofVariable(_LEARNED, 0.0)
         if self.model.metadata.anchored:
             self.addPerDofVariable(_FORCE_FIELD, 0.0)
@@ -208,17 +308,15 @@ class ActionMLIntegrator(mm.CustomIntegrator):
             self.addPerDofVariable(_FORCES_AT, 0.0)
             self.addGlobalVariable(_STALE, 1.0)
             self.addGlobalVariable(_MOVED, 0.0)
-        if self._constrained:
-            self.addPerDofVariable(_UNCONSTRAINED, 0.0)
+        super()._add_variables()
 
-    def _add_ou_half_step(self) -> None:
-        if self.temperature is None:
-            return
-        self.addComputePerDof("v", "ou_a*v + sqrt((1 - ou_a*ou_a)*kT/m)*gaussian")
-        if self._constrained:
-            self.addConstrainVelocities()
+    def _add_stages(self) -> None:
+        if self.splitting is None:
+            self._implicit = add_implicit_step(self, self.model.metadata, self.solver, update_context_state=False)
+        else:
+            super()._add_stages()
 
-    def _add_kick_forces(self, head: int, remember: bool) -> None:
+    def _store_kick_forces(self, head: int, remember: bool) -> None:
         """Store the kick's forces at the current positions: the force field's in ``actionml_ff`` (anchored),
         head ``head``'s learned forces in ``actionml_fw``.
 
@@ -236,27 +334,16 @@ class ActionMLIntegrator(mm.CustomIntegrator):
             self.addComputePerDof(_FORCES_AT, "x")
             self.addComputeGlobal(_STALE, "0")
 
-    def _add_kick(self, coefficient: float, head: int, first: bool, last: bool) -> None:
+    def _add_kick_forces(self, head: int, first: bool, last: bool) -> str:
         if first and self.first_same_as_last:
             # The previous step's last kick left these forces at these positions, unless they moved since.
             self.addComputeSum(_MOVED, f"(x - {_FORCES_AT})^2 + {_STALE}")
             self.beginIfBlock(f"{_MOVED} != 0")
-            self._add_kick_forces(head, remember=True)
+            self._store_kick_forces(head, remember=True)
             self.endBlock()
         else:
-            self._add_kick_forces(head, remember=last and self.first_same_as_last)
-        forces = f"({_FORCE_FIELD} + {_LEARNED})" if self.model.metadata.anchored else _LEARNED
-        self.addComputePerDof("v", f"v + {coefficient!r}*dt*{forces}/m")
-        if self._constrained:
-            self.addConstrainVelocities()
-
-    def _add_drift(self, coefficient: float) -> None:
-        self.addComputePerDof("x", f"x + {coefficient!r}*dt*v")
-        if self._constrained:
-            self.addComputePerDof(_UNCONSTRAINED, "x")
-            self.addConstrainPositions()
-            self.addComputePerDof("v", f"v + (x - {_UNCONSTRAINED})/({coefficient!r}*dt)")
-            self.addConstrainVelocities()
+            self._store_kick_forces(head, remember=last and self.first_same_as_last)
+        return f"({_FORCE_FIELD} + {_LEARNED})" if self.model.metadata.anchored else _LEARNED
 
     def validate(self, system: mm.System, topology: Optional[mm.app.Topology] = None) -> None:
         """Check that ``system`` fits the model and carries its learned force exactly once.
@@ -277,19 +364,14 @@ class ActionMLIntegrator(mm.CustomIntegrator):
                                      f"system = add_learned_force(system, model) before creating the Context.")
 
     def step(self, steps: int) -> None:
-        """Take ``steps`` steps; raise :class:`SimulationInstabilityError` if the state is no longer finite."""
+        """Take ``steps`` steps; raise :class:`SimulationInstabilityError` if the state is no longer finite, and
+        for scheme B apply the solver's non-convergence policy."""
         if self.getStepSize().value_in_unit(u.picosecond) != self.h:
             raise ModelMismatchError(f"the step size was changed to {self.getStepSize()}; this integrator's "
                                      f"learned map is only valid at {self.h * 1000:g} fs. Do not call setStepSize.")
         before = read_solver_state(self) if self._implicit is not None else None
-        try:
-            super().step(steps)
-        except mm.OpenMMException as error:  # the CPU platform refuses NaN coordinates mid-step
-            if "nan" not in str(error).lower():
-                raise
-            raise SimulationInstabilityError(self._instability_advice(steps)) from error
-        if not math.isfinite(self.getGlobalVariableByName(_CHECK)):
-            raise SimulationInstabilityError(self._instability_advice(steps))
+        super().step(steps)
+        self._steps_taken += int(steps)
         if self._implicit is not None:
             check_convergence(self, before, steps, self._implicit)
 

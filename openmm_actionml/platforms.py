@@ -1,6 +1,8 @@
 """Choosing an OpenMM platform by name, with a clear error when it is not there."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
 import openmm as mm
 
@@ -54,3 +56,14 @@ def explain_context_error(error: Exception, platform: mm.Platform | None) -> Exc
     return InputError(f"the {name} platform cannot run the learned force: openmmtorch has no plugin for it here "
                       f"(plugin load failures: {failures}). Install openmmtorch's build for this platform, e.g. "
                       f"`pip install \"openmmtorch[cuda12]==1.5\"` for CUDA, or choose Reference, CPU or OpenCL.")
+
+
+def create_context(system: mm.System, integrator: mm.Integrator, platform: Optional[str] = None) -> mm.Context:
+    """``mm.Context`` on the named platform (default: OpenMM's choice); a failure is explained
+    (:func:`explain_context_error`)."""
+    platform_object = get_platform(platform)
+    try:
+        return mm.Context(system, integrator) if platform_object is None else \
+            mm.Context(system, integrator, platform_object)
+    except mm.OpenMMException as error:
+        raise explain_context_error(error, platform_object) from error

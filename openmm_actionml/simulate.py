@@ -19,6 +19,7 @@ import openmm.unit as u
 from .diagnostics import EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift
 from .errors import InputError
 from .implicit_program import ImplicitSolverState, read_solver_state
+from .ensemble import equilibrated_starts
 from .integrator import ActionMLIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import explain_context_error, get_platform
@@ -142,9 +143,11 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
         raise explain_context_error(error, platform_object) from error
     if state is None:
         start = start_temperature or temperature or model.metadata.temperature
-        positions, velocities = _equilibrate(prepared, start, equilibration, platform, seed)
-        simulation.context.setPositions(positions)
-        simulation.context.setVelocities(velocities)
+        seed = int(np.random.default_rng().integers(1, 2 ** 31 - 1)) if seed is None else seed
+        starts = equilibrated_starts(prepared.system, prepared.positions, start, 1, spacing=equilibration,
+                                     equilibration=0.0, platform=platform, seed=seed)
+        simulation.context.setPositions(starts.positions[0])
+        simulation.context.setVelocities(starts.velocities[0])
     else:
         simulation.context.setState(state)
     summary = SummaryReporter(report_interval)
@@ -155,7 +158,8 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     simulation.step(int(steps))
     wall = time.monotonic() - started
     solver = read_solver_state(integrator) if model.metadata.scheme == "B" else None
-    return simulation, _summarise(prepared, model, summary, int(steps), wall, temperature, solver)
+    return simulation, _summarise(prepared, model, summary, int(steps), wall, temperature, solver,
+                                  integrator.evaluations_per_step)
 
 
 def topology_from_elements(elements: list[str]) -> app.Topology:
@@ -168,28 +172,9 @@ def topology_from_elements(elements: list[str]) -> app.Topology:
     return topology
 
 
-def _equilibrate(prepared: PreparedSystem, temperature: float, duration: float, platform: Optional[str],
-                 seed: Optional[int]) -> tuple[u.Quantity, u.Quantity]:
-    """Minimise and run LangevinMiddle on the force field alone; return positions and velocities."""
-    integrator = mm.LangevinMiddleIntegrator(temperature * u.kelvin, 1.0 / u.picosecond, 0.001 * u.picoseconds)
-    if seed is not None:
-        integrator.setRandomNumberSeed(int(seed))
-    platform_object = get_platform(platform)
-    context = mm.Context(prepared.system, integrator) if platform_object is None else \
-        mm.Context(prepared.system, integrator, platform_object)
-    context.setPositions(prepared.positions)
-    mm.LocalEnergyMinimizer.minimize(context)
-    if seed is None:
-        context.setVelocitiesToTemperature(temperature * u.kelvin)
-    else:
-        context.setVelocitiesToTemperature(temperature * u.kelvin, int(seed))
-    integrator.step(int(round(duration / 0.001)))
-    state = context.getState(getPositions=True, getVelocities=True)
-    return state.getPositions(asNumpy=True), state.getVelocities(asNumpy=True)
-
-
 def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryReporter, steps: int, wall: float,
-               thermostat: Optional[float], solver: Optional[ImplicitSolverState]) -> RunSummary:
+               thermostat: Optional[float], solver: Optional[ImplicitSolverState],
+               evaluations_per_step: float) -> RunSummary:
     system = prepared.system
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
     constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())]).reshape(-1, 2)
@@ -203,11 +188,5 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     drift = None
     if thermostat is None and len(summary.times) >= 3:
         drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
-    h_fs = model.metadata.step * 1000.0
-    if solver is None:
-        evaluations = model.metadata.get_splitting().evaluations_per_step
-    else:  # one evaluation per node per iteration, plus the predictor's kicks
-        predictor = model.metadata.splitting
-        kicks = sum(1 for kind, *_ in predictor["stages"] if kind == "kick") if predictor else 0
-        evaluations = solver.total_iterations / steps * len(model.metadata.implicit["nodes"]) + kicks
-    return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift, evaluations / h_fs, solver)
+    return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
+                      evaluations_per_step / (model.metadata.step * 1000.0), solver)

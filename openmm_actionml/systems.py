@@ -7,6 +7,7 @@ field. :func:`water_box` makes a periodic box of (by default flexible) water. Bo
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -217,3 +218,25 @@ def _create_system(ff: app.ForceField, topology: app.Topology, source: Any, file
                                hydrogenMass=None if hydrogen_mass is None else hydrogen_mass * u.dalton)
     except ValueError as error:
         raise _template_error(error, source, files) from error
+
+
+def with_hydrogen_mass(system: mm.System, topology: app.Topology, hydrogen_mass: u.Quantity | float) -> mm.System:
+    """A copy of ``system`` with hydrogen-mass repartitioning, as ``ForceField.createSystem(hydrogenMass=)`` does
+    it: each hydrogen gets ``hydrogen_mass`` (amu) and the heavy atom bonded to it gives up the difference.
+    Water hydrogens are left alone."""
+    mass_h = _hydrogen_mass(hydrogen_mass)
+    system = copy.deepcopy(system)
+    hydrogen = app.element.hydrogen
+    for atom1, atom2 in topology.bonds():
+        if atom1.element is hydrogen:
+            atom1, atom2 = atom2, atom1
+        if atom2.element is not hydrogen or atom1.element in (hydrogen, None) or atom2.residue.name == "HOH":
+            continue
+        transfer = mass_h - system.getParticleMass(atom2.index).value_in_unit(u.dalton)
+        heavy = system.getParticleMass(atom1.index).value_in_unit(u.dalton) - transfer
+        if heavy <= 0:
+            raise InputError(f"hydrogen mass {mass_h} amu leaves atom {atom1.index} ({atom1.name}) with no mass; "
+                             f"choose a smaller hydrogen mass.")
+        system.setParticleMass(atom2.index, mass_h)
+        system.setParticleMass(atom1.index, heavy)
+    return system

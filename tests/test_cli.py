@@ -1,11 +1,12 @@
-"""The ``actionml`` command line: generate and demo end to end, and its error handling."""
+"""The ``actionml`` command line: generate, evaluate and demo end to end, and its error handling."""
 from __future__ import annotations
 
 import pytest
 
-from openmm_actionml.cli import main
+from openmm_actionml.cli import MODELS_DIR, main
 from openmm_actionml.dataset import ReferenceDataset
-from openmm_actionml.modelfile import load_model
+from openmm_actionml.modelfile import export_model, load_model
+from openmm_actionml.network import build_network
 
 TINY = ["--segments", "2", "--segment-length", "0.005", "--equilibration", "0.01", "--decorrelation", "0.005",
         "--platform", "Reference", "--seed", "1"]
@@ -33,10 +34,29 @@ def test_generate_pdb_with_options(tmp_path, alanine_pdb):
     assert data.metadata["hydrogen_mass"] == 2.0 and data.metadata["protocol"]["integration_step"] == 0.001
 
 
-def test_demo(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--platform", "Reference"]) == 0
-    assert ReferenceDataset.load(tmp_path / "demo" / "alanine-dipeptide-reference.npz").n_segments == 4
-    assert "energy drift" in capsys.readouterr().out
+def test_demo_runs_the_shipped_model_beside_verlet(tmp_path, capsys):
+    """The README's main job, shortened: every row of the table, the files, and the network switched on."""
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--trajectories", "2", "--time", "0.4"]) == 0
+    out, err = capsys.readouterr()
+    assert "the network is on" in err
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "integrator" not in line]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["reference: Verlet 0.25 fs", "T3 learned 8 fs", "T3 classical (dW = 0) 8 fs", "Verlet 2 fs",
+                     "Verlet 4 fs + HMR (H 1.5 amu)", "Verlet 8 fs (the learned step)"]
+    assert all(row.split("|")[3].strip() == "2/2" for row in rows[:5])  # stable; Verlet at 8 fs may not be
+    written = {path.name for path in (tmp_path / "demo").iterdir()}
+    assert written == {"results.md", "results.json", "energy.png", "temperature.png", "vacf.png"}
+
+
+def test_evaluate_refuses_a_model_whose_network_is_off(tmp_path, capsys):
+    """A model file with zero learned weights would report the classical scheme as learned."""
+    shipped = load_model(MODELS_DIR / "alanine-t3-8fs.pt").metadata
+    untrained = build_network(shipped.elements, excluded_pairs=[c[:2] for c in shipped.constraints])
+    export_model(untrained, shipped, tmp_path / "untrained.pt")
+    argv = ["evaluate", str(tmp_path / "untrained.pt"), "--trajectories", "2", "--time", "0.4", "--platform",
+            "Reference", "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "learned force is off" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

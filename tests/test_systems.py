@@ -7,7 +7,7 @@ import pytest
 
 from openmm_actionml.errors import InputError
 from openmm_actionml.examples import EXAMPLES, build_example
-from openmm_actionml.systems import build_system, water_box
+from openmm_actionml.systems import build_system, water_box, with_hydrogen_mass
 
 #: A residue no force field knows: a bromine "ligand" after the dipeptide.
 UNKNOWN_LIGAND = "HETATM   23 BR   XBR A   4       7.000   9.000   0.000  1.00  0.00          BR\n"
@@ -37,6 +37,14 @@ def test_constraints_hydrogen_mass_and_implicit_solvent(alanine_pdb, alanine):
     assert hydrogens == pytest.approx([3.0] * 12)
     assert sum(masses) == pytest.approx(sum(_masses(alanine.system)))
     assert build_system(alanine_pdb, constraints="AllBonds").system.getNumConstraints() == 21
+
+
+def test_with_hydrogen_mass_equals_createsystem(alanine_pdb, alanine):
+    built = build_system(alanine_pdb, hydrogen_mass=3 * u.dalton)
+    assert _masses(with_hydrogen_mass(alanine.system, alanine.topology, 3.0)) == _masses(built.system)
+    assert _masses(alanine.system) != _masses(built.system)  # the input is not modified
+    with pytest.raises(InputError, match="no mass"):
+        with_hydrogen_mass(alanine.system, alanine.topology, 6.0)
 
 
 def test_explicit_solvent_is_periodic_with_pme(alanine_pdb):

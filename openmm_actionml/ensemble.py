@@ -1,0 +1,347 @@
+"""NVE ensembles in OpenMM: run several integrators from the same equilibrated starts and measure what experts
+accept (DESIGN.md section 9): stable fraction, energy drift and its RMS, per-element kinetic temperature with a
+constraint-aware DOF count, reversibility, the velocity autocorrelation, cost and speed.
+
+This is the engine of ``actionml evaluate`` and ``actionml demo``; :mod:`openmm_actionml.report` turns its
+results into tables and plots.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+
+from .diagnostics import degrees_of_freedom_per_atom, element_temperatures, energy_drift
+from .errors import InputError, SimulationInstabilityError
+from .integrator import SplittingIntegrator
+from .platforms import create_context
+from .units import BOLTZMANN
+
+#: Force groups of the force field; the learned force sits in group 30 and is never part of the energy.
+FORCE_FIELD_GROUPS = set(range(30))
+
+
+@dataclass
+class Candidate:
+    """One integrator to judge.
+
+    Attributes
+    ----------
+    name
+        Row label.
+    step
+        Step size in ps.
+    system
+        The System it runs (with the learned force for a learned model, with repartitioned masses for HMR).
+    make_integrator
+        Builds a fresh :class:`~openmm_actionml.integrator.SplittingIntegrator` (or ``ActionMLIntegrator``) for
+        ``system``; its ``evaluations_per_step`` after the run gives the cost.
+    speed_integrator
+        Optional: builds the integrator whose speed is reported instead (e.g. OpenMM's native leapfrog
+        ``VerletIntegrator`` for a velocity-Verlet row, whose synchronous velocities the diagnostics need).
+    """
+
+    name: str
+    step: float
+    system: mm.System
+    make_integrator: Callable[[], SplittingIntegrator]
+    speed_integrator: Optional[Callable[[], mm.Integrator]] = None
+
+
+@dataclass
+class EnsembleOptions:
+    """How the ensembles run.
+
+    Attributes
+    ----------
+    n_trajectories
+        Starts, each run by every candidate.
+    duration
+        ps per trajectory.
+    sample_interval
+        ps between samples of energy and velocities; a multiple of every candidate's step.
+    burn_in
+        Leading fraction of each trajectory left out of the drift fit (the modified energy's relaxation).
+    reversibility_time
+        ps run forward (the nearest whole number of steps), then backward after flipping the velocities, for
+        the reversibility figure.
+    correlation_time
+        Longest lag (ps) of the velocity autocorrelation.
+    instability_factor
+        A trajectory is unstable once its total energy leaves its start by this many ``n_dof kT``, or is NaN.
+    """
+
+    n_trajectories: int = 8
+    duration: float = 10.0
+    sample_interval: float = 0.008
+    burn_in: float = 0.2
+    reversibility_time: float = 0.5
+    correlation_time: float = 0.5
+    instability_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.n_trajectories < 2:
+            raise InputError(f"an ensemble needs at least 2 trajectories (standard errors), got {self.n_trajectories}.")
+        for name in ("duration", "sample_interval", "reversibility_time", "correlation_time"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.correlation_time >= self.duration:
+            raise InputError(f"correlation_time ({self.correlation_time} ps) must be shorter than the trajectories "
+                             f"({self.duration} ps).")
+
+
+@dataclass
+class EnsembleResult:
+    """What one candidate's ensemble measured. Means are over stable trajectories, ``*_error`` their standard
+    errors; drifts in kT per degree of freedom per ns and in kJ/mol/ns.
+
+    ``element_temperatures`` are in K. Each NVE trajectory keeps the energy of its start, so its temperature
+    varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition`` divides each element's temperature
+    by its own trajectory's before averaging, which resolves a loss of equipartition to about a per cent with
+    a few trajectories."""
+
+    name: str
+    step_fs: float
+    stable: int
+    n_trajectories: int
+    drift: float
+    drift_error: float
+    drift_kj: float
+    energy_rms: float
+    temperature: float
+    temperature_error: float
+    element_temperatures: dict[str, tuple[float, float]]
+    equipartition: dict[str, tuple[float, float]]
+    reversibility: float
+    evaluations_per_fs: float
+    ps_per_second: float
+    times: np.ndarray = field(repr=False)
+    energies: np.ndarray = field(repr=False)
+    element_series: dict[str, np.ndarray] = field(repr=False)
+    vacf: np.ndarray = field(repr=False)
+    vacf_error: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """The scalar figures (JSON-serialisable)."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in ("times", "energies", "element_series", "vacf", "vacf_error")}
+
+
+@dataclass
+class Starts:
+    """Initial states shared by every candidate: positions (nm) and velocities (nm/ps), ``[B, N, 3]``, drawn on
+    a System with ``masses`` (amu)."""
+
+    positions: np.ndarray
+    velocities: np.ndarray
+    masses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: float, count: int,
+                        spacing: float = 2.0, equilibration: float = 10.0, platform: Optional[str] = None,
+                        seed: int = 1) -> Starts:
+    """``count`` states from one LangevinMiddle run on the force field: minimise, equilibrate ``equilibration``
+    ps, then one state every ``spacing`` ps (1 fs steps, friction 1/ps). The centre-of-mass velocity is removed
+    from each, so that its three degrees of freedom, which NVE conserves, carry no kinetic energy."""
+    integrator = mm.LangevinMiddleIntegrator(temperature * u.kelvin, 1.0 / u.picosecond, 0.001 * u.picoseconds)
+    integrator.setRandomNumberSeed(int(seed))
+    context = create_context(system, integrator, platform)
+    context.setPositions(positions)
+    mm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(temperature * u.kelvin, int(seed))
+    integrator.step(int(round(equilibration / 0.001)))
+    states = []
+    for _ in range(count):
+        integrator.step(int(round(spacing / 0.001)))
+        states.append(context.getState(getPositions=True, getVelocities=True))
+    masses = _masses(system)
+    velocities = np.array([s.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond) for s in states])
+    velocities -= (masses[None, :, None] * velocities).sum(1, keepdims=True) / masses.sum()
+    return Starts(np.array([s.getPositions(asNumpy=True).value_in_unit(u.nanometer) for s in states]), velocities,
+                  masses)
+
+
+def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
+                 options: EnsembleOptions, elements: Sequence[str], platform: Optional[str] = None,
+                 progress: Optional[Callable[[str], None]] = None) -> EnsembleResult:
+    """Run ``candidate`` from every start in NVE and measure it.
+
+    A start's velocities are used as they are when the candidate's masses equal the force field's; otherwise
+    (hydrogen-mass repartitioning) they are redrawn at ``temperature`` for the candidate's masses.
+    """
+    system = candidate.system
+    masses = _masses(system)
+    constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())],
+                           dtype=int).reshape(-1, 2)
+    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
+    n_dof = float(dof.sum())
+    kT = BOLTZMANN * temperature
+    sample_steps = _whole_steps(options.sample_interval, candidate.step, "sample_interval", candidate.name)
+    n_samples = int(round(options.duration / options.sample_interval))
+    integrator = candidate.make_integrator()
+    context = create_context(system, integrator, platform)
+    energies = np.full((len(starts), n_samples + 1), np.nan)
+    velocities = np.full((len(starts), n_samples + 1, len(masses), 3), np.nan)
+    stable = np.zeros(len(starts), dtype=bool)
+    wall, simulated = 0.0, 0.0
+    for index in range(len(starts)):
+        _set_start(context, starts, index, masses, temperature)
+        for sample in range(n_samples + 1):
+            if sample:
+                started = time.perf_counter()
+                try:
+                    integrator.step(sample_steps)
+                except (SimulationInstabilityError, mm.OpenMMException):
+                    break
+                wall += time.perf_counter() - started
+                simulated += sample_steps * candidate.step
+            state = context.getState(getEnergy=True, getVelocities=True, groups=FORCE_FIELD_GROUPS)
+            total = (state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole)
+            if not np.isfinite(total) or (sample and abs(total - energies[index, 0]) > options.instability_factor * n_dof * kT):
+                break
+            energies[index, sample] = total
+            velocities[index, sample] = state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
+        else:
+            stable[index] = True
+        if progress is not None:
+            progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
+                     f"{'stable' if stable[index] else 'UNSTABLE'}")
+    reversibility = _reversibility(context, integrator, starts, stable, masses, temperature,
+                                   max(1, int(round(options.reversibility_time / candidate.step))))
+    ps_per_second = simulated / wall if wall > 0 else float("nan")
+    if candidate.speed_integrator is not None:
+        ps_per_second = _speed(candidate, starts, masses, temperature, options, platform)
+    times = np.arange(n_samples + 1) * options.sample_interval
+    evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
+    return _summarise(candidate, times, energies, velocities, stable, masses, elements, dof, n_dof, temperature,
+                      options, reversibility, ps_per_second, evaluations_per_fs)
+
+
+def _summarise(candidate: Candidate, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
+               stable: np.ndarray, masses: np.ndarray, elements: Sequence[str], dof: np.ndarray, n_dof: float,
+               temperature: float, options: EnsembleOptions, reversibility: float, ps_per_second: float,
+               evaluations_per_fs: float) -> EnsembleResult:
+    kept = times >= options.burn_in * times[-1]
+    drifts = [energy_drift(times[kept], energies[b, kept], n_dof, temperature) for b in np.flatnonzero(stable)]
+    per_trajectory = [element_temperatures(velocities[b], masses, list(elements), dof) for b in np.flatnonzero(stable)]
+    symbols = sorted(set(elements))
+    elements_mean = {e: _mean_error([t[e] for t in per_trajectory]) for e in symbols}
+    twice_kinetic = (masses[:, None] * velocities[stable] ** 2).sum((-1, -2)).mean(-1) if stable.any() else np.array([])
+    trajectory_temperatures = twice_kinetic / (BOLTZMANN * n_dof)
+    temperature_mean = _mean_error(list(trajectory_temperatures))
+    ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
+              for e in symbols}
+    series = {e: np.array([element_temperatures(velocities[stable][:, i], masses, list(elements), dof)[e]
+                           for i in range(len(times))]) if stable.any() else np.full(len(times), np.nan)
+              for e in symbols}
+    vacf, vacf_error = velocity_autocorrelation(velocities[stable], masses, times, options.correlation_time)
+    slopes = np.array([d.slope_kt_per_dof_per_ns for d in drifts])
+    slopes_kj = np.array([d.slope_kj_per_ns for d in drifts])
+    drift, drift_error = _mean_error(list(slopes))
+    return EnsembleResult(
+        name=candidate.name, step_fs=candidate.step * 1000.0, stable=int(stable.sum()), n_trajectories=len(stable),
+        drift=drift, drift_error=drift_error, drift_kj=float(slopes_kj.mean()) if len(slopes_kj) else float("nan"),
+        energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
+        temperature=temperature_mean[0], temperature_error=temperature_mean[1], element_temperatures=elements_mean,
+        equipartition=ratios,
+        reversibility=reversibility, evaluations_per_fs=evaluations_per_fs,
+        ps_per_second=ps_per_second, times=times, energies=energies - energies[:, :1], element_series=series,
+        vacf=vacf, vacf_error=vacf_error)
+
+
+def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, times: np.ndarray,
+                             max_lag: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mass-weighted, normalised velocity autocorrelation ``C(t) = <sum m v(0).v(t)> / <sum m v.v>`` over lags up
+    to ``max_lag`` ps, averaged over time origins; its mean and standard error over trajectories.
+
+    ``velocities`` is ``[trajectories, samples, N, 3]`` on the time grid ``times``.
+    """
+    n_lags = int(np.searchsorted(times, max_lag + 1e-12))
+    if len(velocities) == 0:
+        return np.full(n_lags, np.nan), np.full(n_lags, np.nan)
+    weighted = velocities * np.sqrt(masses)[None, None, :, None]
+    flat = weighted.reshape(len(velocities), len(times), -1)
+    curves = []
+    for trajectory in flat:
+        norm = (trajectory * trajectory).sum(-1).mean()
+        curves.append([(trajectory[: len(times) - lag] * trajectory[lag:]).sum(-1).mean() / norm
+                       for lag in range(n_lags)])
+    curves = np.array(curves)
+    error = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.full(n_lags, np.nan)
+    return curves.mean(0), error
+
+
+def _mean_error(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    values_array = np.asarray(values, dtype=float)
+    error = float(values_array.std(ddof=1) / np.sqrt(len(values_array))) if len(values_array) > 1 else float("nan")
+    return float(values_array.mean()), error
+
+
+def _whole_steps(interval: float, step: float, what: str, name: str) -> int:
+    steps = int(round(interval / step))
+    if steps < 1 or abs(steps * step - interval) > 1e-9:
+        raise InputError(f"{what} {interval * 1000:g} fs is not a whole number of {name}'s {step * 1000:g} fs steps; "
+                         f"choose a common multiple of the steps compared.")
+    return steps
+
+
+def _masses(system: mm.System) -> np.ndarray:
+    return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+
+
+def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray, temperature: float) -> None:
+    """Start ``index``. When the candidate's masses differ from the starts' (HMR), velocities are drawn anew
+    from Maxwell-Boltzmann for its masses (seeded by ``index``), without centre-of-mass motion."""
+    context.setTime(0.0)
+    context.setPositions(starts.positions[index])
+    context.applyConstraints(1e-10)
+    if np.allclose(starts.masses, masses):
+        velocities = starts.velocities[index]
+    else:
+        draw = np.random.default_rng(1000 + index).standard_normal((len(masses), 3))
+        velocities = draw * np.sqrt(BOLTZMANN * temperature / masses)[:, None]
+        velocities -= (masses[:, None] * velocities).sum(0) / masses.sum()
+    context.setVelocities(velocities)
+    context.applyVelocityConstraints(1e-10)
+
+
+def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Starts, stable: np.ndarray,
+                   masses: np.ndarray, temperature: float, steps: int, count: int = 4) -> float:
+    """RMS distance (nm, over atoms and up to ``count`` stable starts) between a start and the state reached by
+    ``steps`` steps forward, a velocity flip and ``steps`` steps back."""
+    distances = []
+    for index in np.flatnonzero(stable)[:count]:
+        _set_start(context, starts, int(index), masses, temperature)
+        begin = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        try:
+            integrator.step(steps)
+            velocities = context.getState(getVelocities=True).getVelocities(asNumpy=True)
+            context.setVelocities(-velocities)
+            integrator.step(steps)
+        except (SimulationInstabilityError, mm.OpenMMException):
+            return float("nan")
+        end = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        distances.append(np.mean(np.sum((end - begin) ** 2, axis=-1)))
+    return float(np.sqrt(np.mean(distances))) if distances else float("nan")
+
+
+def _speed(candidate: Candidate, starts: Starts, masses: np.ndarray, temperature: float, options: EnsembleOptions,
+           platform: Optional[str]) -> float:
+    """Simulated ps per wall second of ``candidate.speed_integrator`` over one trajectory's length."""
+    integrator = candidate.speed_integrator()
+    context = create_context(candidate.system, integrator, platform)
+    _set_start(context, starts, 0, masses, temperature)
+    steps = int(round(options.duration / candidate.step))
+    integrator.step(1)
+    started = time.perf_counter()
+    integrator.step(steps)
+    return steps * candidate.step / (time.perf_counter() - started)

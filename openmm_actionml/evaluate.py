@@ -1,0 +1,139 @@
+"""``actionml evaluate``: a learned model beside the integrators a user would otherwise run, on NVE ensembles
+from the same equilibrated starts, in OpenMM.
+
+The rows (:func:`standard_candidates`):
+
+- the learned model at its step ``h``;
+- the same splitting unlearned (``dW = 0``): the classical multi-stage scheme (anchored models only);
+- velocity Verlet at the usual steps: 0.5 and 1 fs flexible, 2 fs with constraints;
+- velocity Verlet with hydrogen-mass repartitioning at 4 fs (constrained systems);
+- velocity Verlet at ``h``, to show where it breaks;
+- the reference: velocity Verlet at the fine step of the model's training data. Every figure is read against it.
+
+Velocity-Verlet rows run :class:`SplittingIntegrator` ("VV"), whose positions and velocities are synchronous;
+their speed is that of OpenMM's own ``VerletIntegrator``, the integrator a user would run.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+
+from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, run_ensemble
+from .errors import InputError, ModelMismatchError
+from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from .modelfile import ActionMLModel
+from .platforms import create_context
+from .splitting import get_splitting
+from .systems import PreparedSystem, with_hydrogen_mass
+
+#: OpenMM's recommended hydrogen mass for 4 fs steps (user guide, LangevinMiddleIntegrator).
+HMR_HYDROGEN_MASS = 1.5
+HMR_STEP = 0.004
+
+
+def verlet_candidate(name: str, system: mm.System, step: float) -> Candidate:
+    """Velocity Verlet at ``step`` ps: synchronous for the diagnostics, timed as OpenMM's VerletIntegrator."""
+    return Candidate(name, step, system, lambda: SplittingIntegrator("VV", step), speed_integrator=lambda: mm.VerletIntegrator(step))
+
+
+def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,
+                        verlet_steps: Optional[Sequence[float]] = None, hmr: Optional[bool] = None) -> list[Candidate]:
+    """The rows of an evaluation, reference first (see the module docstring).
+
+    Parameters
+    ----------
+    prepared
+        The force-field System (no learned force) with its topology.
+    model
+        The learned model.
+    reference_step
+        Fine velocity-Verlet step in ps (default: the model's training data's integration step, else 0.25 fs).
+    verlet_steps
+        Usual Verlet steps in ps (default 0.5 and 1 fs flexible, 2 fs constrained).
+    hmr
+        Include Verlet with hydrogen-mass repartitioning at 4 fs (default: when the System has constraints).
+    """
+    meta = model.metadata
+    system = prepared.system
+    constrained = system.getNumConstraints() > 0
+    h = meta.step
+    protocol = meta.recipe.get("dataset_protocol") or {}
+    reference_step = reference_step or protocol.get("integration_step") or 0.00025
+    verlet_steps = verlet_steps or ((0.002,) if constrained else (0.0005, 0.001))
+    hmr = constrained if hmr is None else hmr
+    learned_system = add_learned_force(system, model)
+    label = f"{meta.get_splitting().name if meta.scheme == 'A' else 'scheme B'}"
+    mode = "pure ML" if not meta.anchored else "learned"
+    rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step)]
+    rows.append(Candidate(f"{label} {mode} {h * 1000:g} fs", h, learned_system, lambda: ActionMLIntegrator(model)))
+    if meta.scheme == "A" and meta.anchored:
+        splitting = meta.get_splitting()
+        rows.append(Candidate(f"{splitting.name} classical (dW = 0) {h * 1000:g} fs", h, system,
+                              lambda: SplittingIntegrator(splitting, h)))
+    for step in verlet_steps:
+        rows.append(verlet_candidate(f"Verlet {step * 1000:g} fs", system, step))
+    if hmr:
+        hmr_system = with_hydrogen_mass(system, prepared.topology, HMR_HYDROGEN_MASS)
+        rows.append(verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)",
+                                     hmr_system, HMR_STEP))
+    if all(abs(step - h) > 1e-12 for step in verlet_steps):
+        rows.append(verlet_candidate(f"Verlet {h * 1000:g} fs (the learned step)", system, h))
+    return rows
+
+
+def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Starts,
+                   platform: Optional[str] = None) -> float:
+    """Largest difference (nm/ps) between the velocities after one learned step and one step of the same
+    splitting on the force field alone (for pure ML: with the force field's kicks), from the first start.
+
+    Raises
+    ------
+    ModelMismatchError
+        If they are identical: the network is off, and "learned" figures would be the classical scheme's.
+    """
+    meta = model.metadata
+    splitting = meta.get_splitting() if meta.scheme == "A" else get_splitting("T3")
+    after = []
+    for system, integrator in ((add_learned_force(prepared.system, model), ActionMLIntegrator(model)),
+                               (prepared.system, SplittingIntegrator(splitting, meta.step))):
+        context = create_context(system, integrator, platform)
+        context.setPositions(starts.positions[0])
+        context.setVelocities(starts.velocities[0])
+        integrator.step(1)
+        after.append(context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(
+            u.nanometer / u.picosecond))
+        del context
+    difference = float(np.abs(after[0] - after[1]).max())
+    if difference == 0.0:
+        raise ModelMismatchError(f"model {model.path.name} takes exactly the classical {splitting.name} step: its "
+                                 f"learned force is off, so its figures would not be learned ones. Check that the "
+                                 f"System carries the learned force and the model file has trained weights.")
+    return difference
+
+
+def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOptions,
+             candidates: Optional[list[Candidate]] = None, temperature: Optional[float] = None,
+             platform: Optional[str] = None, seed: int = 1,
+             progress: Optional[Callable[[str], None]] = None) -> list[EnsembleResult]:
+    """Run every candidate (default :func:`standard_candidates`) from the same equilibrated starts.
+
+    ``temperature`` defaults to the model's; the starts come from one LangevinMiddle run on the force field.
+    """
+    model.validate(prepared.system, topology=prepared.topology)
+    temperature = temperature or model.metadata.temperature
+    candidates = candidates if candidates is not None else standard_candidates(prepared, model)
+    if not candidates:
+        raise InputError("nothing to evaluate: give at least one candidate integrator.")
+    if progress is not None:
+        progress(f"drawing {options.n_trajectories} equilibrated starts at {temperature:g} K")
+    starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
+                                 platform=platform, seed=seed)
+    effect = network_effect(prepared, model, starts, platform)
+    if progress is not None:
+        progress(f"the network is on: one learned step and one classical step differ by up to {effect:.3g} nm/ps")
+    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    return [run_ensemble(candidate, starts, temperature, options, elements, platform, progress)
+            for candidate in candidates]

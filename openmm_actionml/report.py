@@ -1,0 +1,122 @@
+"""Tables and plots of NVE ensemble results (:mod:`openmm_actionml.ensemble`): a markdown table, a JSON file
+and PNG plots of the total energy, the per-element kinetic temperature and the velocity autocorrelation.
+The first result is the reference the others are read against."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .atomic import atomic_path
+from .ensemble import EnsembleResult
+
+
+def vacf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[float, float]:
+    """RMS over lags of the velocity autocorrelation's difference from the reference, and the RMS of the two
+    standard errors combined (the statistical floor below which differences are noise)."""
+    if result.vacf.shape != reference.vacf.shape or not np.isfinite(result.vacf).all():
+        return float("nan"), float("nan")
+    difference = float(np.sqrt(np.mean((result.vacf - reference.vacf) ** 2)))
+    floor = float(np.sqrt(np.mean(result.vacf_error ** 2 + reference.vacf_error ** 2)))
+    return difference, floor
+
+
+def markdown_table(results: Sequence[EnsembleResult]) -> str:
+    """One row per result: stable fraction, drift, E RMS, T and each element's T over its trajectory's (mean ±
+    s.e. over trajectories),
+    reversibility, VACF deviation from the first (reference) row, cost and speed."""
+    reference = results[0]
+    header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
+              "per-element T / T (%) | reversibility (nm) | VACF deviation (noise) | evaluations/fs | ps/s |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for result in results:
+        elements = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
+        deviation, floor = vacf_deviation(result, reference)
+        vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
+        lines.append(f"| {result.name} | {result.step_fs:g} | {result.stable}/{result.n_trajectories} | "
+                     f"{result.drift:+.3f} ± {result.drift_error:.3f} | {result.drift_kj:+.3g} | "
+                     f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
+                     f"{elements} | {result.reversibility:.2e} | {vacf} | {result.evaluations_per_fs:.3g} | "
+                     f"{result.ps_per_second:.3g} |")
+    return "\n".join(lines)
+
+
+def write_json(results: Sequence[EnsembleResult], path: str | Path, settings: dict) -> None:
+    """The scalar figures and the run's settings, written atomically."""
+    reference = results[0]
+    rows = [{**r.to_dict(), "vacf_deviation": vacf_deviation(r, reference)} for r in results]
+    with atomic_path(path, overwrite=True) as tmp:
+        Path(tmp).write_text(json.dumps({"settings": settings, "results": rows}, indent=1, default=float))
+
+
+def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -> list[Path]:
+    """``energy.png``, ``temperature.png`` and ``vacf.png`` in ``directory``; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    written = []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def save(figure, name: str) -> None:
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        path = directory / name
+        with atomic_path(path, overwrite=True) as tmp:
+            figure.savefig(tmp, dpi=110, format="png")
+        plt.close(figure)
+        written.append(path)
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for index, result in enumerate(results):
+        stable = np.isfinite(result.energies).all(1)
+        if not stable.any():
+            continue
+        mean = result.energies[stable].mean(0)
+        error = result.energies[stable].std(0, ddof=1) / np.sqrt(stable.sum()) if stable.sum() > 1 else 0 * mean
+        colour = colours[index % len(colours)]
+        axis.plot(result.times, mean, color=colour, lw=1.2, label=f"{result.name} ({stable.sum()}/{len(stable)})")
+        axis.fill_between(result.times, mean - error, mean + error, color=colour, alpha=0.2, lw=0)
+    axis.set_xlabel("time (ps)")
+    axis.set_ylabel("total energy - start (kJ/mol), ensemble mean ± s.e.")
+    axis.legend(fontsize=7)
+    save(figure, "energy.png")
+
+    elements = list(results[0].element_temperatures)
+    figure, axes = plt.subplots(2, len(elements), figsize=(3.2 * len(elements), 7.0), squeeze=False)
+    for axis, element in zip(axes[1], elements):
+        for index, result in enumerate(results):
+            series = result.element_series[element]
+            running = np.cumsum(series) / np.arange(1, len(series) + 1)
+            axis.plot(result.times, running, color=colours[index % len(colours)], lw=1.0)
+        axis.set_xlabel("time (ps)")
+        axis.set_ylabel(f"{element}: running mean T (K), ensemble")
+    for axis, element in zip(axes[0], elements):
+        for index, result in enumerate(results):
+            mean, error = result.equipartition.get(element, (np.nan, np.nan))
+            axis.errorbar([index], [100 * mean], yerr=[100 * error], fmt="o", color=colours[index % len(colours)],
+                          label=result.name)
+        reference = results[0].equipartition[element]
+        axis.axhspan(100 * (reference[0] - reference[1]), 100 * (reference[0] + reference[1]), color="grey",
+                     alpha=0.3, lw=0)
+        axis.set_title(f"{element}")
+        axis.set_xticks([])
+        axis.set_ylabel("T(element) / T(trajectory) (%), mean ± s.e.")
+    axes[0][0].legend(fontsize=6, loc="lower left")
+    save(figure, "temperature.png")
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for index, result in enumerate(results):
+        if not np.isfinite(result.vacf).all():
+            continue
+        lags = result.times[: len(result.vacf)]
+        axis.plot(lags, result.vacf, color=colours[index % len(colours)], lw=1.2, label=result.name)
+    axis.set_xlabel("lag (ps)")
+    axis.set_ylabel("mass-weighted velocity autocorrelation")
+    axis.axhline(0.0, color="black", lw=0.5)
+    axis.legend(fontsize=7)
+    save(figure, "vacf.png")
+    return written
