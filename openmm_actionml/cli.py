@@ -28,10 +28,10 @@ from .evaluate import evaluate
 from .report import markdown_table, plot, write_json
 from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
-from .examples import EXAMPLES, build_example
+from .examples import EXAMPLES, SYSTEM_OPTIONS, build_input, build_training_system
 from .generate import generate_reference_data
 from .platforms import get_platform
-from .systems import SOLVENTS, PreparedSystem, build_system
+from .systems import SOLVENTS, PreparedSystem
 from .modelfile import ActionMLModel, load_model
 from .nve_gate import GateOptions
 from .simulate import run_model, topology_from_elements
@@ -91,11 +91,6 @@ def add_generate(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_generate)
 
 
-#: The options of :func:`_add_system_options`, as ``build_system`` keywords.
-SYSTEM_OPTIONS = ("forcefield", "solvent", "padding", "nonbonded_cutoff", "constraints", "rigid_water",
-                  "hydrogen_mass", "protein_only")
-
-
 def _add_system_options(parser: argparse.ArgumentParser) -> None:
     """The options that build a System from a PDB file or example (shared by generate and run)."""
     system = parser.add_argument_group("system")
@@ -129,26 +124,18 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _prepare_for_model(args: argparse.Namespace, model: ActionMLModel) -> PreparedSystem:
     """The System of ``args.input``, or, without one, the system the model records it was trained on (system
-    options left out take the recorded settings)."""
+    options given on the command line replace the recorded ones)."""
     if args.input is None:
-        system_info = model.metadata.recipe.get("system", {})
-        if not system_info.get("input"):
-            raise InputError(f"model {model.path} does not record its training system; give a PDB file or example.")
-        args.input = system_info["input"]
-        for key, value in system_info.get("settings", {}).items():
-            if key in SYSTEM_OPTIONS and getattr(args, key) is None:
-                setattr(args, key, value)
+        return build_training_system(model.metadata.recipe, **_system_options(args))
     return _prepare(args)
 
 
+def _system_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in SYSTEM_OPTIONS if getattr(args, key, None) is not None}
+
+
 def _prepare(args: argparse.Namespace) -> PreparedSystem:
-    options: dict[str, Any] = {key: getattr(args, key) for key in SYSTEM_OPTIONS if getattr(args, key) is not None}
-    if os.path.isfile(args.input):
-        return build_system(args.input, **options)
-    if args.input in EXAMPLES:
-        return build_example(args.input, **options)
-    raise InputError(f"{args.input} is neither a PDB file nor a bundled example; give a PDB path or one of "
-                     f"{', '.join(EXAMPLES)}.")
+    return build_input(args.input, **_system_options(args))
 
 
 # -- train -------------------------------------------------------------------------------------------
@@ -391,10 +378,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise InputError(f"the demo's model {args.model} is missing; run the demo from a source checkout "
                          f"(git clone ...; pip install -e .), or pass --model.")
     model = load_model(args.model)
-    args.input = None
-    for key in SYSTEM_OPTIONS:
-        setattr(args, key, None)
-    _evaluate_and_report(model, _prepare_for_model(args, model), args)
+    _evaluate_and_report(model, build_training_system(model.metadata.recipe), args)
     return 0
 
 

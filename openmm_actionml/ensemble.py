@@ -97,7 +97,8 @@ class EnsembleOptions:
 @dataclass
 class EnsembleResult:
     """What one candidate's ensemble measured. Means are over stable trajectories, ``*_error`` their standard
-    errors; drifts in kT per degree of freedom per ns and in kJ/mol/ns.
+    errors; drifts in kT per degree of freedom per ns and in kJ/mol/ns. ``failure_time`` is the mean time (ps)
+    of the last sample of the unstable trajectories (NaN when all are stable).
 
     ``element_temperatures`` are in K. Each NVE trajectory keeps the energy of its start, so its temperature
     varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition`` divides each element's temperature
@@ -108,6 +109,7 @@ class EnsembleResult:
     step_fs: float
     stable: int
     n_trajectories: int
+    failure_time: float
     drift: float
     drift_error: float
     drift_kj: float
@@ -173,8 +175,8 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                  progress: Optional[Callable[[str], None]] = None) -> EnsembleResult:
     """Run ``candidate`` from every start in NVE and measure it.
 
-    A start's velocities are used as they are when the candidate's masses equal the force field's; otherwise
-    (hydrogen-mass repartitioning) they are redrawn at ``temperature`` for the candidate's masses.
+    A start's velocities are used as they are when the candidate's masses equal the starts'; otherwise
+    (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`_set_start`).
     """
     system = candidate.system
     masses = _masses(system)
@@ -192,7 +194,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     stable = np.zeros(len(starts), dtype=bool)
     wall, simulated = 0.0, 0.0
     for index in range(len(starts)):
-        _set_start(context, starts, index, masses, temperature)
+        _set_start(context, starts, index, masses)
         for sample in range(n_samples + 1):
             if sample:
                 started = time.perf_counter()
@@ -213,21 +215,30 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
         if progress is not None:
             progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
-    reversibility = _reversibility(context, integrator, starts, stable, masses, temperature,
+    reversibility = _reversibility(context, integrator, starts, stable, masses,
                                    max(1, int(round(options.reversibility_time / candidate.step))))
     ps_per_second = simulated / wall if wall > 0 else float("nan")
     if candidate.speed_integrator is not None:
-        ps_per_second = _speed(candidate, starts, masses, temperature, options, platform)
+        ps_per_second = _speed(candidate, starts, masses, options, platform)
     times = np.arange(n_samples + 1) * options.sample_interval
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
-    return _summarise(candidate, times, energies, velocities, stable, masses, elements, dof, n_dof, temperature,
-                      options, reversibility, ps_per_second, evaluations_per_fs)
+    return summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
+                              constraints, elements, temperature, options, reversibility, ps_per_second,
+                              evaluations_per_fs)
 
 
-def _summarise(candidate: Candidate, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
-               stable: np.ndarray, masses: np.ndarray, elements: Sequence[str], dof: np.ndarray, n_dof: float,
-               temperature: float, options: EnsembleOptions, reversibility: float, ps_per_second: float,
-               evaluations_per_fs: float) -> EnsembleResult:
+def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
+                       stable: np.ndarray, masses: np.ndarray, constraints: np.ndarray, elements: Sequence[str],
+                       temperature: float, options: EnsembleOptions, reversibility: float, ps_per_second: float,
+                       evaluations_per_fs: float) -> EnsembleResult:
+    """The figures of an ensemble from its samples, however it was run (OpenMM here; a torch-only baseline
+    in benchmarks/).
+
+    ``energies`` is ``[B, T]`` (kJ/mol), ``velocities`` ``[B, T, N, 3]`` on the grid ``times`` (ps); ``stable``
+    marks the trajectories that stayed finite and bounded; ``constraints`` is ``[C, 2]`` atom pairs.
+    """
+    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
+    n_dof = float(dof.sum())
     kept = times >= options.burn_in * times[-1]
     drifts = [energy_drift(times[kept], energies[b, kept], n_dof, temperature) for b in np.flatnonzero(stable)]
     per_trajectory = [element_temperatures(velocities[b], masses, list(elements), dof) for b in np.flatnonzero(stable)]
@@ -246,7 +257,8 @@ def _summarise(candidate: Candidate, times: np.ndarray, energies: np.ndarray, ve
     slopes_kj = np.array([d.slope_kj_per_ns for d in drifts])
     drift, drift_error = _mean_error(list(slopes))
     return EnsembleResult(
-        name=candidate.name, step_fs=candidate.step * 1000.0, stable=int(stable.sum()), n_trajectories=len(stable),
+        name=name, step_fs=step * 1000.0, stable=int(stable.sum()), n_trajectories=len(stable),
+        failure_time=_mean_error([float(times[np.isfinite(energies[b])].max()) for b in np.flatnonzero(~stable)])[0],
         drift=drift, drift_error=drift_error, drift_kj=float(slopes_kj.mean()) if len(slopes_kj) else float("nan"),
         energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
         temperature=temperature_mean[0], temperature_error=temperature_mean[1], element_temperatures=elements_mean,
@@ -298,29 +310,29 @@ def _masses(system: mm.System) -> np.ndarray:
     return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
 
 
-def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray, temperature: float) -> None:
-    """Start ``index``. When the candidate's masses differ from the starts' (HMR), velocities are drawn anew
-    from Maxwell-Boltzmann for its masses (seeded by ``index``), without centre-of-mass motion."""
+def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
+    """Start ``index``. When the candidate's masses differ from the starts' (HMR), each velocity is scaled by
+    ``sqrt(m_start / m)``: a Maxwell-Boltzmann draw for the start's masses becomes one for the candidate's at the
+    same temperature, with each atom's kinetic energy kept, so the comparison stays paired. The centre-of-mass
+    motion is then removed and the velocity constraints applied."""
     context.setTime(0.0)
     context.setPositions(starts.positions[index])
     context.applyConstraints(1e-10)
-    if np.allclose(starts.masses, masses):
-        velocities = starts.velocities[index]
-    else:
-        draw = np.random.default_rng(1000 + index).standard_normal((len(masses), 3))
-        velocities = draw * np.sqrt(BOLTZMANN * temperature / masses)[:, None]
-        velocities -= (masses[:, None] * velocities).sum(0) / masses.sum()
+    velocities = starts.velocities[index]
+    if not np.allclose(starts.masses, masses):
+        velocities = velocities * np.sqrt(starts.masses / masses)[:, None]
+        velocities = velocities - (masses[:, None] * velocities).sum(0) / masses.sum()
     context.setVelocities(velocities)
     context.applyVelocityConstraints(1e-10)
 
 
 def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Starts, stable: np.ndarray,
-                   masses: np.ndarray, temperature: float, steps: int, count: int = 4) -> float:
+                   masses: np.ndarray, steps: int, count: int = 4) -> float:
     """RMS distance (nm, over atoms and up to ``count`` stable starts) between a start and the state reached by
     ``steps`` steps forward, a velocity flip and ``steps`` steps back."""
     distances = []
     for index in np.flatnonzero(stable)[:count]:
-        _set_start(context, starts, int(index), masses, temperature)
+        _set_start(context, starts, int(index), masses)
         begin = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         try:
             integrator.step(steps)
@@ -334,12 +346,12 @@ def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Start
     return float(np.sqrt(np.mean(distances))) if distances else float("nan")
 
 
-def _speed(candidate: Candidate, starts: Starts, masses: np.ndarray, temperature: float, options: EnsembleOptions,
+def _speed(candidate: Candidate, starts: Starts, masses: np.ndarray, options: EnsembleOptions,
            platform: Optional[str]) -> float:
     """Simulated ps per wall second of ``candidate.speed_integrator`` over one trajectory's length."""
     integrator = candidate.speed_integrator()
     context = create_context(candidate.system, integrator, platform)
-    _set_start(context, starts, 0, masses, temperature)
+    _set_start(context, starts, 0, masses)
     steps = int(round(options.duration / candidate.step))
     integrator.step(1)
     started = time.perf_counter()

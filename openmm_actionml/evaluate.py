@@ -116,21 +116,23 @@ def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Start
 
 def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOptions,
              candidates: Optional[list[Candidate]] = None, temperature: Optional[float] = None,
-             platform: Optional[str] = None, seed: int = 1,
+             platform: Optional[str] = None, seed: int = 1, starts: Optional[Starts] = None,
              progress: Optional[Callable[[str], None]] = None) -> list[EnsembleResult]:
     """Run every candidate (default :func:`standard_candidates`) from the same equilibrated starts.
 
-    ``temperature`` defaults to the model's; the starts come from one LangevinMiddle run on the force field.
+    ``temperature`` defaults to the model's; the starts, unless given, come from one LangevinMiddle run on the
+    force field (:func:`~openmm_actionml.ensemble.equilibrated_starts` with ``seed``).
     """
     model.validate(prepared.system, topology=prepared.topology)
     temperature = temperature or model.metadata.temperature
     candidates = candidates if candidates is not None else standard_candidates(prepared, model)
     if not candidates:
         raise InputError("nothing to evaluate: give at least one candidate integrator.")
-    if progress is not None:
-        progress(f"drawing {options.n_trajectories} equilibrated starts at {temperature:g} K")
-    starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
-                                 platform=platform, seed=seed)
+    if starts is None:
+        if progress is not None:
+            progress(f"drawing {options.n_trajectories} equilibrated starts at {temperature:g} K")
+        starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
+                                     platform=platform, seed=seed)
     effect = network_effect(prepared, model, starts, platform)
     if progress is not None:
         progress(f"the network is on: one learned step and one classical step differ by up to {effect:.3g} nm/ps")

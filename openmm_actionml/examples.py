@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,28 @@ def get_example(name: str) -> Example:
 def build_example(name: str, **overrides: Any) -> PreparedSystem:
     """Build the bundled example ``name``, with ``overrides`` of its options."""
     return get_example(name).build(**overrides)
+
+
+#: ``build_system`` options a model's recipe records and ``actionml`` commands take on the command line.
+SYSTEM_OPTIONS = ("forcefield", "solvent", "padding", "nonbonded_cutoff", "constraints", "rigid_water",
+                  "hydrogen_mass", "protein_only")
+
+
+def build_input(source: str, **options: Any) -> PreparedSystem:
+    """Build a PDB file's system or a bundled example's, with ``build_system`` ``options``."""
+    if os.path.isfile(source):
+        return build_system(source, **options)
+    if source in EXAMPLES:
+        return build_example(source, **options)
+    raise InputError(f"{source} is neither a PDB file nor a bundled example; give a PDB path or one of "
+                     f"{', '.join(EXAMPLES)}.")
+
+
+def build_training_system(recipe: dict, **overrides: Any) -> PreparedSystem:
+    """The system a model's ``recipe`` records it was trained on; ``overrides`` replace recorded options."""
+    system = recipe.get("system", {})
+    if not system.get("input"):
+        raise InputError("the model does not record its training system; give a PDB file or example.")
+    recorded = {key: value for key, value in system.get("settings", {}).items()
+                if key in SYSTEM_OPTIONS and value is not None}
+    return build_input(system["input"], **{**recorded, **overrides})

@@ -35,7 +35,9 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
         elements = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
         deviation, floor = vacf_deviation(result, reference)
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
-        lines.append(f"| {result.name} | {result.step_fs:g} | {result.stable}/{result.n_trajectories} | "
+        stable = f"{result.stable}/{result.n_trajectories}" + (
+            f"; unstable ones fail at {result.failure_time:.2g} ps" if result.stable < result.n_trajectories else "")
+        lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
                      f"{result.drift:+.3f} ± {result.drift_error:.3f} | {result.drift_kj:+.3g} | "
                      f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
                      f"{elements} | {result.reversibility:.2e} | {vacf} | {result.evaluations_per_fs:.3g} | "

@@ -1,0 +1,106 @@
+"""Regenerate the results tables and plots for every shipped model: one command.
+
+For each model in ``models/`` (or those named), on its own training system, from the same equilibrated starts:
+the rows of ``actionml evaluate`` (the fine-step reference, the learned model, its classical splitting, Verlet at
+the usual steps, HMR at 4 fs with constraints, Verlet at the learned step), and the direct-predictor baseline of
+``direct_predictor.py`` trained on a fresh reference dataset drawn with the model's own data protocol. Writes
+``results/benchmarks/<model>/`` (results.md, results.json, energy.png, temperature.png, vacf.png) and
+``results/benchmarks/README.md`` with every table.
+
+Usage::
+
+    python benchmarks/run_all.py [MODEL ...] [--trajectories 8] [--time 20] [--platform Reference]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from direct_predictor import run_direct_ensemble, train_direct_predictor
+from openmm_actionml.atomic import atomic_path
+from openmm_actionml.cli import MODELS_DIR
+from openmm_actionml.constraints import ConstraintSet
+from openmm_actionml.ensemble import EnsembleOptions, equilibrated_starts
+from openmm_actionml.evaluate import evaluate
+from openmm_actionml.examples import build_training_system
+from openmm_actionml.generate import generate_reference_data
+from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.openmm_potential import OpenMMPotential
+from openmm_actionml.report import markdown_table, plot, write_json
+
+#: The direct predictor's data: the model's protocol, more and shorter segments (one-step pairs are all it needs).
+DIRECT_DATA = {"n_segments": 32, "segment_length": 0.5, "decorrelation": 1.0, "equilibration": 10.0, "seed": 99}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,
+              direct_iterations: int) -> str:
+    """All rows for one model; returns its markdown section."""
+    prepared = build_training_system(model.metadata.recipe)
+    temperature = model.metadata.temperature
+    starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
+                                 platform=platform, seed=1)
+    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log)
+    protocol = model.metadata.recipe["dataset_protocol"]
+    with tempfile.TemporaryDirectory() as scratch:
+        log("direct predictor: generating its reference data")
+        dataset = generate_reference_data(
+            prepared.system, prepared.positions, Path(scratch) / "direct.npz", topology=prepared.topology,
+            temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
+            platform="CPU", **DIRECT_DATA)
+    predictor = train_direct_predictor(dataset, model.metadata.step, direct_iterations)
+    constraints = ConstraintSet.from_system(prepared.system)
+    pairs = np.zeros((0, 2), dtype=int) if constraints is None else constraints.pairs.numpy()
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    results.append(run_direct_ensemble(predictor, OpenMMPotential(prepared.system), starts, temperature, options,
+                                       elements, pairs))
+    directory.mkdir(parents=True, exist_ok=True)
+    title = f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K ({platform})"
+    table = markdown_table(results)
+    with atomic_path(directory / "results.md", overwrite=True) as tmp:
+        tmp.write_text(f"# {title}\n\n{table}\n")
+    write_json(results, directory / "results.json", {"model": str(model.path), "platform": platform,
+                                                     "trajectories": options.n_trajectories,
+                                                     "duration": options.duration,
+                                                     "direct_predictor_iterations": direct_iterations})
+    plot(results, directory, title)
+    return f"## {title}\n\n{table}\n\nPlots: [energy]({directory.name}/energy.png), " \
+           f"[temperature]({directory.name}/temperature.png), [VACF]({directory.name}/vacf.png)\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", help="model files (default: every models/*.pt)")
+    parser.add_argument("--trajectories", type=int, default=8)
+    parser.add_argument("--time", type=float, default=20.0, help="ps per trajectory")
+    parser.add_argument("--platform", default="Reference")
+    parser.add_argument("--direct-iterations", type=int, default=5000)
+    parser.add_argument("--output-dir", default="results/benchmarks")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    paths = [Path(p) for p in args.models] or sorted(MODELS_DIR.glob("*.pt"))
+    output = Path(args.output_dir)
+    sections = []
+    for path in paths:
+        model = load_model(path)
+        options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
+                                  sample_interval=model.metadata.step)
+        log(f"{path.name}")
+        sections.append(benchmark(model, options, args.platform, output / path.stem, args.direct_iterations))
+    with atomic_path(output / "README.md", overwrite=True) as tmp:
+        tmp.write_text("# Benchmarks\n\n`python benchmarks/run_all.py " + " ".join(sys.argv[1:]) + "`\n\n"
+                       + "\n".join(sections))
+    print("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
