@@ -19,6 +19,7 @@ from .diagnostics import degrees_of_freedom_per_atom, element_temperatures, ener
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
 from .platforms import create_context
+from .symplecticity import measured_defect
 from .units import BOLTZMANN
 
 #: Force groups of the force field; the learned force sits in group 30 and is never part of the energy.
@@ -73,6 +74,9 @@ class EnsembleOptions:
         Longest lag (ps) of the velocity autocorrelation.
     instability_factor
         A trajectory is unstable once its total energy leaves its start by this many ``n_dof kT``, or is NaN.
+    symplecticity_max_atoms
+        Measure the finite-difference symplecticity defect of one step (:mod:`openmm_actionml.symplecticity`)
+        for Systems without constraints of at most this many atoms (it costs ``36 N`` steps).
     """
 
     n_trajectories: int = 8
@@ -82,6 +86,7 @@ class EnsembleOptions:
     reversibility_time: float = 0.5
     correlation_time: float = 0.5
     instability_factor: float = 4.0
+    symplecticity_max_atoms: int = 64
 
     def __post_init__(self) -> None:
         if self.n_trajectories < 2:
@@ -119,6 +124,7 @@ class EnsembleResult:
     element_temperatures: dict[str, tuple[float, float]]
     equipartition: dict[str, tuple[float, float]]
     reversibility: float
+    symplecticity: float
     evaluations_per_fs: float
     ps_per_second: float
     times: np.ndarray = field(repr=False)
@@ -217,6 +223,11 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
     reversibility = _reversibility(context, integrator, starts, stable, masses,
                                    max(1, int(round(options.reversibility_time / candidate.step))))
+    symplecticity = float("nan")
+    if stable.any() and not len(constraints) and len(masses) <= options.symplecticity_max_atoms:
+        first = int(np.flatnonzero(stable)[0])
+        symplecticity = measured_defect(system, candidate.make_integrator, starts.positions[first],
+                                        starts.velocities[first] * np.sqrt(starts.masses / masses)[:, None], platform)
     ps_per_second = simulated / wall if wall > 0 else float("nan")
     if candidate.speed_integrator is not None:
         ps_per_second = _speed(candidate, starts, masses, options, platform)
@@ -224,13 +235,13 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
     return summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
                               constraints, elements, temperature, options, reversibility, ps_per_second,
-                              evaluations_per_fs)
+                              evaluations_per_fs, symplecticity)
 
 
 def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
                        stable: np.ndarray, masses: np.ndarray, constraints: np.ndarray, elements: Sequence[str],
                        temperature: float, options: EnsembleOptions, reversibility: float, ps_per_second: float,
-                       evaluations_per_fs: float) -> EnsembleResult:
+                       evaluations_per_fs: float, symplecticity: float = float("nan")) -> EnsembleResult:
     """The figures of an ensemble from its samples, however it was run (OpenMM here; a torch-only baseline
     in benchmarks/).
 
@@ -263,7 +274,7 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
         energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
         temperature=temperature_mean[0], temperature_error=temperature_mean[1], element_temperatures=elements_mean,
         equipartition=ratios,
-        reversibility=reversibility, evaluations_per_fs=evaluations_per_fs,
+        reversibility=reversibility, symplecticity=symplecticity, evaluations_per_fs=evaluations_per_fs,
         ps_per_second=ps_per_second, times=times, energies=energies - energies[:, :1], element_series=series,
         vacf=vacf, vacf_error=vacf_error)
 

@@ -29,18 +29,19 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
     reversibility, VACF deviation from the first (reference) row, cost and speed."""
     reference = results[0]
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
-              "per-element T / T (%) | reversibility (nm) | VACF deviation (noise) | evaluations/fs | ps/s |")
+              "per-element T / T (%) | reversibility (nm) | symplecticity defect | VACF deviation (noise) | evaluations/fs | ps/s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
         elements = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
         deviation, floor = vacf_deviation(result, reference)
+        symplecticity = "n/a" if np.isnan(result.symplecticity) else f"{result.symplecticity:.1e}"
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
         stable = f"{result.stable}/{result.n_trajectories}" + (
             f"; unstable ones fail at {result.failure_time:.2g} ps" if result.stable < result.n_trajectories else "")
         lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
                      f"{result.drift:+.3f} ± {result.drift_error:.3f} | {result.drift_kj:+.3g} | "
                      f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
-                     f"{elements} | {result.reversibility:.2e} | {vacf} | {result.evaluations_per_fs:.3g} | "
+                     f"{elements} | {result.reversibility:.2e} | {symplecticity} | {vacf} | {result.evaluations_per_fs:.3g} | "
                      f"{result.ps_per_second:.3g} |")
     return "\n".join(lines)
 

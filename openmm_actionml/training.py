@@ -69,6 +69,10 @@ class OptimisationOptions:
         Seeds torch and the data sampling.
     network
         Options passed to :func:`openmm_actionml.network.build_network`.
+    force_field_platform
+        OpenMM platform of V inside training (forces, Hessian-vector products, energies, the gate). Reference
+        (default) is double precision; CPU is faster for hundreds of atoms, with single-precision forces that make
+        the finite-difference Hessian-vector products noisier.
     """
 
     step: float
@@ -85,6 +89,7 @@ class OptimisationOptions:
     patience: int = 3
     seed: int = 0
     network: dict = field(default_factory=dict)
+    force_field_platform: str = "Reference"
 
     def __post_init__(self) -> None:
         self.step = positive_float(self.step, u.picosecond, "step")
@@ -206,7 +211,7 @@ class Trainer:
         self.masses = torch.as_tensor(dataset.masses, dtype=torch.float64)
         self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
         # Blown-up configurations give NaN (not an exception), so the NVE gate can count them as unstable.
-        self.potential = OpenMMPotential(system, nonfinite="nan")
+        self.potential = OpenMMPotential(system, platform=options.force_field_platform, nonfinite="nan")
         excluded = None if self.constraints is None else self.constraints.pairs.tolist()
         self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
                                      excluded_pairs=excluded, **options.network).double()
