@@ -90,9 +90,10 @@ class DirectPredictor(torch.nn.Module):
 
 
 def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int = 4000, batch_size: int = 256,
-                           seed: int = 0, progress: bool = True) -> DirectPredictor:
+                           noise: float = 0.002, seed: int = 0, progress: bool = True) -> DirectPredictor:
     """Fit a :class:`DirectPredictor` to one-step pairs ``h`` apart (mean squared error of the aligned
-    departures, each component scaled to unit variance)."""
+    departures, each component scaled to unit variance). Gaussian ``noise`` (nm) on the input positions, with
+    targets kept, teaches it to pull perturbed states back, the usual stabiliser of learned simulators."""
     torch.manual_seed(seed)
     q, v, q1, v1 = (torch.as_tensor(x) for x in dataset.pairs(h))
     masses = torch.as_tensor(dataset.masses)
@@ -100,20 +101,24 @@ def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int 
     potential = OpenMMPotential(system)
     model = DirectPredictor(q[0], masses, h, dataset.temperature, lambda x: torch.as_tensor(potential.forces(x)),
                             constraints=ConstraintSet.from_system(system)).double()
-    with torch.no_grad():
-        qa, va, aa, rotation, centre = model.aligned(q, v)
-        target_q = (q1 - centre) @ rotation - qa - h * va
-        target_v = v1 @ rotation - va
-        model.output_scale.copy_(torch.stack([target_q.std(0), target_v.std(0)]).clamp_min(1e-8))
+    def inputs_and_targets(index: Tensor, noise: float) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            start = q[index] + noise * torch.randn_like(q[index])
+            qa, va, aa, rotation, centre = model.aligned(start, v[index])
+            return qa, va, aa, (q1[index] - centre) @ rotation - qa - h * va, v1[index] @ rotation - va
+
+    _, _, _, target_q, target_v = inputs_and_targets(torch.arange(len(q)), 0.0)
+    model.output_scale.copy_(torch.stack([target_q.std(0), target_v.std(0)]).clamp_min(1e-8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
     rng = np.random.default_rng(seed)
     started = time.monotonic()
     for iteration in range(1, iterations + 1):
-        batch = torch.as_tensor(rng.integers(0, len(q), batch_size))
-        dq, dv = model.departure(qa[batch], va[batch], aa[batch])
-        loss = (((dq - target_q[batch]) / model.output_scale[0]) ** 2).mean() + \
-            (((dv - target_v[batch]) / model.output_scale[1]) ** 2).mean()
+        qa, va, aa, target_q, target_v = inputs_and_targets(torch.as_tensor(rng.integers(0, len(q), batch_size)),
+                                                            noise)
+        dq, dv = model.departure(qa, va, aa)
+        loss = (((dq - target_q) / model.output_scale[0]) ** 2).mean() + \
+            (((dv - target_v) / model.output_scale[1]) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -176,6 +181,7 @@ def main() -> None:
     parser.add_argument("dataset", nargs="+")
     parser.add_argument("--step", type=float, required=True, help="fs")
     parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--noise", type=float, default=0.002, help="input position noise in nm (default 0.002)")
     parser.add_argument("--trajectories", type=int, default=8)
     parser.add_argument("--time", type=float, default=10.0)
     args = parser.parse_args()
@@ -185,7 +191,7 @@ def main() -> None:
     dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
     system = dataset.system()
     h = args.step / 1000.0
-    model = train_direct_predictor(dataset, h, args.iterations)
+    model = train_direct_predictor(dataset, h, args.iterations, noise=args.noise)
     starts = equilibrated_starts(system, dataset.positions[0, 0], dataset.temperature, args.trajectories)
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
     constraints = ConstraintSet.from_system(system)

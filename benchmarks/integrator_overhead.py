@@ -48,7 +48,7 @@ class NullNetwork(torch.nn.Module):
         return self.scale * q.sum((1, 2)).unsqueeze(1).expand(q.shape[0], 2)
 
 
-def anchored_model(prepared, network: torch.nn.Module, path: Path, step: float):
+def anchored_model(prepared, network: torch.nn.Module, path: Path, step: float, periodic: bool = False):
     """An anchored T3 model binding ``network`` (dW) to the prepared System."""
     system = prepared.system
     constraints = [[i, j, d.value_in_unit(u.nanometer)]
@@ -57,8 +57,8 @@ def anchored_model(prepared, network: torch.nn.Module, path: Path, step: float):
         scheme="A", step=step, splitting=get_splitting("T3").to_dict(), anchored=True,
         elements=[atom.element.symbol for atom in prepared.topology.atoms()],
         masses=[system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())],
-        constraints=constraints, periodic=False, network={}, temperature=TEMPERATURE,
-        system_name="alanine dipeptide (benchmark)")
+        constraints=constraints, periodic=periodic, network={}, temperature=TEMPERATURE,
+        system_name="benchmark")
     export_model(network, metadata, path)
     return load_model(path)
 

@@ -1,0 +1,130 @@
+"""Where the time goes, and when a learned long step pays: per-evaluation cost of each example's force field and
+of the learned TorchForce on the same system, measured side by side, and the speed against Verlet they imply.
+
+For each system it times, on one platform and thread, interleaved rounds, best kept:
+
+- ``t_FF``: one force evaluation of the force field (``Context.getState(getForces=True)`` after moving one atom,
+  so nothing is cached);
+- ``t_NN``: one evaluation of the learned force (the default network of ``openmm_actionml.network``, untrained,
+  bound to the system, inside the TorchForce adapter) the same way;
+- ``t_VV``: one step of OpenMM's VerletIntegrator (force field, integration and bookkeeping).
+
+A T3 step costs three kicks (first same as last): ``3 (t_FF + t_NN)`` anchored, ``3 t_NN`` pure ML, plus the
+CustomIntegrator's own overhead, which ``integrator_overhead.py`` measures (tens of microseconds). Against
+Verlet at step ``delta`` the implied speed ratio of a learned step ``h`` is ``(h / delta) t_VV / (3 (t_FF + t_NN))``
+(anchored) and ``(h / delta) t_VV / (3 t_NN)`` (pure ML). These are predictions from measured parts, labelled as
+such; ``run_all.py`` measures whole runs.
+
+Usage::
+
+    python benchmarks/cost_model.py [--platform CPU] [--threads 1] [--seconds 1] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import openmm as mm
+import openmm.app as app
+import openmm.unit as u
+
+from integrator_overhead import anchored_model
+from openmm_actionml.examples import build_example
+from openmm_actionml.integrator import LEARNED_FORCE_GROUP, add_learned_force
+from openmm_actionml.modelfile import ACTIVE_PARAMETER
+from openmm_actionml.network import build_network
+from openmm_actionml.systems import PreparedSystem
+
+#: (name, builder, Verlet step in fs the user would run, learned step in fs)
+SYSTEMS = [
+    ("alanine dipeptide, amber14, vacuum, HBonds", lambda: build_example("alanine-dipeptide", constraints="HBonds"),
+     2.0, 8.0),
+    ("alanine dipeptide, AMOEBA 2018, vacuum, flexible", lambda: amoeba_alanine(), 0.5, 4.0),
+    ("villin, amber14 + OBC2, HBonds", lambda: build_example("villin-obc2"), 2.0, 8.0),
+    ("water box (256), flexible TIP3P, PME", lambda: build_example("water-box"), 0.5, 4.0),
+]
+
+
+def amoeba_alanine() -> PreparedSystem:
+    """Alanine dipeptide in vacuum with amoeba2018.xml (mutual polarisation, no cutoff)."""
+    base = build_example("alanine-dipeptide")
+    forcefield = app.ForceField("amoeba2018.xml")
+    system = forcefield.createSystem(base.topology, nonbondedMethod=app.NoCutoff, polarization="mutual",
+                                     mutualInducedTargetEpsilon=1e-5)
+    return PreparedSystem(base.topology, system, base.positions, {"forcefield": ["amoeba2018.xml"]})
+
+
+def time_forces(context: mm.Context, positions: np.ndarray, groups: set[int], seconds: float) -> float:
+    """Seconds per force evaluation of ``groups``, moving one atom by 1e-6 nm each time so nothing is cached."""
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 3:
+        positions[0, 0] += 1e-6 * (1 if count % 2 else -1)
+        context.setPositions(positions)
+        context.getState(getForces=True, groups=groups)
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def time_steps(integrator: mm.Integrator, seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 3:
+        integrator.step(1)
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def measure(prepared: PreparedSystem, platform: mm.Platform, properties: dict, seconds: float, rounds: int,
+            directory) -> tuple[float, float, float]:
+    system = prepared.system
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    pairs = [system.getConstraintParameters(k)[:2] for k in range(system.getNumConstraints())]
+    periodic = system.usesPeriodicBoundaryConditions()
+    network = build_network(elements, excluded_pairs=pairs, periodic=periodic, zero_init=False)
+    model = anchored_model(prepared, network, directory / f"{id(prepared)}.pt", 0.008, periodic=periodic)
+    learned = add_learned_force(system, model)
+    positions = np.array(prepared.positions.value_in_unit(u.nanometer))
+    context = mm.Context(learned, mm.VerletIntegrator(0.001), platform, properties)
+    context.setPositions(positions)
+    context.setParameter(ACTIVE_PARAMETER, 1.0)
+    verlet = mm.VerletIntegrator(0.001)
+    verlet_context = mm.Context(mm.XmlSerializer.clone(system), verlet, platform, properties)
+    verlet_context.setPositions(positions)
+    verlet_context.setVelocitiesToTemperature(300 * u.kelvin, 1)
+    best = [np.inf, np.inf, np.inf]
+    for _ in range(rounds):
+        best[0] = min(best[0], time_forces(context, positions, set(range(LEARNED_FORCE_GROUP)), seconds))
+        best[1] = min(best[1], time_forces(context, positions, {LEARNED_FORCE_GROUP}, seconds))
+        best[2] = min(best[2], time_steps(verlet, seconds))
+    return best[0], best[1], best[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--platform", default="CPU")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    import tempfile
+    from pathlib import Path
+    torch.set_num_threads(args.threads)
+    platform = mm.Platform.getPlatformByName(args.platform)
+    properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
+    directory = Path(tempfile.mkdtemp())
+    print(f"{args.platform} platform, {args.threads} thread(s); best of {args.rounds} rounds\n")
+    print("| system | atoms | t_FF (ms) | t_NN (ms) | Verlet step (ms) | Verlet at | learned T3 at | "
+          "implied speed vs Verlet, anchored | implied, pure ML |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, build, delta, h in SYSTEMS:
+        prepared = build()
+        t_ff, t_nn, t_vv = measure(prepared, platform, properties, args.seconds, args.rounds, directory)
+        ratio = h / delta
+        print(f"| {name} | {prepared.system.getNumParticles()} | {1e3 * t_ff:.3g} | {1e3 * t_nn:.3g} | "
+              f"{1e3 * t_vv:.3g} | {delta:g} fs | {h:g} fs | {ratio * t_vv / (3 * (t_ff + t_nn)):.3g} | "
+              f"{ratio * t_vv / (3 * t_nn):.3g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
