@@ -120,6 +120,11 @@ class ReferenceDataset:
 
     # -- sizes -------------------------------------------------------------------------------------
     @property
+    def segment_temperatures(self) -> list[float]:
+        """The temperature each segment was drawn at (they differ in a :meth:`concatenate` of datasets)."""
+        return list(self.metadata.get("segment_temperatures", [self.temperature] * self.n_segments))
+
+    @property
     def n_segments(self) -> int:
         """Number of independent NVE segments."""
         return self.positions.shape[0]
@@ -283,7 +288,8 @@ class ReferenceDataset:
                    constraint_pairs=first.constraint_pairs, constraint_distances=first.constraint_distances,
                    com_removed=first.com_removed, potential_energies=joined("potential_energies"),
                    forces=joined("forces"), system_xml=first.system_xml,
-                   metadata={**first.metadata, "combined_temperatures": [d.temperature for d in datasets]})
+                   metadata={**first.metadata, "combined_temperatures": [d.temperature for d in datasets],
+                             "segment_temperatures": [t for d in datasets for t in d.segment_temperatures]})
 
     # -- file --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -289,8 +289,15 @@ class Trainer:
         return {"validation_loss": float(loss), "errors": errors}
 
     def gate(self) -> GateResult:
+        """The NVE gate from validation starts drawn at the model's temperature (the first dataset's, when
+        several were combined): hotter segments widen the training data but would make the gate judge another
+        ensemble."""
         gate = self.options.gate
-        q, v = self.windows(0, self.validation_segments, gate.n_trajectories)
+        temperatures = self.dataset.segment_temperatures
+        at_temperature = np.array([s for s in self.validation_segments
+                                   if temperatures[s] == self.dataset.temperature])
+        q, v = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
+                            gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
                         self.dataset.temperature, gate, self.dataset.elements)
 
@@ -445,14 +452,14 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
                 save()
         line.close()
         stopping.restore(trainer.network)
-        if not pretrain:
-            metrics = trainer.validate()
-            gate = trainer.gate()
-            state["candidates"].append({"name": phase, "unroll": k, **metrics,
-                                        "gate": {**gate.to_dict(), "summary": gate.summary()},
-                                        "network": copy.deepcopy(trainer.network.state_dict())})
-            if progress:
-                sys.stderr.write(f"[{phase}] validation dv {metrics['errors']['dv']:.3%}, gate: {gate.summary()}\n")
+        # Every stage's result is a candidate, the force-matched surrogate of pure ML's pretraining included.
+        metrics = trainer.validate()
+        gate = trainer.gate()
+        state["candidates"].append({"name": phase, "unroll": k, **metrics,
+                                    "gate": {**gate.to_dict(), "summary": gate.summary()},
+                                    "network": copy.deepcopy(trainer.network.state_dict())})
+        if progress:
+            sys.stderr.write(f"[{phase}] validation dv {metrics['errors']['dv']:.3%}, gate: {gate.summary()}\n")
         state["phase"] += 1
         state["iteration"] = 0
         save()
@@ -477,7 +484,7 @@ def base_recipe(dataset: ReferenceDataset, options: OptimisationOptions, command
             "system": {"input": dataset.metadata.get("input"),
                        "settings": {key: value for key, value in dataset.metadata.items()
                                     if key not in ("protocol", "provenance", "command", "input",
-                                                   "combined_temperatures")}},
+                                                   "combined_temperatures", "segment_temperatures")}},
             "dataset_temperatures": dataset.metadata.get("combined_temperatures", [dataset.temperature]),
             "dataset_protocol": dataset.metadata.get("protocol"),
             "dataset_provenance": dataset.metadata.get("provenance")}

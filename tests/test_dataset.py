@@ -166,6 +166,7 @@ def test_concatenate_combines_segments_and_refuses_other_systems():
     assert both.n_segments == 5 and both.temperature == 300.0
     np.testing.assert_array_equal(both.positions[2:], hot.positions)
     assert both.metadata["combined_temperatures"] == [300.0, 375.0]
+    assert both.segment_temperatures == [300.0, 300.0, 375.0, 375.0, 375.0] and hot.segment_temperatures == [375.0] * 3
     with pytest.raises(DatasetError, match="same system"):
         ReferenceDataset.concatenate([cold, make(2, 300.0, n_atoms=4)])
 

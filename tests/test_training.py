@@ -129,3 +129,32 @@ def test_gate_result_table_cells():
 
     result = GateResult(0.75, 0.1234, 0.05, 0.3, 301.25, {"C": 300.04, "H": 302.46}, True, "")
     assert result.table_cells() == "75% | +0.123 ± 0.050 | 0.300 | 301.2 | C 300.0, H 302.5"
+
+
+def test_pure_ml_pretraining_is_a_candidate_and_the_gate_starts_at_the_model_temperature(tiny_dataset, alanine,
+                                                                                         tmp_path, monkeypatch):
+    """The force-matched surrogate is judged like every stage; with a hotter dataset combined, the gate's
+    starts come from segments at the first dataset's temperature only."""
+    from openmm_actionml.dataset import ReferenceDataset
+    hot = generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
+                                  delta=0.5 * u.femtosecond, record_every=2, n_segments=4, segment_length=0.05,
+                                  decorrelation=0.05, equilibration=0.1, temperature=600.0, platform="Reference",
+                                  seed=4, progress=False)
+    both = ReferenceDataset.concatenate([tiny_dataset, hot])
+    drawn = []
+    original = Trainer.windows
+
+    def recording(self, k, segments, count):
+        if k == 0 and count == 2:  # the gate's draw (GateOptions.n_trajectories = 2)
+            drawn.append([both.segment_temperatures[s] for s in segments])
+        return original(self, k, segments, count)
+
+    monkeypatch.setattr(Trainer, "windows", recording)
+    options = tiny_options(anchored=False, force_matching=1.0, pretrain_iterations=3, curriculum=(1,),
+                           validation_fraction=0.5)
+    try:  # three iterations make a poor surrogate: the gate may refuse both candidates, which is not the point
+        summary = train(both, None, options, tmp_path / "pure.pt", progress=False).summary()
+    except GateFailedError as error:
+        summary = str(error)
+    assert len(drawn) == 2 and all(t == [300.0] * len(t) for t in drawn)
+    assert "pretrain" in summary and "k=1" in summary
