@@ -8,3 +8,5 @@ $A generate alanine-dipeptide --constraints HBonds --delta 0.25 --record-every 4
 $A train ala-flex.npz --step 4 --splitting S2 --curriculum 1,2,4,8 --iterations 400 --batch-size 16 --learning-rate 5e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 10 --seed 0 --name alanine-dipeptide --output alanine-s2-4fs.pt --checkpoint s2.chk --overwrite > s2.log 2>&1 &
 $A train ala-hbonds.npz --step 8 --splitting T3 --curriculum 1,2,4,8,16 --iterations 400 --batch-size 16 --learning-rate 5e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 10 --seed 0 --name "alanine-dipeptide (HBonds)" --output alanine-t3-8fs.pt --checkpoint t3.chk --overwrite > t3.log 2>&1 &
 wait
+# Scheme B (implicit midpoint generating function, three Gauss nodes) at 2 fs on the flexible data, about 3 min.
+$A train ala-flex.npz --implicit gauss3 --step 2 --iterations 2500 --eval-every 25 --patience 6 --seed 0 --name alanine-dipeptide --output alanine-b-gauss3-2fs.pt --overwrite > b.log 2>&1

@@ -85,6 +85,7 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
         axis.fill_between(result.times, mean - error, mean + error, color=colour, alpha=0.2, lw=0)
     axis.set_xlabel("time (ps)")
     axis.set_ylabel("total energy - start (kJ/mol), ensemble mean ± s.e.")
+    axis.set_yscale("symlog", linthresh=1.0)  # linear within ±1 kJ/mol, logarithmic beyond
     axis.legend(fontsize=7)
     save(figure, "energy.png")
 
