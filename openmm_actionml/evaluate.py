@@ -4,7 +4,8 @@ from the same equilibrated starts, in OpenMM.
 The rows (:func:`standard_candidates`):
 
 - the learned model at its step ``h``;
-- the same splitting unlearned (``dW = 0``): the classical multi-stage scheme (anchored models only);
+- the same splitting unlearned: the classical multi-stage scheme on the force field (``dW = 0`` for an anchored
+  model; for a pure-ML model, the force field in place of the surrogate);
 - velocity Verlet at the usual steps: 0.5 and 1 fs flexible, 2 fs with constraints;
 - velocity Verlet with hydrogen-mass repartitioning at 4 fs (constrained systems);
 - velocity Verlet at ``h``, to show where it breaks;
@@ -69,9 +70,10 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     mode = "pure ML" if not meta.anchored else "learned"
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step)]
     rows.append(Candidate(f"{label} {mode} {h * 1000:g} fs", h, learned_system, lambda: ActionMLIntegrator(model)))
-    if meta.scheme == "A" and meta.anchored:
+    if meta.scheme == "A":  # pure ML too: the same splitting on the true force field
         splitting = meta.get_splitting()
-        rows.append(Candidate(f"{splitting.name} classical (dW = 0) {h * 1000:g} fs", h, system,
+        what = "dW = 0" if meta.anchored else "force field"
+        rows.append(Candidate(f"{splitting.name} classical ({what}) {h * 1000:g} fs", h, system,
                               lambda: SplittingIntegrator(splitting, h)))
     for step in verlet_steps:
         rows.append(verlet_candidate(f"Verlet {step * 1000:g} fs", system, step))
