@@ -103,7 +103,8 @@ class EnsembleOptions:
 class EnsembleResult:
     """What one candidate's ensemble measured. Means are over stable trajectories, ``*_error`` their standard
     errors; drifts in kT per degree of freedom per ns and in kJ/mol/ns. ``failure_time`` is the mean time (ps)
-    of the last sample of the unstable trajectories (NaN when all are stable).
+    of the last sample of the unstable trajectories (NaN when all are stable); ``notes`` holds the scheme-B
+    solver's statistics.
 
     ``element_temperatures`` are in K. Each NVE trajectory keeps the energy of its start, so its temperature
     varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition`` divides each element's temperature
@@ -132,6 +133,7 @@ class EnsembleResult:
     element_series: dict[str, np.ndarray] = field(repr=False)
     vacf: np.ndarray = field(repr=False)
     vacf_error: np.ndarray = field(repr=False)
+    notes: str = ""
 
     def to_dict(self) -> dict:
         """The scalar figures (JSON-serialisable)."""
@@ -233,9 +235,11 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
         ps_per_second = _speed(candidate, starts, masses, options, platform)
     times = np.arange(n_samples + 1) * options.sample_interval
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
-    return summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
-                              constraints, elements, temperature, options, reversibility, ps_per_second,
-                              evaluations_per_fs, symplecticity)
+    result = summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
+                                constraints, elements, temperature, options, reversibility, ps_per_second,
+                                evaluations_per_fs, symplecticity)
+    result.notes = getattr(integrator, "solver_summary", lambda: "")()
+    return result
 
 
 def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,

@@ -298,6 +298,14 @@ class ActionMLIntegrator(SplittingIntegrator):
         iterations = read_solver_state(self).total_iterations / max(self._steps_taken, 1)
         return iterations * len(meta.implicit["nodes"]) + kicks
 
+    def solver_summary(self) -> str:
+        """Scheme B: mean fixed-point iterations per step and unconverged steps so far ("" for scheme A)."""
+        if self._implicit is None:
+            return ""
+        state = read_solver_state(self)
+        return (f"{state.total_iterations / max(self._steps_taken, 1):.1f} solver iterations per step, "
+                f"{state.unconverged} unconverged of {self._steps_taken} steps")
+
     def _add_variables(self) -> None:
         if self.splitting is None:
             return

@@ -26,7 +26,8 @@ def vacf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[f
 def markdown_table(results: Sequence[EnsembleResult]) -> str:
     """One row per result: stable fraction, drift, E RMS, T and each element's T over its trajectory's (mean ±
     s.e. over trajectories),
-    reversibility, VACF deviation from the first (reference) row, cost and speed."""
+    reversibility, VACF deviation from the first (reference) row, cost and speed; then any row's notes (the
+    scheme-B solver's statistics)."""
     reference = results[0]
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
               "per-element T / T (%) | reversibility (nm) | symplecticity defect | VACF deviation (noise) | evaluations/fs | ps/s |")
@@ -43,7 +44,8 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
                      f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
                      f"{elements} | {result.reversibility:.2e} | {symplecticity} | {vacf} | {result.evaluations_per_fs:.3g} | "
                      f"{result.ps_per_second:.3g} |")
-    return "\n".join(lines)
+    notes = [f"- {result.name}: {result.notes}" for result in results if result.notes]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def write_json(results: Sequence[EnsembleResult], path: str | Path, settings: dict) -> None:

@@ -109,3 +109,21 @@ def test_report_table_json_and_plots(tmp_path, alanine_hbonds, starts, elements)
     paths = plot(results, tmp_path, "test")
     assert [p.name for p in paths] == ["energy.png", "temperature.png", "vacf.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_scheme_b_rows_report_their_solver(alanine, elements):
+    """The shipped scheme-B model: its row carries the solver's statistics, and its cost counts the iterations
+    (three nodes per iteration, plus the predictor's kicks), so it is far above the three evaluations of T3."""
+    from openmm_actionml.cli import MODELS_DIR
+    from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
+    from openmm_actionml.modelfile import load_model
+    model = load_model(MODELS_DIR / "alanine-b-gauss3-2fs.pt")
+    starts = equilibrated_starts(alanine.system, alanine.positions, 300.0, 2, spacing=0.05, equilibration=0.05,
+                                 platform="Reference")
+    options = EnsembleOptions(n_trajectories=2, duration=0.02, sample_interval=0.002, reversibility_time=0.004,
+                              correlation_time=0.01, symplecticity_max_atoms=0)
+    result = run_ensemble(Candidate("B", 0.002, add_learned_force(alanine.system, model),
+                                    lambda: ActionMLIntegrator(model)), starts, 300.0, options, elements, "Reference")
+    assert result.stable == 2 and "solver iterations per step, 0 unconverged" in result.notes
+    assert result.evaluations_per_fs > 3 * 3 / 2  # at least three iterations of three nodes per 2 fs step
+    assert result.notes in markdown_table([result])
