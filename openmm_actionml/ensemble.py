@@ -327,18 +327,26 @@ def _masses(system: mm.System) -> np.ndarray:
 
 def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
     """Start ``index``. When the candidate's masses differ from the starts' (HMR), each velocity is scaled by
-    ``sqrt(m_start / m)``: a Maxwell-Boltzmann draw for the start's masses becomes one for the candidate's at the
-    same temperature, with each atom's kinetic energy kept, so the comparison stays paired. The centre-of-mass
-    motion is then removed and the velocity constraints applied."""
+    ``sqrt(m_start / m)`` (a Maxwell-Boltzmann draw for the start's masses becomes one for the candidate's), the
+    centre-of-mass motion is removed, the velocity constraints applied, and the result rescaled to the start's
+    kinetic energy: the constraint projection would otherwise remove a few per cent of it (the bond-stretching
+    components the rescaling creates), and with the same constraints the same kinetic energy is the same
+    temperature. The comparison stays paired, start by start."""
     context.setTime(0.0)
     context.setPositions(starts.positions[index])
     context.applyConstraints(1e-10)
     velocities = starts.velocities[index]
-    if not np.allclose(starts.masses, masses):
+    same = np.allclose(starts.masses, masses)
+    if not same:
         velocities = velocities * np.sqrt(starts.masses / masses)[:, None]
         velocities = velocities - (masses[:, None] * velocities).sum(0) / masses.sum()
     context.setVelocities(velocities)
     context.applyVelocityConstraints(1e-10)
+    if not same:
+        projected = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(
+            u.nanometer / u.picosecond)
+        target = (starts.masses[:, None] * starts.velocities[index] ** 2).sum()
+        context.setVelocities(projected * np.sqrt(target / (masses[:, None] * projected ** 2).sum()))
 
 
 def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Starts, stable: np.ndarray,

@@ -70,21 +70,21 @@ def test_an_unstable_integrator_is_counted_not_raised(alanine_hbonds, starts, el
 
 
 def test_other_masses_get_velocities_of_the_same_temperature(alanine_hbonds, starts, elements):
-    """HMR: velocities scaled by sqrt(m_start/m) keep each atom's kinetic energy; removing the centre-of-mass
-    motion and projecting out bond-stretching velocities (both mass-orthogonal projections) can only lower it.
-    So the kinetic energy is at most the start's, but stays near it (a per-atom redraw would not be paired)."""
+    """HMR: the start's velocities rescaled to the new masses keep the start's kinetic energy exactly (so, with
+    the same constraints, its temperature), satisfy the velocity constraints and leave the centre of mass at
+    rest."""
     hmr = with_hydrogen_mass(alanine_hbonds.system, alanine_hbonds.topology, 1.5)
     context = mm.Context(hmr, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-    _set_start(context, starts, 0, _masses(hmr))
-    v = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
     masses = _masses(hmr)
+    _set_start(context, starts, 0, masses)
+    v = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
     assert np.abs((masses[:, None] * v).sum(0)).max() < 1e-10
-    twice_kinetic = (masses[:, None] * v ** 2).sum()
     start_twice_kinetic = (starts.masses[:, None] * starts.velocities[0] ** 2).sum()
-    assert twice_kinetic <= start_twice_kinetic
+    assert (masses[:, None] * v ** 2).sum() == pytest.approx(start_twice_kinetic, rel=1e-12)
     bonds = [hmr.getConstraintParameters(k)[:2] for k in range(hmr.getNumConstraints())]
     positions = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
     assert max(abs(np.dot(v[i] - v[j], positions[i] - positions[j])) for i, j in bonds) < 1e-9
+    assert not np.allclose(v, starts.velocities[0])
     result = run_ensemble(verlet_candidate("HMR", hmr, 0.004), starts, 300.0, OPTIONS, elements, "Reference")
     assert result.stable == 2
 
