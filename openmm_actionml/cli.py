@@ -30,7 +30,7 @@ from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
 from .examples import EXAMPLES, SYSTEM_OPTIONS, build_input, build_training_system
 from .generate import generate_reference_data
-from .platforms import get_platform
+from .platforms import SINGLE_THREAD_BELOW, configure_torch_threads, get_platform
 from .systems import SOLVENTS, PreparedSystem
 from .modelfile import ActionMLModel, load_model
 from .nve_gate import GateOptions
@@ -254,6 +254,8 @@ def add_run(subcommands: argparse._SubParsersAction) -> None:
     run.add_argument("--equilibrate", type=float, default=1.0,
                      help="ps of Langevin equilibration on the force field before the run (default 1)")
     run.add_argument("--platform", help="OpenMM platform: Reference, CPU, OpenCL, CUDA (default: fastest)")
+    run.add_argument("--torch-threads", type=int, help=f"torch threads of the learned force (default: 1 below "
+                     f"{SINGLE_THREAD_BELOW} atoms, where more only slow it down, else torch's default)")
     run.add_argument("--seed", type=int, help="seed of the initial velocities")
     run.add_argument("--report-interval", type=int, default=100, help="steps between reports (default 100)")
     out = parser.add_argument_group("output")
@@ -275,6 +277,7 @@ def run_run(args: argparse.Namespace) -> int:
                                   state.getPositions(asNumpy=True))
     else:
         prepared = _prepare_for_model(args, model)
+    configure_torch_threads(prepared.system.getNumParticles(), args.torch_threads)
     steps = args.steps if args.steps is not None else int(round(args.time / model.metadata.step))
     reporters = []
     if args.log:
@@ -324,6 +327,8 @@ def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOpt
     ensemble.add_argument("--temperature", type=float, help="K of the starts (default: the model's)")
     ensemble.add_argument("--platform", default=platform, help=f"OpenMM platform: Reference, CPU, OpenCL, CUDA "
                           f"(default: {platform or 'fastest'})")
+    ensemble.add_argument("--torch-threads", type=int, help=f"torch threads of the learned force (default: 1 "
+                          f"below {SINGLE_THREAD_BELOW} atoms, where more only slow it down, else torch's default)")
     ensemble.add_argument("--seed", type=int, default=1, help="seed of the starts (default 1)")
 
 
@@ -336,6 +341,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: argparse.Namespace) -> None:
     get_platform(args.platform)
+    configure_torch_threads(prepared.system.getNumParticles(), args.torch_threads)
     directory = Path(args.output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     sample = (args.sample_interval or model.metadata.step * 1000.0) / 1000.0

@@ -112,3 +112,18 @@ def test_a_platform_without_the_torch_plugin_gets_a_clear_error():
     assert isinstance(explain_context_error(named, None), InputError)
     other = mm.OpenMMException("something else")
     assert explain_context_error(other, None) is other
+
+
+def test_torch_threads_follow_the_system_size():
+    import torch
+    from openmm_actionml.errors import InputError
+    from openmm_actionml.platforms import SINGLE_THREAD_BELOW, configure_torch_threads
+    before = torch.get_num_threads()
+    try:
+        assert configure_torch_threads(22) == 1 == torch.get_num_threads()
+        assert configure_torch_threads(22, 2) == 2 == torch.get_num_threads()
+        assert configure_torch_threads(SINGLE_THREAD_BELOW) == torch.get_num_threads() == 2  # kept as it was
+        with pytest.raises(InputError, match="at least 1"):
+            configure_torch_threads(22, 0)
+    finally:
+        torch.set_num_threads(before)
