@@ -24,8 +24,10 @@ from torch import Tensor
 
 from openmm_actionml.constraints import ConstraintSet
 from openmm_actionml.dataset import ReferenceDataset
+from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, summarise_ensemble
 from openmm_actionml.openmm_potential import OpenMMPotential
+from openmm_actionml.systems import constraint_pairs
 from openmm_actionml.units import BOLTZMANN
 
 
@@ -137,7 +139,7 @@ def run_direct_ensemble(model: DirectPredictor, potential: OpenMMPotential, star
     sample_steps = int(round(options.sample_interval / h))
     n_samples = int(round(options.duration / options.sample_interval))
     masses = starts.masses
-    n_dof = 3 * len(masses) - len(constraints) - 3
+    n_dof = float(degrees_of_freedom_per_atom(masses, constraints, remove_com=True).sum())
     q = torch.as_tensor(starts.positions)
     v = torch.as_tensor(starts.velocities)
     energies = np.full((len(starts), n_samples + 1), np.nan)
@@ -194,10 +196,8 @@ def main() -> None:
     model = train_direct_predictor(dataset, h, args.iterations, noise=args.noise)
     starts = equilibrated_starts(system, dataset.positions[0, 0], dataset.temperature, args.trajectories)
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
-    constraints = ConstraintSet.from_system(system)
-    pairs = np.zeros((0, 2), dtype=int) if constraints is None else constraints.pairs.numpy()
     result = run_direct_ensemble(model, OpenMMPotential(system), starts, dataset.temperature, options,
-                                 list(dataset.elements), pairs)
+                                 list(dataset.elements), constraint_pairs(system))
     print(markdown_table([result]))
 
 

@@ -19,20 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from direct_predictor import run_direct_ensemble, train_direct_predictor
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
-from openmm_actionml.constraints import ConstraintSet
 from openmm_actionml.ensemble import EnsembleOptions, equilibrated_starts
 from openmm_actionml.evaluate import evaluate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.generate import generate_reference_data
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.openmm_potential import OpenMMPotential
-from openmm_actionml.report import markdown_table, plot, write_json
+from openmm_actionml.report import write_report
+from openmm_actionml.systems import constraint_pairs
 
 #: The direct predictor's data: the model's protocol, more and shorter segments (one-step pairs are all it needs).
 DIRECT_DATA = {"n_segments": 32, "segment_length": 0.5, "decorrelation": 1.0, "equilibration": 10.0, "seed": 99}
@@ -58,21 +57,14 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
             temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
             platform="CPU", **DIRECT_DATA)
     predictor = train_direct_predictor(dataset, model.metadata.step, direct_iterations)
-    constraints = ConstraintSet.from_system(prepared.system)
-    pairs = np.zeros((0, 2), dtype=int) if constraints is None else constraints.pairs.numpy()
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     results.append(run_direct_ensemble(predictor, OpenMMPotential(prepared.system), starts, temperature, options,
-                                       elements, pairs))
-    directory.mkdir(parents=True, exist_ok=True)
+                                       elements, constraint_pairs(prepared.system)))
     title = f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K ({platform})"
-    table = markdown_table(results)
-    with atomic_path(directory / "results.md", overwrite=True) as tmp:
-        tmp.write_text(f"# {title}\n\n{table}\n")
-    write_json(results, directory / "results.json", {"model": str(model.path), "platform": platform,
-                                                     "trajectories": options.n_trajectories,
-                                                     "duration": options.duration,
-                                                     "direct_predictor_iterations": direct_iterations})
-    plot(results, directory, title)
+    table, _ = write_report(results, directory, title, {"model": str(model.path), "platform": platform,
+                                                        "trajectories": options.n_trajectories,
+                                                        "duration": options.duration,
+                                                        "direct_predictor_iterations": direct_iterations})
     return f"## {title}\n\n{table}\n\nPlots: [energy]({directory.name}/energy.png), " \
            f"[temperature]({directory.name}/temperature.png), [VACF]({directory.name}/vacf.png)\n"
 

@@ -20,12 +20,12 @@ import openmm.app as app
 import openmm.unit as u
 
 from . import __version__
-from .atomic import atomic_path, check_writable
+from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .diagnostics import energy_drift
 from .ensemble import EnsembleOptions
 from .evaluate import evaluate
-from .report import markdown_table, plot, write_json
+from .report import write_report
 from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
 from .examples import EXAMPLES, SYSTEM_OPTIONS, build_input, build_training_system
@@ -342,22 +342,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: argparse.Namespace) -> None:
     get_platform(args.platform)
     configure_torch_threads(prepared.system.getNumParticles(), args.torch_threads)
-    directory = Path(args.output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     sample = (args.sample_interval or model.metadata.step * 1000.0) / 1000.0
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=sample,
                               correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
     started = time.monotonic()
     results = evaluate(prepared, model, options, temperature=args.temperature, platform=args.platform,
                        seed=args.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    table = markdown_table(results)
     title = (f"{model.path.name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{args.temperature or model.metadata.temperature:g} K ({args.platform or 'fastest platform'})")
-    with atomic_path(directory / "results.md", overwrite=True) as tmp:
-        tmp.write_text(f"# {title}\n\n{table}\n")
-    write_json(results, directory / "results.json", {"model": str(model.path), "command": args.command_line,
-                                                     "options": asdict(options)})
-    plots = plot(results, directory, title)
+    directory = Path(args.output_dir)
+    table, plots = write_report(results, directory, title, {"model": str(model.path), "command": args.command_line,
+                                                            "options": asdict(options)})
     print(f"\n{title}\n\n{table}\n")
     print(f"wrote {directory / 'results.md'}, results.json and {', '.join(p.name for p in plots)} "
           f"({time.monotonic() - started:.0f} s)")

@@ -19,6 +19,7 @@ from .diagnostics import degrees_of_freedom_per_atom, element_temperatures, ener
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
 from .platforms import create_context
+from .systems import constraint_pairs, particle_masses
 from .symplecticity import measured_defect
 from .units import BOLTZMANN
 
@@ -171,7 +172,7 @@ def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: f
     for _ in range(count):
         integrator.step(int(round(spacing / 0.001)))
         states.append(context.getState(getPositions=True, getVelocities=True))
-    masses = _masses(system)
+    masses = particle_masses(system)
     velocities = np.array([s.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond) for s in states])
     velocities -= (masses[None, :, None] * velocities).sum(1, keepdims=True) / masses.sum()
     return Starts(np.array([s.getPositions(asNumpy=True).value_in_unit(u.nanometer) for s in states]), velocities,
@@ -187,11 +188,9 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`_set_start`).
     """
     system = candidate.system
-    masses = _masses(system)
-    constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())],
-                           dtype=int).reshape(-1, 2)
-    dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
-    n_dof = float(dof.sum())
+    masses = particle_masses(system)
+    constraints = constraint_pairs(system)
+    n_dof = float(degrees_of_freedom_per_atom(masses, constraints, remove_com=True).sum())
     kT = BOLTZMANN * temperature
     sample_steps = _whole_steps(options.sample_interval, candidate.step, "sample_interval", candidate.name)
     n_samples = int(round(options.duration / options.sample_interval))
@@ -229,7 +228,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     if stable.any() and not len(constraints) and len(masses) <= options.symplecticity_max_atoms:
         first = int(np.flatnonzero(stable)[0])
         symplecticity = measured_defect(system, candidate.make_integrator, starts.positions[first],
-                                        starts.velocities[first] * np.sqrt(starts.masses / masses)[:, None], platform)
+                                        _start_velocities(starts, first, masses), platform)
     ps_per_second = simulated / wall if wall > 0 else float("nan")
     if candidate.speed_integrator is not None:
         ps_per_second = _speed(candidate, starts, masses, options, platform)
@@ -321,28 +320,28 @@ def _whole_steps(interval: float, step: float, what: str, name: str) -> int:
     return steps
 
 
-def _masses(system: mm.System) -> np.ndarray:
-    return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+def _start_velocities(starts: Starts, index: int, masses: np.ndarray) -> np.ndarray:
+    """Start ``index``'s velocities for a candidate with ``masses``: as drawn when the masses are the starts';
+    otherwise (HMR) each scaled by ``sqrt(m_start / m)``, which turns a Maxwell-Boltzmann draw for the start's
+    masses into one for the candidate's, without centre-of-mass motion."""
+    velocities = starts.velocities[index]
+    if np.allclose(starts.masses, masses):
+        return velocities
+    velocities = velocities * np.sqrt(starts.masses / masses)[:, None]
+    return velocities - (masses[:, None] * velocities).sum(0) / masses.sum()
 
 
 def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
-    """Start ``index``. When the candidate's masses differ from the starts' (HMR), each velocity is scaled by
-    ``sqrt(m_start / m)`` (a Maxwell-Boltzmann draw for the start's masses becomes one for the candidate's), the
-    centre-of-mass motion is removed, the velocity constraints applied, and the result rescaled to the start's
-    kinetic energy: the constraint projection would otherwise remove a few per cent of it (the bond-stretching
+    """Start ``index`` with :func:`_start_velocities`. When the masses differ (HMR), the velocity constraints are
+    applied and the result rescaled to the start's kinetic energy: the constraint projection would otherwise remove a few per cent of it (the bond-stretching
     components the rescaling creates), and with the same constraints the same kinetic energy is the same
     temperature. The comparison stays paired, start by start."""
     context.setTime(0.0)
     context.setPositions(starts.positions[index])
     context.applyConstraints(1e-10)
-    velocities = starts.velocities[index]
-    same = np.allclose(starts.masses, masses)
-    if not same:
-        velocities = velocities * np.sqrt(starts.masses / masses)[:, None]
-        velocities = velocities - (masses[:, None] * velocities).sum(0) / masses.sum()
-    context.setVelocities(velocities)
+    context.setVelocities(_start_velocities(starts, index, masses))
     context.applyVelocityConstraints(1e-10)
-    if not same:
+    if not np.allclose(starts.masses, masses):
         projected = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(
             u.nanometer / u.picosecond)
         target = (starts.masses[:, None] * starts.velocities[index] ** 2).sum()

@@ -78,8 +78,6 @@ SINGLE_THREAD_BELOW = 1000
 def configure_torch_threads(n_atoms: int, requested: Optional[int] = None) -> int:
     """Set torch's intra-op threads for a learned force on ``n_atoms`` atoms: ``requested``, else one below
     :data:`SINGLE_THREAD_BELOW` atoms and torch's default above. Returns the number set."""
-    import torch
-
     threads = requested if requested is not None else (1 if n_atoms < SINGLE_THREAD_BELOW else torch.get_num_threads())
     if threads < 1:
         raise InputError(f"torch threads must be at least 1, got {threads}.")

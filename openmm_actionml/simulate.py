@@ -23,7 +23,7 @@ from .ensemble import equilibrated_starts
 from .integrator import ActionMLIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import explain_context_error, get_platform
-from .systems import PreparedSystem
+from .systems import PreparedSystem, constraint_pairs, particle_masses
 from .units import BOLTZMANN
 
 
@@ -176,8 +176,8 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
                thermostat: Optional[float], solver: Optional[ImplicitSolverState],
                evaluations_per_step: float) -> RunSummary:
     system = prepared.system
-    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
-    constraints = np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())]).reshape(-1, 2)
+    masses = particle_masses(system)
+    constraints = constraint_pairs(system)
     # The centre of mass is fixed by a CMMotionRemover, and carries no thermal motion in NVE (momentum is conserved).
     com_fixed = thermostat is None or any(isinstance(f, mm.CMMotionRemover) for f in system.getForces())
     dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=com_fixed)

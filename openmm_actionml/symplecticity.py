@@ -22,6 +22,7 @@ import openmm.unit as u
 
 from .errors import InputError
 from .platforms import create_context
+from .systems import particle_masses
 
 
 def step_jacobian(system: mm.System, integrator: mm.Integrator, positions: np.ndarray, velocities: np.ndarray,
@@ -39,7 +40,7 @@ def step_jacobian(system: mm.System, integrator: mm.Integrator, positions: np.nd
     for index in reversed(range(system.getNumForces())):
         if isinstance(system.getForce(index), mm.CMMotionRemover):
             system.removeForce(index)
-    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    masses = particle_masses(system)
     context = create_context(system, integrator, platform)
     n = 3 * len(masses)
     h = integrator.getStepSize().value_in_unit(u.picosecond)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
+import numpy as np
 import openmm as mm
 import openmm.app as app
 import openmm.unit as u
@@ -240,3 +241,14 @@ def with_hydrogen_mass(system: mm.System, topology: app.Topology, hydrogen_mass:
         system.setParticleMass(atom2.index, mass_h)
         system.setParticleMass(atom1.index, heavy)
     return system
+
+
+def particle_masses(system: mm.System) -> np.ndarray:
+    """``[N]`` particle masses in amu."""
+    return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+
+
+def constraint_pairs(system: mm.System) -> np.ndarray:
+    """``[C, 2]`` atom indices of the System's distance constraints."""
+    return np.array([system.getConstraintParameters(i)[:2] for i in range(system.getNumConstraints())],
+                    dtype=int).reshape(-1, 2)

@@ -1,13 +1,16 @@
 """Shared test fixtures: the OpenMM platforms to test on, and small prepared systems."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+import openmm as mm
 
 from openmm_actionml.platforms import available_platforms
-from openmm_actionml.systems import build_system
+from openmm_actionml.systems import PreparedSystem, build_system
 
 #: Platforms every platform-dependent test runs on, when present.
 TEST_PLATFORMS = ("Reference", "CPU", "OpenCL")
@@ -59,3 +62,16 @@ def alanine(alanine_pdb):
 def alanine_hbonds(alanine_pdb):
     """Alanine dipeptide, amber14, vacuum, HBonds constraints."""
     return build_system(alanine_pdb, constraints="HBonds")
+
+
+@pytest.fixture(scope="session")
+def systems(alanine, alanine_hbonds) -> dict[bool, PreparedSystem]:
+    """Alanine dipeptide by ``constraints``, without the CMMotionRemover (it changes velocities every step)."""
+    prepared = {}
+    for constraints, source in ((False, alanine), (True, alanine_hbonds)):
+        system = copy.deepcopy(source.system)
+        for index in reversed(range(system.getNumForces())):
+            if isinstance(system.getForce(index), mm.CMMotionRemover):
+                system.removeForce(index)
+        prepared[constraints] = dataclasses.replace(source, system=system)
+    return prepared

@@ -8,13 +8,13 @@ import pytest
 import openmm as mm
 import openmm.unit as u
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, _masses, _set_start, equilibrated_starts, \
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, \
     run_ensemble, velocity_autocorrelation
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
 from openmm_actionml.integrator import SplittingIntegrator
 from openmm_actionml.report import markdown_table, plot, vacf_deviation, write_json
-from openmm_actionml.systems import with_hydrogen_mass
+from openmm_actionml.systems import particle_masses, with_hydrogen_mass
 
 OPTIONS = EnsembleOptions(n_trajectories=2, duration=0.2, sample_interval=0.004, reversibility_time=0.1,
                           correlation_time=0.05)
@@ -75,7 +75,7 @@ def test_other_masses_get_velocities_of_the_same_temperature(alanine_hbonds, sta
     rest."""
     hmr = with_hydrogen_mass(alanine_hbonds.system, alanine_hbonds.topology, 1.5)
     context = mm.Context(hmr, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-    masses = _masses(hmr)
+    masses = particle_masses(hmr)
     _set_start(context, starts, 0, masses)
     v = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
     assert np.abs((masses[:, None] * v).sum(0)).max() < 1e-10

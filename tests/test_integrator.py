@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import re
 import tokenize
@@ -45,19 +44,6 @@ class Scaled(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
         return self.factor * self.network(q, box)
-
-
-@pytest.fixture(scope="module")
-def systems(alanine, alanine_hbonds) -> dict[bool, PreparedSystem]:
-    """Alanine dipeptide by ``constraints``, without the CMMotionRemover (it changes velocities every step)."""
-    prepared = {}
-    for constraints, source in ((False, alanine), (True, alanine_hbonds)):
-        system = copy.deepcopy(source.system)
-        for index in reversed(range(system.getNumForces())):
-            if isinstance(system.getForce(index), mm.CMMotionRemover):
-                system.removeForce(index)
-        prepared[constraints] = dataclasses.replace(source, system=system)
-    return prepared
 
 
 def metadata_for(system: mm.System, topology: app.Topology, h: float, anchored: bool = True) -> ModelMetadata:

@@ -14,7 +14,7 @@ from openmm_actionml.integrator import SplittingIntegrator
 from openmm_actionml.kicks import KickPotential
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.splitting import SplittingStepper, get_splitting
-from test_integrator import TOLERANCE, make_context, state, systems  # noqa: F401  (fixture)
+from test_integrator import TOLERANCE, make_context, state
 
 N_STEPS = 10
 
