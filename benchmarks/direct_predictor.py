@@ -195,7 +195,8 @@ def main() -> None:
     h = args.step / 1000.0
     model = train_direct_predictor(dataset, h, args.iterations, noise=args.noise)
     starts = equilibrated_starts(system, dataset.positions[0, 0], dataset.temperature, args.trajectories)
-    options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
+    options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h,
+                              correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
     result = run_direct_ensemble(model, OpenMMPotential(system), starts, dataset.temperature, options,
                                  list(dataset.elements), constraint_pairs(system))
     print(markdown_table([result]))
