@@ -10,7 +10,15 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# The environment takes about 7 GB (PyPI's torch is its CUDA build); say so before pip fails half-way.
+NEED_GB := 8
+
 $(STAMP): pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if ! test -x $(VPY) && [ "$$free" -lt $(NEED_GB) ]; then \
+		echo "make: the environment needs about $(NEED_GB) GB of disk; $$free GB are free here. Free some space (old clones' .venv folders) and run make again." >&2; \
+		exit 1; \
+	fi
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e ".[dev]"
