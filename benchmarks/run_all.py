@@ -9,7 +9,7 @@ the usual steps, HMR at 4 fs with constraints, Verlet at the learned step), and 
 
 Usage::
 
-    python benchmarks/run_all.py [MODEL ...] [--trajectories 8] [--time 20] [--platform Reference]
+    python benchmarks/run_all.py [MODEL ...] [--trajectories 8] [--time 20] [--platform Reference] [--jobs 1]
 """
 from __future__ import annotations
 
@@ -42,13 +42,13 @@ def log(message: str) -> None:
 
 
 def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,
-              direct_iterations: int) -> str:
+              direct_iterations: int, jobs: int = 1) -> str:
     """All rows for one model; returns its markdown section."""
     prepared = build_training_system(model.metadata.recipe)
     temperature = model.metadata.temperature
     starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
                                  platform=platform, seed=1)
-    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log)
+    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log, jobs=jobs)
     protocol = model.metadata.recipe["dataset_protocol"]
     with tempfile.TemporaryDirectory() as scratch:
         log("direct predictor: generating its reference data")
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--direct-iterations", type=int, default=5000)
     parser.add_argument("--output-dir", default="results/benchmarks")
+    parser.add_argument("--jobs", type=int, default=1, help="integrators run at a time, one process each (with "
+                        "--platform CPU set OPENMM_CPU_THREADS=1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = [Path(p) for p in args.models] or [p for p in sorted(MODELS_DIR.glob("*.pt"))
@@ -89,7 +91,8 @@ def main() -> None:
         options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                                   sample_interval=model.metadata.step)
         log(f"{path.name}")
-        sections.append(benchmark(model, options, args.platform, output / path.stem, args.direct_iterations))
+        sections.append(benchmark(model, options, args.platform, output / path.stem, args.direct_iterations,
+                                  args.jobs))
     with atomic_path(output / "README.md", overwrite=True) as tmp:
         tmp.write_text("# Benchmarks\n\n`python benchmarks/run_all.py " + " ".join(sys.argv[1:]) + "`\n\n"
                        + "\n".join(sections))

@@ -330,6 +330,8 @@ def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOpt
     ensemble.add_argument("--torch-threads", type=int, help=f"torch threads of the learned force (default: 1 "
                           f"below {SINGLE_THREAD_BELOW} atoms, where more only slow it down, else torch's default)")
     ensemble.add_argument("--seed", type=int, default=1, help="seed of the starts (default 1)")
+    ensemble.add_argument("--jobs", type=int, default=1, help="integrators run at a time, each in its own process "
+                          "(default 1; with --platform CPU also set OPENMM_CPU_THREADS=1)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -347,7 +349,7 @@ def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: a
                               correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
     started = time.monotonic()
     results = evaluate(prepared, model, options, temperature=args.temperature, platform=args.platform,
-                       seed=args.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
+                       seed=args.seed, progress=_print_progress, jobs=args.jobs)
     title = (f"{model.path.name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{args.temperature or model.metadata.temperature:g} K ({args.platform or 'fastest platform'})")
     directory = Path(args.output_dir)
@@ -356,6 +358,10 @@ def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: a
     print(f"\n{title}\n\n{table}\n")
     print(f"wrote {directory / 'results.md'}, results.json and {', '.join(p.name for p in plots)} "
           f"({time.monotonic() - started:.0f} s)")
+
+
+def _print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 # -- demo --------------------------------------------------------------------------------------------

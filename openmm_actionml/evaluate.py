@@ -22,7 +22,7 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, run_ensemble
+from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, run_ensembles
 from .errors import InputError, ModelMismatchError
 from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from .modelfile import ActionMLModel
@@ -119,11 +119,12 @@ def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Start
 def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOptions,
              candidates: Optional[list[Candidate]] = None, temperature: Optional[float] = None,
              platform: Optional[str] = None, seed: int = 1, starts: Optional[Starts] = None,
-             progress: Optional[Callable[[str], None]] = None) -> list[EnsembleResult]:
+             progress: Optional[Callable[[str], None]] = None, jobs: int = 1) -> list[EnsembleResult]:
     """Run every candidate (default :func:`standard_candidates`) from the same equilibrated starts.
 
     ``temperature`` defaults to the model's; the starts, unless given, come from one LangevinMiddle run on the
-    force field (:func:`~openmm_actionml.ensemble.equilibrated_starts` with ``seed``).
+    force field (:func:`~openmm_actionml.ensemble.equilibrated_starts` with ``seed``). ``jobs`` candidates run
+    at a time (:func:`~openmm_actionml.ensemble.run_ensembles`).
     """
     model.validate(prepared.system, topology=prepared.topology)
     temperature = temperature or model.metadata.temperature
@@ -139,5 +140,4 @@ def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOp
     if progress is not None:
         progress(f"the network is on: one learned step and one classical step differ by up to {effect:.3g} nm/ps")
     elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
-    return [run_ensemble(candidate, starts, temperature, options, elements, platform, progress)
-            for candidate in candidates]
+    return run_ensembles(candidates, starts, temperature, options, elements, platform, progress, jobs)

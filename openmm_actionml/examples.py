@@ -42,8 +42,10 @@ EXAMPLES: dict[str, Example] = {example.name: example for example in [
             EXAMPLES_DIR / "alanine-dipeptide.pdb", {"solvent": "vacuum"}),
     Example("water-box", "256 flexible TIP3P waters, periodic, PME (768 atoms)", None,
             {"n_waters": 256, "rigid_water": False}),
-    Example("villin-obc2", "villin headpiece, protein only, amber14 + OBC2 implicit solvent, HBonds (582 atoms)",
-            VILLIN_PDB, {"solvent": "obc2", "protein_only": True, "constraints": "HBonds"}),
+    Example("villin-obc2", "villin headpiece, protein only, amber99sb-ildn + OBC2 implicit solvent (OpenMM's "
+            "native GBSAOBCForce), HBonds (582 atoms)",
+            VILLIN_PDB, {"forcefield": "amber99sbildn.xml", "solvent": "obc2", "implicit_forcefield": "amber99_obc.xml",
+                         "protein_only": True, "constraints": "HBonds"}),
     Example("villin-explicit", "villin headpiece in the PDB's own TIP3P box, PME, HBonds, rigid water (8867 atoms)",
             VILLIN_PDB, {"solvent": "explicit", "padding": None, "constraints": "HBonds"}),
 ]}
@@ -63,8 +65,8 @@ def build_example(name: str, **overrides: Any) -> PreparedSystem:
 
 
 #: ``build_system`` options a model's recipe records and ``actionml`` commands take on the command line.
-SYSTEM_OPTIONS = ("forcefield", "solvent", "padding", "nonbonded_cutoff", "constraints", "rigid_water",
-                  "hydrogen_mass", "protein_only")
+SYSTEM_OPTIONS = ("n_waters", "forcefield", "solvent", "implicit_forcefield", "water_forcefield", "padding",
+                  "nonbonded_cutoff", "constraints", "rigid_water", "hydrogen_mass", "protein_only")
 
 
 def build_input(source: str, **options: Any) -> PreparedSystem:

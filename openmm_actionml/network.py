@@ -68,7 +68,9 @@ class NetworkConfig:
         Smallest feature scale used in standardisation.
     cell_list_threshold
         Systems with more particles than this use the O(N) cell list; smaller ones the all-pairs search.
-        Both give the same pairs.
+        Both give the same pairs. Measured on one CPU thread (energy and forces): all pairs is faster for 22
+        and 192 atoms (1.3 against 1.7 ms, 3.2 against 5.1), about even for villin's 582, and 2.4x slower for
+        a periodic box of 768 (35 against 14.5 ms).
     """
 
     elements: list[str] = field(default_factory=lambda: list(DEFAULT_ELEMENTS))
@@ -81,7 +83,7 @@ class NetworkConfig:
     n_channels: int = 12
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     scale_floor: float = 1e-2
-    cell_list_threshold: int = 1000
+    cell_list_threshold: int = 600
 
     def __post_init__(self) -> None:
         self.elements = [str(e) for e in self.elements]

@@ -72,6 +72,7 @@ def build_system(pdb: str | os.PathLike,
                  nonbonded_cutoff: u.Quantity | float = 1.0,
                  protein_only: bool = False,
                  ph: float = 7.0,
+                 implicit_forcefield: str = IMPLICIT_FORCEFIELD,
                  water_forcefield: str = WATER_FORCEFIELD) -> PreparedSystem:
     """Repair, solvate and parametrise the structure in a PDB file.
 
@@ -99,6 +100,10 @@ def build_system(pdb: str | os.PathLike,
         Remove every residue that is not an amino acid or a terminal cap (water, ions, ligands).
     ph
         pH used to choose protonation states when adding hydrogens.
+    implicit_forcefield
+        OBC2 only: the force-field file with the implicit-solvent parameters. The default's
+        ``CustomGBForce`` suits any force field; with Amber99-family force fields,
+        ``'amber99_obc.xml'`` gives OpenMM's native ``GBSAOBCForce``, about 5x faster on the CPU.
     water_forcefield
         Explicit solvent only: the force-field file with the water (and ion) parameters.
 
@@ -127,12 +132,9 @@ def build_system(pdb: str | os.PathLike,
     fixer.addMissingAtoms()
     fixer.addMissingHydrogens(ph)
 
+    solvent_file = {"obc2": implicit_forcefield, "explicit": water_forcefield}.get(solvent)
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
-    if solvent == "obc2":
-        files.append(IMPLICIT_FORCEFIELD)
-    elif solvent == "explicit":
-        files.append(water_forcefield)
-    ff = _load_forcefield(files)
+    ff = _load_forcefield(files if solvent_file is None else files + [solvent_file])
 
     modeller = app.Modeller(fixer.topology, fixer.positions)
     if protein_only:
@@ -150,6 +152,8 @@ def build_system(pdb: str | os.PathLike,
     settings = {"pdb": os.path.abspath(pdb), "forcefield": files, "solvent": solvent, "constraints": constraints,
                 "rigid_water": rigid_water, "protein_only": protein_only, "ph": ph, "hydrogen_mass": mass_h,
                 "padding": pad, "nonbonded_cutoff": cutoff}
+    if solvent_file is not None:
+        settings[f"{'implicit' if solvent == 'obc2' else 'water'}_forcefield"] = solvent_file
     return PreparedSystem(modeller.topology, system, modeller.positions, settings)
 
 
@@ -171,13 +175,13 @@ def water_box(n_waters: int = 256,
     constraint_type(constraints)
     mass_h = _hydrogen_mass(hydrogen_mass)
     cutoff = positive_float(nonbonded_cutoff, u.nanometer, "nonbonded_cutoff")
-    files = ([forcefield] if isinstance(forcefield, str) else list(forcefield)) + [water_forcefield]
-    ff = _load_forcefield(files)
+    files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
+    ff = _load_forcefield(files + [water_forcefield])
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(ff, model="tip3p", numAdded=int(n_waters))
     system = _create_system(ff, modeller.topology, f"water box of {n_waters}", files, cutoff, constraints,
                             rigid_water, mass_h)
-    settings = {"pdb": None, "water_box": int(n_waters), "forcefield": files, "solvent": "explicit",
+    settings = {"pdb": None, "n_waters": int(n_waters), "forcefield": files, "water_forcefield": water_forcefield,
                 "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": mass_h,
                 "nonbonded_cutoff": cutoff}
     return PreparedSystem(modeller.topology, system, modeller.positions, settings)

@@ -9,7 +9,7 @@ import openmm as mm
 import openmm.unit as u
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, \
-    run_ensemble, velocity_autocorrelation
+    run_ensemble, run_ensembles, velocity_autocorrelation
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
 from openmm_actionml.integrator import SplittingIntegrator
@@ -87,6 +87,18 @@ def test_other_masses_get_velocities_of_the_same_temperature(alanine_hbonds, sta
     assert not np.allclose(v, starts.velocities[0])
     result = run_ensemble(verlet_candidate("HMR", hmr, 0.004), starts, 300.0, OPTIONS, elements, "Reference")
     assert result.stable == 2
+
+
+def test_parallel_ensembles_equal_serial_ones(alanine_hbonds, starts, elements):
+    """Forked workers run the same deterministic (Reference) trajectories as one process does, in order."""
+    candidates = [verlet_candidate(f"Verlet {h * 1000:g} fs", alanine_hbonds.system, h) for h in (0.001, 0.002)]
+    serial = run_ensembles(candidates, starts, 300.0, OPTIONS, elements, "Reference")
+    parallel = run_ensembles(candidates, starts, 300.0, OPTIONS, elements, "Reference", jobs=2)
+    assert [r.name for r in parallel] == ["Verlet 1 fs", "Verlet 2 fs"]
+    for one, other in zip(serial, parallel):
+        assert np.array_equal(one.energies, other.energies) and one.reversibility == other.reversibility
+    with pytest.raises(InputError, match="jobs must be a positive integer"):
+        run_ensembles(candidates, starts, 300.0, OPTIONS, elements, jobs=0)
 
 
 def test_sample_interval_must_be_whole_steps(alanine_hbonds, starts, elements):

@@ -6,7 +6,7 @@ import openmm.unit as u
 import pytest
 
 from openmm_actionml.errors import InputError
-from openmm_actionml.examples import EXAMPLES, build_example
+from openmm_actionml.examples import EXAMPLES, build_example, build_training_system
 from openmm_actionml.systems import build_system, water_box, with_hydrogen_mass
 
 #: A residue no force field knows: a bromine "ligand" after the dipeptide.
@@ -111,3 +111,14 @@ def test_example_errors():
         build_example("villin")
     with pytest.raises(InputError, match="padding do not apply to example 'water-box'"):
         build_example("water-box", padding=1.0)
+
+
+def test_native_obc2_and_recipe_replay(alanine_pdb):
+    native = build_system(alanine_pdb, "amber99sbildn.xml", "obc2", implicit_forcefield="amber99_obc.xml")
+    assert "GBSAOBCForce" in _forces(native.system) and "CustomGBForce" not in _forces(native.system)
+    assert native.settings["forcefield"] == ["amber99sbildn.xml"]
+    assert native.settings["implicit_forcefield"] == "amber99_obc.xml"
+    for built, source in [(native, str(alanine_pdb)), (water_box(64, nonbonded_cutoff=0.45), "water-box")]:
+        replayed = build_training_system({"system": {"input": source, "settings": built.settings}})
+        assert _forces(replayed.system) == _forces(built.system)
+        assert replayed.system.getNumParticles() == built.system.getNumParticles()
