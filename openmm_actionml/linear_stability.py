@@ -1,0 +1,164 @@
+"""The linearised step of a splitting at an energy minimum: its stability and the frequencies it plays.
+
+At a minimum with constraints, every scheme-A step is linear in (q, v) to first order: each kick is
+``w <- w - c h K_k y`` and each drift ``y <- y + c h w`` in mass-weighted coordinates on the constraint manifold,
+with ``K_k`` the projected, mass-weighted Hessian of kick potential ``k`` including the curvature of the constraint
+forces (:func:`constraint_curvature`). For a classical splitting all ``K_k`` are the force field's, so the normal
+modes decouple and mode ``w`` is stable while ``h w`` stays inside the splitting's stability interval (``|trace| <
+2`` of its 2x2 transfer matrix), advancing its phase by ``theta(h w)`` per step instead of ``h w``: ``theta / h``
+is the frequency the integrator plays. A learned model's heads add their own Hessians, so its step matrix is built
+in full and its eigenphases are compared with the exact ``h w`` in order of frequency.
+"""
+from __future__ import annotations
+
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+import torch
+
+from .modelfile import ActionMLModel
+from .platforms import create_context
+from .splitting import Splitting
+from .systems import constraint_pairs
+
+#: Central-difference displacement of the Hessian (nm); forces in double precision (Reference).
+HESSIAN_DELTA = 1e-5
+
+
+def force_field_gradient(system: mm.System, positions: np.ndarray) -> np.ndarray:
+    """``dV/dq`` [3N] (kJ/mol/nm) on the Reference platform."""
+    context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
+    context.setPositions(positions)
+    forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+    return -forces.reshape(-1)
+
+
+
+def force_field_hessian(system: mm.System, positions: np.ndarray) -> np.ndarray:
+    """``d2V/dq2`` [3N, 3N] (kJ/mol/nm^2) by central differences of the forces, symmetrised."""
+    context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
+    flat = positions.reshape(-1)
+    hessian = np.empty((len(flat), len(flat)))
+    for column in range(len(flat)):
+        forces = []
+        for sign in (1.0, -1.0):
+            displaced = flat.copy()
+            displaced[column] += sign * HESSIAN_DELTA
+            context.setPositions(displaced.reshape(-1, 3))
+            forces.append(context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
+                u.kilojoule_per_mole / u.nanometer).reshape(-1))
+        hessian[:, column] = -(forces[0] - forces[1]) / (2 * HESSIAN_DELTA)
+    return 0.5 * (hessian + hessian.T)
+
+
+
+def constraint_curvature(system: mm.System, positions: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """``sum_i lambda_i d2 sigma_i`` [3N, 3N] for the constraints ``sigma_i = |q_i - q_j|^2 / 2``, with the
+    multipliers that balance ``gradient`` (of the kick potential) across the constraint manifold.
+
+    On the manifold a potential's curvature is ``P (H - sum_i lambda_i d2 sigma_i) P``: at a constrained
+    minimum the constraint forces hold the bonds against ``gradient``, and bending the bond direction changes
+    them. Leaving the term out reads a minimum as a saddle.
+    """
+    pairs = constraint_pairs(system)
+    curvature = np.zeros((positions.size, positions.size))
+    if not len(pairs):
+        return curvature
+    jacobian = np.zeros((len(pairs), positions.size))
+    for row, (i, j) in enumerate(pairs):
+        bond = positions[i] - positions[j]
+        jacobian[row, 3 * i:3 * i + 3], jacobian[row, 3 * j:3 * j + 3] = bond, -bond
+    multipliers = np.linalg.lstsq(jacobian.T, gradient, rcond=None)[0]
+    for multiplier, (i, j) in zip(multipliers, pairs):
+        for a, b, sign in ((i, i, 1.0), (j, j, 1.0), (i, j, -1.0), (j, i, -1.0)):
+            curvature[3 * a:3 * a + 3, 3 * b:3 * b + 3] += sign * multiplier * np.eye(3)
+    return curvature
+
+
+
+def vibration_basis(system: mm.System, positions: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Orthonormal basis [3N, d] of the mass-weighted vibrations at ``positions``: orthogonal to the constraint
+    gradients and to the six rigid-body motions (a learned potential is invariant to them, but off its own
+    minimum its Hessian is not zero along rotations, which would read as a spurious instability)."""
+    root, inverse_root = np.sqrt(np.repeat(masses, 3)), 1.0 / np.sqrt(np.repeat(masses, 3))
+    rows = []
+    for i, j in constraint_pairs(system):
+        gradient = np.zeros_like(positions)
+        bond = positions[i] - positions[j]
+        gradient[i], gradient[j] = bond, -bond
+        rows.append(gradient.reshape(-1) * inverse_root)
+    centred = positions - (masses[:, None] * positions).sum(0) / masses.sum()
+    for axis in np.eye(3):
+        rows.append(np.tile(axis, len(masses)) * root)
+        rows.append(np.cross(axis, centred).reshape(-1) * root)
+    _, singular, vectors = np.linalg.svd(np.array(rows))
+    rank = int((singular > 1e-10 * singular[0]).sum())
+    return vectors[rank:].T
+
+
+
+def projected(hessian: np.ndarray, masses: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``U^T M^-1/2 H M^-1/2 U``: the mass-weighted Hessian on the tangent space (1/ps^2)."""
+    inverse_root = 1.0 / np.sqrt(np.repeat(masses, 3))
+    return basis.T @ (inverse_root[:, None] * hessian * inverse_root[None, :]) @ basis
+
+
+
+def network_derivatives(model: ActionMLModel, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The gradient [3N] and Hessian [3N, 3N] of each head of the model's learned potential at ``positions``."""
+    network = model.network
+    dtype = next(network.parameters()).dtype
+    x = torch.tensor(positions.reshape(-1), dtype=torch.float64)
+
+    def head_energy(head: int):
+        return lambda flat: network(flat.reshape(1, -1, 3).to(dtype), None)[0, head].to(torch.float64)
+
+    n_heads = int(network(x.reshape(1, -1, 3).to(dtype), None).shape[1])
+    derivatives = []
+    for k in range(n_heads):
+        gradient = torch.autograd.functional.jacobian(head_energy(k), x).numpy()
+        hessian = torch.autograd.functional.hessian(head_energy(k), x).numpy()
+        derivatives.append((gradient, 0.5 * (hessian + hessian.T)))  # float32 round-off breaks the symmetry
+    return derivatives
+
+
+
+def step_matrix(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
+    """The linearised step [2d, 2d] of ``splitting`` at step ``h`` (ps), kick ``k`` using ``kick_hessians[k]``."""
+    d = len(kick_hessians[0])
+    matrix = np.eye(2 * d)
+    for stage in splitting.stages:
+        block = np.eye(2 * d)
+        if stage.kind == "kick":
+            block[d:, :d] = -stage.coefficient * h * kick_hessians[stage.head]
+        else:
+            block[:d, d:] = stage.coefficient * h * np.eye(d)
+        matrix = block @ matrix
+    return matrix
+
+
+
+def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
+    """The largest ``x`` with every ``h w`` in ``(0, x)`` stable (``|trace| < 2`` of the harmonic transfer)."""
+    for x in np.arange(resolution, 20.0, resolution):
+        if abs(np.trace(step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads))) >= 2.0:
+            return float(x - resolution)
+    return 20.0
+
+
+
+def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
+    """The frequencies (rad/ps, ascending) the linearised step plays, ``theta / h``; NaN for unstable modes.
+
+    With one Hessian for every kick (a classical splitting) the modes decouple and each takes the 2x2 transfer
+    matrix of its own ``h w``; otherwise the eigenphases of the full step matrix are used, and all are NaN when
+    an eigenvalue leaves the unit circle.
+    """
+    if all(np.array_equal(k, kick_hessians[0]) for k in kick_hessians):
+        omega = np.sqrt(np.clip(np.linalg.eigvalsh(kick_hessians[0]), 0.0, None))
+        unit = [np.ones((1, 1))] * splitting.n_heads
+        traces = np.array([np.trace(step_matrix(splitting, h * w, unit)) for w in omega])
+        return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)) / h, np.nan)
+    values = np.linalg.eigvals(step_matrix(splitting, h, kick_hessians))
+    phases = np.sort(np.abs(np.angle(values)))[::2] / h
+    return phases if np.abs(values).max() < 1.0 + 1e-6 else np.full_like(phases, np.nan)

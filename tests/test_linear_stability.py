@@ -1,0 +1,58 @@
+"""The linearised step: exact results for the harmonic oscillator, symplecticity, and the constrained Hessian."""
+from __future__ import annotations
+
+import numpy as np
+import openmm as mm
+import pytest
+
+from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
+    played_frequencies, projected, stability_interval, step_matrix, vibration_basis
+from openmm_actionml.platforms import create_context
+from openmm_actionml.splitting import SPLITTINGS
+from openmm_actionml.systems import particle_masses
+
+RESOLUTION = 1e-4
+
+
+def test_verlet_stability_interval_and_phase_are_the_textbook_ones():
+    """Velocity Verlet on w: stable for h w < 2, with cos(theta) = 1 - (h w)^2 / 2."""
+    assert stability_interval(SPLITTINGS["VV"], RESOLUTION) == pytest.approx(2.0, abs=RESOLUTION)
+    h, omega = 0.002, np.array([100.0, 300.0, 900.0, 1100.0])  # rad/ps; the last has h w = 2.2 > 2
+    played = played_frequencies(SPLITTINGS["VV"], h, [np.diag(omega ** 2)])
+    expected = np.arccos(1 - (h * omega[:3]) ** 2 / 2) / h
+    assert np.allclose(played[:3], expected, rtol=1e-12) and np.isnan(played[3])
+
+
+def test_every_splitting_step_is_symplectic_and_at_least_as_stable_as_verlet():
+    """Each palindromic step matrix with symmetric kick Hessians is symplectic: M^T Omega M = Omega."""
+    rng = np.random.default_rng(0)
+    d = 5
+    for splitting in SPLITTINGS.values():
+        kicks = []
+        for _ in range(splitting.n_heads):
+            a = rng.normal(size=(d, d))
+            kicks.append(a @ a.T * 1e4)
+        matrix = step_matrix(splitting, 0.002, kicks)
+        omega = np.block([[np.zeros((d, d)), np.eye(d)], [-np.eye(d), np.zeros((d, d))]])
+        assert np.abs(matrix.T @ omega @ matrix - omega).max() < 1e-10 * np.abs(matrix).max() ** 2
+        assert stability_interval(splitting, RESOLUTION) >= 2.0 - RESOLUTION
+
+
+def test_constrained_minimum_has_a_positive_hessian_only_with_the_constraint_curvature(alanine_hbonds):
+    """At a constrained minimum the Hessian on the manifold is positive semi-definite; it is P(H - sum lambda
+    d2 sigma)P, and dropping the multipliers' term (the constraint forces holding the bonds) reads it as a saddle."""
+    system = alanine_hbonds.system
+    context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
+    context.setPositions(alanine_hbonds.positions)
+    mm.LocalEnergyMinimizer.minimize(context, 1e-3, 0)
+    positions = np.array(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+    masses = particle_masses(system)
+    basis = vibration_basis(system, positions, masses)
+    assert basis.shape[1] == 3 * 22 - 12 - 6
+    hessian = force_field_hessian(system, positions)
+    curvature = constraint_curvature(system, positions, force_field_gradient(system, positions))
+    with_term = np.linalg.eigvalsh(projected(hessian - curvature, masses, basis))
+    without = np.linalg.eigvalsh(projected(hessian, masses, basis))
+    # Tolerance: the minimiser's residual gradient (1e-3 kJ/mol/nm) over the lightest mass-weighted length scale.
+    print(with_term.min(), without.min())
+    assert with_term.min() > -1.0 and without.min() < -100.0
