@@ -17,12 +17,14 @@ such; ``run_all.py`` measures whole runs.
 
 Usage::
 
-    python benchmarks/cost_model.py [--platform CPU] [--threads 1] [--seconds 1] [--rounds 3]
+    python benchmarks/cost_model.py [--platform CPU] [--threads 1] [--seconds 1] [--rounds 3] [--models M.pt ...]
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,11 +33,11 @@ import openmm.app as app
 import openmm.unit as u
 
 from integrator_overhead import anchored_model
-from openmm_actionml.examples import build_example
+from openmm_actionml.examples import build_example, build_training_system
 from openmm_actionml.integrator import LEARNED_FORCE_GROUP, add_learned_force
-from openmm_actionml.modelfile import ACTIVE_PARAMETER
+from openmm_actionml.modelfile import ACTIVE_PARAMETER, ActionMLModel, load_model
 from openmm_actionml.network import build_network
-from openmm_actionml.systems import PreparedSystem
+from openmm_actionml.systems import PreparedSystem, constraint_pairs
 
 #: (name, builder, Verlet step in fs the user would run, learned step in fs)
 SYSTEMS = [
@@ -75,14 +77,19 @@ def time_steps(integrator: mm.Integrator, seconds: float) -> float:
     return (time.perf_counter() - start) / count
 
 
-def measure(prepared: PreparedSystem, platform: mm.Platform, properties: dict, seconds: float, rounds: int,
-            directory) -> tuple[float, float, float]:
+def default_model(prepared: PreparedSystem, directory: Path) -> ActionMLModel:
+    """The default network, untrained (random readout), bound to the system, in a model file."""
     system = prepared.system
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
-    pairs = [system.getConstraintParameters(k)[:2] for k in range(system.getNumConstraints())]
     periodic = system.usesPeriodicBoundaryConditions()
-    network = build_network(elements, excluded_pairs=pairs, periodic=periodic, zero_init=False)
-    model = anchored_model(prepared, network, directory / f"{id(prepared)}.pt", 0.008, periodic=periodic)
+    network = build_network(elements, excluded_pairs=constraint_pairs(system), periodic=periodic, zero_init=False)
+    return anchored_model(prepared, network, directory / f"{id(prepared)}.pt", 0.008, periodic=periodic)
+
+
+def measure(prepared: PreparedSystem, model: ActionMLModel, platform: mm.Platform, properties: dict, seconds: float,
+            rounds: int) -> tuple[float, float, float]:
+    """Best-of-rounds seconds per force-field evaluation, learned-force evaluation and Verlet step."""
+    system = prepared.system
     learned = add_learned_force(system, model)
     positions = np.array(prepared.positions.value_in_unit(u.nanometer))
     context = mm.Context(learned, mm.VerletIntegrator(0.001), platform, properties)
@@ -106,9 +113,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", help="time these model files on their training systems instead of "
+                        "the default network on every example")
     args = parser.parse_args()
-    import tempfile
-    from pathlib import Path
     torch.set_num_threads(args.threads)
     platform = mm.Platform.getPlatformByName(args.platform)
     properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
@@ -117,13 +124,27 @@ def main() -> None:
     print("| system | atoms | t_FF (ms) | t_NN (ms) | Verlet step (ms) | Verlet at | learned T3 at | "
           "implied speed vs Verlet, anchored | implied, pure ML |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, build, delta, h in SYSTEMS:
+    for name, build, delta, h, model in _cases(args.models, directory):
         prepared = build()
-        t_ff, t_nn, t_vv = measure(prepared, platform, properties, args.seconds, args.rounds, directory)
+        t_ff, t_nn, t_vv = measure(prepared, model(prepared), platform, properties, args.seconds, args.rounds)
         ratio = h / delta
         print(f"| {name} | {prepared.system.getNumParticles()} | {1e3 * t_ff:.3g} | {1e3 * t_nn:.3g} | "
               f"{1e3 * t_vv:.3g} | {delta:g} fs | {h:g} fs | {ratio * t_vv / (3 * (t_ff + t_nn)):.3g} | "
               f"{ratio * t_vv / (3 * t_nn):.3g} |", flush=True)
+
+
+def _cases(models: list[str] | None, directory: Path) -> list[tuple]:
+    """(name, builder, Verlet step, learned step, model maker) for each row."""
+    if not models:
+        return [(*row, lambda prepared: default_model(prepared, directory)) for row in SYSTEMS]
+    cases = []
+    for path in models:
+        model = load_model(path)
+        delta = 2.0 if model.metadata.constraints else 0.5
+        cases.append((f"{Path(path).name} ({model.metadata.system_name})",
+                      lambda recipe=model.metadata.recipe: build_training_system(recipe), delta,
+                      model.metadata.step * 1000, lambda prepared, model=model: model))
+    return cases
 
 
 if __name__ == "__main__":

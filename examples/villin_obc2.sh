@@ -3,15 +3,15 @@
 # OBC2 implicit solvent (amber99sb-ildn with OpenMM's native GBSAOBCForce), HBonds constraints. Reference data, the
 # anchored T3 model at 8 fs (the shipped villin-t3-8fs.pt), a 50 ps run, and the benchmark against Verlet, HMR and
 # classical T3. Run it in an empty folder: bash examples/villin_obc2.sh [--train-only].
-# About 10 min of data and 40 min of training on one core; the evaluation about 90 min on 2 cores.
+# About 10 min of data and 35 min of training on one core; the evaluation about 100 min on 2 cores.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
 export OMP_NUM_THREADS=1 OPENMM_CPU_THREADS=1
 
 # 16 NVE segments of 2 ps from Verlet + RATTLE at 0.5 fs (frames every 2 fs) after 1 ps of Langevin each, 300 K.
 $A generate villin-obc2 --delta 0.5 --record-every 4 --segments 16 --segment-length 2 --seed 3 --platform CPU --output villin-hb.npz --overwrite
-# T3 at 8 fs, unrolled over 1, 2 and 4 steps (each iteration costs about 2k force-field calls at k = 4).
-$A train villin-hb.npz --step 8 --splitting T3 --curriculum 1,2,4 --iterations 150 --batch-size 8 --learning-rate 5e-3 --eval-every 25 --patience 3 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "villin headpiece (OBC2, HBonds)" --output villin-t3-8fs.pt --checkpoint villin.chk --overwrite
+# T3 at 8 fs, unrolled over 1 and 2 steps (about 1.7 s per iteration at k = 1 and 3.4 s at k = 2, one core).
+$A train villin-hb.npz --step 8 --splitting T3 --curriculum 1,2 --iterations 150 --batch-size 8 --learning-rate 5e-3 --eval-every 25 --patience 3 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "villin headpiece (OBC2, HBonds)" --output villin-t3-8fs.pt --checkpoint villin.chk --overwrite
 [ "${1:-}" = "--train-only" ] && exit 0
 
 $A run villin-t3-8fs.pt --time 50 --platform CPU --log villin-run.csv --dcd villin-run.dcd
