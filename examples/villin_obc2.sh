@@ -3,7 +3,7 @@
 # OBC2 implicit solvent (amber99sb-ildn with OpenMM's native GBSAOBCForce), HBonds constraints. Reference data, the
 # anchored T3 model at 8 fs (the shipped villin-t3-8fs.pt), a 50 ps run, and the benchmark against Verlet, HMR and
 # classical T3. Run it in an empty folder: bash examples/villin_obc2.sh [--train-only].
-# About 10 min of data and 35 min of training on one core; the evaluation about 100 min on 2 cores.
+# About 10 min of data and 35 min of training on one core; the 8 x 25 ps evaluation about 50 min on 2 cores.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
 export OMP_NUM_THREADS=1 OPENMM_CPU_THREADS=1
@@ -15,4 +15,4 @@ $A train villin-hb.npz --step 8 --splitting T3 --curriculum 1,2 --iterations 150
 [ "${1:-}" = "--train-only" ] && exit 0
 
 $A run villin-t3-8fs.pt --time 50 --platform CPU --log villin-run.csv --dcd villin-run.dcd
-$A evaluate villin-t3-8fs.pt --trajectories 8 --time 50 --platform CPU --jobs 2 --output-dir results/villin-t3-8fs
+$A evaluate villin-t3-8fs.pt --trajectories 8 --time 25 --platform CPU --jobs 2 --output-dir results/villin-t3-8fs

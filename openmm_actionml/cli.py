@@ -103,6 +103,8 @@ def _add_system_options(parser: argparse.ArgumentParser) -> None:
                         help="rigid (default) or flexible water")
     system.add_argument("--hydrogen-mass", type=float, help="hydrogen mass in amu (repartitioning)")
     system.add_argument("--protein-only", action=argparse.BooleanOptionalAction, help="remove water, ions, ligands")
+    system.add_argument("--waters", type=int, dest="n_waters", help="water-box example: number of waters "
+                        "(default 256)")
 
 def run_generate(args: argparse.Namespace) -> int:
     """Build the system, run the protocol, save and summarise."""

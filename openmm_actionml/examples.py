@@ -29,10 +29,7 @@ class Example:
 
     def build(self, **overrides: Any) -> PreparedSystem:
         """Build the system; ``overrides`` replace the example's options."""
-        builder = water_box if self.pdb is None else build_system
-        unknown = sorted(set(overrides) - set(inspect.signature(builder).parameters) - {"pdb"})
-        if unknown:
-            raise InputError(f"option(s) {', '.join(unknown)} do not apply to example {self.name!r}; leave them out.")
+        _check_options(water_box if self.pdb is None else build_system, overrides, f"example {self.name!r}")
         options = {**self.options, **overrides}
         return water_box(**options) if self.pdb is None else build_system(self.pdb, **options)
 
@@ -49,6 +46,13 @@ EXAMPLES: dict[str, Example] = {example.name: example for example in [
     Example("villin-explicit", "villin headpiece in the PDB's own TIP3P box, PME, HBonds, rigid water (8867 atoms)",
             VILLIN_PDB, {"solvent": "explicit", "padding": None, "constraints": "HBonds"}),
 ]}
+
+
+def _check_options(builder: Any, options: dict[str, Any], what: str) -> None:
+    """Raise :class:`InputError` naming the ``options`` that ``builder`` does not take."""
+    unknown = sorted(set(options) - set(inspect.signature(builder).parameters) - {"pdb"})
+    if unknown:
+        raise InputError(f"option(s) {', '.join(unknown)} do not apply to {what}; leave them out.")
 
 
 def get_example(name: str) -> Example:
@@ -72,6 +76,7 @@ SYSTEM_OPTIONS = ("n_waters", "forcefield", "solvent", "implicit_forcefield", "w
 def build_input(source: str, **options: Any) -> PreparedSystem:
     """Build a PDB file's system or a bundled example's, with ``build_system`` ``options``."""
     if os.path.isfile(source):
+        _check_options(build_system, options, f"PDB file {source}")
         return build_system(source, **options)
     if source in EXAMPLES:
         return build_example(source, **options)

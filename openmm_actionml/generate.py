@@ -173,7 +173,7 @@ def generate_reference_data(system: mm.System,
 
     box = None
     if system.usesPeriodicBoundaryConditions():
-        box = np.array(system.getDefaultPeriodicBoxVectors().value_in_unit(u.nanometer))
+        box = np.array([vector.value_in_unit(u.nanometer) for vector in system.getDefaultPeriodicBoxVectors()])
     pairs = [system.getConstraintParameters(i) for i in range(system.getNumConstraints())]
     extra = dict(metadata or {})
     command = extra.pop("command", " ".join(sys.argv))

@@ -14,6 +14,7 @@ from openmm_actionml.units import BOLTZMANN
 from openmm_actionml.errors import InputError, SimulationInstabilityError
 from openmm_actionml.generate import CONSTRAINT_TOLERANCE, generate_reference_data
 from openmm_actionml.platforms import platform_properties
+from openmm_actionml.systems import water_box
 
 DOUBLE_EPS = np.finfo(np.float64).eps
 #: Platforms that store constraint lengths in single precision (so |r| meets float32(d), not d).
@@ -196,3 +197,16 @@ def test_masses_that_match_no_element_need_a_topology(alanine, tmp_path):
     system.setParticleMass(0, 0.0)
     with pytest.raises(InputError, match="massless"):
         generate_reference_data(system, alanine.positions, topology=alanine.topology, **TINY)
+
+
+def test_periodic_system_records_its_box(tmp_path):
+    """A rigid water box (SETTLE): the dataset keeps the box as rows in nm, and its frames keep the water rigid."""
+    box = water_box(64, rigid_water=True, nonbonded_cutoff=0.45)
+    data = generate_reference_data(box.system, box.positions, tmp_path / "water.npz", topology=box.topology,
+                                   platform="Reference", **TINY)
+    expected = np.array([v.value_in_unit(u.nanometer) for v in box.system.getDefaultPeriodicBoxVectors()])
+    assert data.periodic and np.array_equal(data.box, expected)
+    i, j = data.constraint_pairs.T
+    lengths = np.linalg.norm(data.positions[..., i, :] - data.positions[..., j, :], axis=-1)
+    # SETTLE's rigid geometry is exact only to single precision (3e-8 relative, constant in time, on Reference).
+    assert (np.abs(lengths - data.constraint_distances) / data.constraint_distances).max() <= 2.0 ** -24

@@ -6,7 +6,7 @@ import openmm.unit as u
 import pytest
 
 from openmm_actionml.errors import InputError
-from openmm_actionml.examples import EXAMPLES, build_example, build_training_system
+from openmm_actionml.examples import EXAMPLES, EXAMPLES_DIR, build_example, build_input, build_training_system
 from openmm_actionml.systems import build_system, water_box, with_hydrogen_mass
 
 #: A residue no force field knows: a bromine "ligand" after the dipeptide.
@@ -111,6 +111,9 @@ def test_example_errors():
         build_example("villin")
     with pytest.raises(InputError, match="padding do not apply to example 'water-box'"):
         build_example("water-box", padding=1.0)
+    with pytest.raises(InputError, match="n_waters do not apply to PDB file"):
+        build_input(str(EXAMPLES_DIR / "alanine-dipeptide.pdb"), n_waters=64)
+    assert build_input("water-box", n_waters=64, nonbonded_cutoff=0.45).system.getNumParticles() == 192
 
 
 def test_native_obc2_and_recipe_replay(alanine_pdb):
