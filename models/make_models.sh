@@ -6,9 +6,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work" && cd "$work"
-for example in alanine_flexible alanine_hbonds villin_obc2 amoeba_alanine; do
+for example in alanine_flexible alanine_hbonds villin_obc2 water_box amoeba_alanine; do
   bash "$here/../examples/$example.sh" --train-only
 done
 cp alanine-s2-4fs.pt alanine-b-gauss3-2fs.pt alanine-t3-8fs.pt alanine-pure-t3-8fs.pt villin-t3-8fs.pt \
-   alanine-amoeba-pure-t3-8fs.pt "$here/"
+   water64-t3-8fs.pt alanine-amoeba-pure-t3-8fs.pt "$here/"
 echo "models copied to $here; data and logs are in $work"
