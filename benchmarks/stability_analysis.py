@@ -74,7 +74,8 @@ def main() -> None:
     masses = particle_masses(system)
     basis = vibration_basis(system, positions, masses)
     gradient = force_field_gradient(system, positions)
-    hessian = force_field_hessian(system, positions) - constraint_curvature(system, positions, gradient)
+    raw_hessian = force_field_hessian(system, positions)
+    hessian = raw_hessian - constraint_curvature(system, positions, gradient)
     stiffness = projected(hessian, masses, basis)
     squared, vectors = np.linalg.eigh(stiffness)
     omega = np.sqrt(np.clip(squared, 0.0, None))
@@ -84,7 +85,7 @@ def main() -> None:
     learned = []
     for extra_gradient, extra_hessian in network_derivatives(model, positions):
         total = anchored * gradient + extra_gradient
-        learned.append(projected(anchored * force_field_hessian(system, positions) + extra_hessian
+        learned.append(projected(anchored * raw_hessian + extra_hessian
                                  - constraint_curvature(system, positions, total), masses, basis))
     splitting = model.metadata.get_splitting()
     classical = [stiffness] * splitting.n_heads

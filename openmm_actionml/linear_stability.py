@@ -33,7 +33,6 @@ def force_field_gradient(system: mm.System, positions: np.ndarray) -> np.ndarray
     return -forces.reshape(-1)
 
 
-
 def force_field_hessian(system: mm.System, positions: np.ndarray) -> np.ndarray:
     """``d2V/dq2`` [3N, 3N] (kJ/mol/nm^2) by central differences of the forces, symmetrised."""
     context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
@@ -51,6 +50,15 @@ def force_field_hessian(system: mm.System, positions: np.ndarray) -> np.ndarray:
     return 0.5 * (hessian + hessian.T)
 
 
+def constraint_jacobian(system: mm.System, positions: np.ndarray) -> np.ndarray:
+    """``d sigma_i / dq`` [n_constraints, 3N] for ``sigma_i = |q_i - q_j|^2 / 2``."""
+    pairs = constraint_pairs(system)
+    jacobian = np.zeros((len(pairs), positions.size))
+    for row, (i, j) in enumerate(pairs):
+        bond = positions[i] - positions[j]
+        jacobian[row, 3 * i:3 * i + 3], jacobian[row, 3 * j:3 * j + 3] = bond, -bond
+    return jacobian
+
 
 def constraint_curvature(system: mm.System, positions: np.ndarray, gradient: np.ndarray) -> np.ndarray:
     """``sum_i lambda_i d2 sigma_i`` [3N, 3N] for the constraints ``sigma_i = |q_i - q_j|^2 / 2``, with the
@@ -64,29 +72,19 @@ def constraint_curvature(system: mm.System, positions: np.ndarray, gradient: np.
     curvature = np.zeros((positions.size, positions.size))
     if not len(pairs):
         return curvature
-    jacobian = np.zeros((len(pairs), positions.size))
-    for row, (i, j) in enumerate(pairs):
-        bond = positions[i] - positions[j]
-        jacobian[row, 3 * i:3 * i + 3], jacobian[row, 3 * j:3 * j + 3] = bond, -bond
-    multipliers = np.linalg.lstsq(jacobian.T, gradient, rcond=None)[0]
+    multipliers = np.linalg.lstsq(constraint_jacobian(system, positions).T, gradient, rcond=None)[0]
     for multiplier, (i, j) in zip(multipliers, pairs):
         for a, b, sign in ((i, i, 1.0), (j, j, 1.0), (i, j, -1.0), (j, i, -1.0)):
             curvature[3 * a:3 * a + 3, 3 * b:3 * b + 3] += sign * multiplier * np.eye(3)
     return curvature
 
 
-
 def vibration_basis(system: mm.System, positions: np.ndarray, masses: np.ndarray) -> np.ndarray:
     """Orthonormal basis [3N, d] of the mass-weighted vibrations at ``positions``: orthogonal to the constraint
     gradients and to the six rigid-body motions (a learned potential is invariant to them, but off its own
     minimum its Hessian is not zero along rotations, which would read as a spurious instability)."""
-    root, inverse_root = np.sqrt(np.repeat(masses, 3)), 1.0 / np.sqrt(np.repeat(masses, 3))
-    rows = []
-    for i, j in constraint_pairs(system):
-        gradient = np.zeros_like(positions)
-        bond = positions[i] - positions[j]
-        gradient[i], gradient[j] = bond, -bond
-        rows.append(gradient.reshape(-1) * inverse_root)
+    root = np.sqrt(np.repeat(masses, 3))
+    rows = list(constraint_jacobian(system, positions) / root)
     centred = positions - (masses[:, None] * positions).sum(0) / masses.sum()
     for axis in np.eye(3):
         rows.append(np.tile(axis, len(masses)) * root)
@@ -96,12 +94,10 @@ def vibration_basis(system: mm.System, positions: np.ndarray, masses: np.ndarray
     return vectors[rank:].T
 
 
-
 def projected(hessian: np.ndarray, masses: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """``U^T M^-1/2 H M^-1/2 U``: the mass-weighted Hessian on the tangent space (1/ps^2)."""
     inverse_root = 1.0 / np.sqrt(np.repeat(masses, 3))
     return basis.T @ (inverse_root[:, None] * hessian * inverse_root[None, :]) @ basis
-
 
 
 def network_derivatives(model: ActionMLModel, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -122,7 +118,6 @@ def network_derivatives(model: ActionMLModel, positions: np.ndarray) -> list[tup
     return derivatives
 
 
-
 def step_matrix(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
     """The linearised step [2d, 2d] of ``splitting`` at step ``h`` (ps), kick ``k`` using ``kick_hessians[k]``."""
     d = len(kick_hessians[0])
@@ -137,14 +132,12 @@ def step_matrix(splitting: Splitting, h: float, kick_hessians: list[np.ndarray])
     return matrix
 
 
-
 def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
     """The largest ``x`` with every ``h w`` in ``(0, x)`` stable (``|trace| < 2`` of the harmonic transfer)."""
     for x in np.arange(resolution, 20.0, resolution):
         if abs(np.trace(step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads))) >= 2.0:
             return float(x - resolution)
     return 20.0
-
 
 
 def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
