@@ -63,12 +63,14 @@ class DirectPredictor(torch.nn.Module):
     def _centre(self, q: Tensor) -> Tensor:
         return (q * self.masses[:, None]).sum(-2, keepdim=True) / self.masses.sum()
 
-    def aligned(self, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def aligned(self, q: Tensor, v: Tensor, forces: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Centred, rotated positions, velocities and accelerations (in thermal velocity per ps), the rotation
-        and the centre of mass."""
+        and the centre of mass; ``forces`` at ``q`` if already known."""
         centre = self._centre(q)
         rotation = _kabsch(q - centre, self.reference, self.masses)
-        acceleration = self.forces(q) / self.masses[:, None] / self.velocity_scale * 0.01
+        forces = self.forces(q) if forces is None else forces
+        acceleration = forces / self.masses[:, None] / self.velocity_scale * 0.01
         return (q - centre) @ rotation, v @ rotation, acceleration @ rotation, rotation, centre
 
     def departure(self, q_aligned: Tensor, v_aligned: Tensor, a_aligned: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,32 +94,40 @@ class DirectPredictor(torch.nn.Module):
 
 
 def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int = 4000, batch_size: int = 256,
-                           noise: float = 0.002, seed: int = 0, progress: bool = True) -> DirectPredictor:
+                           noise: float = 0.002, seed: int = 0, progress: bool = True,
+                           pool_size: int = 8192, platform: str = "Reference") -> DirectPredictor:
     """Fit a :class:`DirectPredictor` to one-step pairs ``h`` apart (mean squared error of the aligned
     departures, each component scaled to unit variance). Gaussian ``noise`` (nm) on the input positions, with
-    targets kept, teaches it to pull perturbed states back, the usual stabiliser of learned simulators."""
+    targets kept, teaches it to pull perturbed states back, the usual stabiliser of learned simulators.
+
+    The inputs are a pool of ``pool_size`` noisy starts (pairs drawn with replacement, fresh noise each), whose
+    force-field forces are computed once (on ``platform``): on a protein a force evaluation per sample and
+    iteration would cost hours."""
     torch.manual_seed(seed)
     q, v, q1, v1 = (torch.as_tensor(x) for x in dataset.pairs(h))
     masses = torch.as_tensor(dataset.masses)
     system = dataset.system()
-    potential = OpenMMPotential(system)
+    potential = OpenMMPotential(system, platform=platform)
     model = DirectPredictor(q[0], masses, h, dataset.temperature, lambda x: torch.as_tensor(potential.forces(x)),
                             constraints=ConstraintSet.from_system(system)).double()
-    def inputs_and_targets(index: Tensor, noise: float) -> tuple[Tensor, ...]:
+    rng = np.random.default_rng(seed)
+    pool = torch.as_tensor(rng.integers(0, len(q), pool_size))
+    noisy = q[pool] + noise * torch.randn_like(q[pool])
+    pool_forces = torch.as_tensor(potential.forces(noisy.numpy()))
+
+    def inputs_and_targets(index: Tensor, start: Tensor, forces: Optional[Tensor]) -> tuple[Tensor, ...]:
         with torch.no_grad():
-            start = q[index] + noise * torch.randn_like(q[index])
-            qa, va, aa, rotation, centre = model.aligned(start, v[index])
+            qa, va, aa, rotation, centre = model.aligned(start, v[index], forces)
             return qa, va, aa, (q1[index] - centre) @ rotation - qa - h * va, v1[index] @ rotation - va
 
-    _, _, _, target_q, target_v = inputs_and_targets(torch.arange(len(q)), 0.0)
+    _, _, _, target_q, target_v = inputs_and_targets(pool, noisy, pool_forces)
     model.output_scale.copy_(torch.stack([target_q.std(0), target_v.std(0)]).clamp_min(1e-8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
-    rng = np.random.default_rng(seed)
     started = time.monotonic()
     for iteration in range(1, iterations + 1):
-        qa, va, aa, target_q, target_v = inputs_and_targets(torch.as_tensor(rng.integers(0, len(q), batch_size)),
-                                                            noise)
+        draw = torch.as_tensor(rng.integers(0, pool_size, batch_size))
+        qa, va, aa, target_q, target_v = inputs_and_targets(pool[draw], noisy[draw], pool_forces[draw])
         dq, dv = model.departure(qa, va, aa)
         loss = (((dq - target_q) / model.output_scale[0]) ** 2).mean() + \
             (((dv - target_v) / model.output_scale[1]) ** 2).mean()

@@ -56,10 +56,10 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
             prepared.system, prepared.positions, Path(scratch) / "direct.npz", topology=prepared.topology,
             temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
             platform="CPU", **DIRECT_DATA)
-    predictor = train_direct_predictor(dataset, model.metadata.step, direct_iterations)
+    predictor = train_direct_predictor(dataset, model.metadata.step, direct_iterations, platform=platform)
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
-    results.append(run_direct_ensemble(predictor, OpenMMPotential(prepared.system), starts, temperature, options,
-                                       elements, constraint_pairs(prepared.system)))
+    results.append(run_direct_ensemble(predictor, OpenMMPotential(prepared.system, platform=platform), starts,
+                                       temperature, options, elements, constraint_pairs(prepared.system)))
     title = f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K ({platform})"
     table, _ = write_report(results, directory, title, {"model": str(model.path), "platform": platform,
                                                         "trajectories": options.n_trajectories,

@@ -1,73 +1,103 @@
-"""Learned integrators against Verlet and HMR on alanine dipeptide: simulated ps per second, side by side.
+"""Learned models against the integrators a user would run instead: simulated ps per second, side by side, and
+where the learned step's time goes.
 
-Rows (one platform, the same run, interleaved rounds, best round kept):
-
-- flexible: a learned S2 model at its step (4 fs) against VerletIntegrator at 0.5 fs and 1 fs;
-- HBonds: a learned T3 model at its step (8 fs) against VerletIntegrator at 2 fs and LangevinMiddleIntegrator
-  at 4 fs with hydrogen-mass repartitioning (1.5 amu).
+For each model, on its own training system and one platform, the rows of ``actionml evaluate`` that a user would
+run (the learned model, its splitting unlearned, Verlet at the usual steps, Verlet at 4 fs with hydrogen-mass
+repartitioning) and, for constrained systems, ``LangevinMiddleIntegrator`` at 4 fs with HMR (1.5 amu), the usual
+production choice. Rounds are interleaved and the best round of each row kept, so a noisy machine slows every row
+alike. Then the parts of one learned step (``cost_model.py``): a force-field evaluation ``t_FF``, a learned-force
+evaluation ``t_NN``, and the rest of the measured step, the CustomIntegrator's own work (constraints, kinetic
+bookkeeping, context updates). ``t_FF`` and ``t_NN`` are timed through ``Context.getState``, whose own copying
+is included, so when the evaluations are nearly all of a step the rest can read a few per cent below zero.
 
 Usage::
 
-    python benchmarks/speed_vs_verlet.py --s2-model models/alanine-s2-4fs.pt --t3-model models/alanine-t3-8fs.pt \\
-        [--seconds 2] [--rounds 5] [--threads 1]
+    python benchmarks/speed_vs_verlet.py MODEL [MODEL ...] [--platform CPU] [--threads 1] [--seconds 2] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import openmm as mm
 import openmm.unit as u
 
+from cost_model import measure
 from integrator_overhead import TEMPERATURE, make_runner, time_run
-from openmm_actionml.examples import build_example
-from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
-from openmm_actionml.modelfile import load_model
+from openmm_actionml.atomic import atomic_path
+from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, standard_candidates
+from openmm_actionml.examples import build_training_system
+from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.systems import with_hydrogen_mass
+
+
+def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: float, rounds: int) -> str:
+    """The markdown section for one model: speeds side by side, then the learned step's parts."""
+    prepared = build_training_system(model.metadata.recipe)
+    candidates = [c for c in standard_candidates(prepared, model)[1:]  # the fine-step reference is not a choice
+                  if not c.name.endswith("(the learned step)")]        # Verlet at h blows up
+    rows = {c.name: ((c.speed_integrator or c.make_integrator)(), c.system, c.step) for c in candidates}
+    if prepared.system.getNumConstraints():
+        rows[f"LangevinMiddle {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)"] = (
+            mm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, HMR_STEP * u.picoseconds),
+            with_hydrogen_mass(prepared.system, prepared.topology, HMR_HYDROGEN_MASS), HMR_STEP)
+    contexts = [make_runner(mm.XmlSerializer.clone(system), integrator, prepared.positions, properties, platform)
+                for integrator, system, _ in rows.values()]  # kept alive while timing
+    best = {name: 0.0 for name in rows}
+    for round_ in range(rounds):
+        for name, (integrator, _, _) in rows.items():
+            best[name] = max(best[name], time_run(integrator, seconds)[0])
+        print(f"  round {round_ + 1}/{rounds} done", file=sys.stderr, flush=True)
+    del contexts
+    t_ff, t_nn, _ = measure(prepared, model, mm.Platform.getPlatformByName(platform), properties, seconds, rounds)
+
+    meta = model.metadata
+    splitting = meta.get_splitting()
+    learned, classical = candidates[0].name, candidates[1].name
+    fastest = max(best, key=best.get)
+    lines = [f"## {model.path.name} ({meta.system_name}, {prepared.system.getNumParticles()} atoms)", "",
+             "| integrator | step (fs) | ps per wall second | relative to the learned model |", "|---|---|---|---|"]
+    for name, (_, _, step) in rows.items():
+        lines.append(f"| {name} | {step * 1000:g} | {best[name]:.3g} | {best[name] / best[learned]:.3g} |")
+    evaluations = splitting.evaluations_per_step
+    step_time = {name: meta.step / best[name] for name in (learned, classical)}
+    lines += ["", f"Fastest: {fastest}, {best[fastest] / best[learned]:.3g}x the learned model and "
+              f"{best[fastest] / best[classical]:.3g}x its splitting unlearned.", "",
+              f"Where a {meta.step * 1000:g} fs {splitting.name} step's time goes ({evaluations} evaluations per step; "
+              f"t_FF = {1e3 * t_ff:.3g} ms and t_NN = {1e3 * t_nn:.3g} ms per evaluation):", "",
+              "| step | measured (ms) | force field | learned force | the rest (integrator) |", "|---|---|---|---|---|",
+              _parts(learned, step_time[learned], evaluations * t_ff if meta.anchored else 0.0, evaluations * t_nn),
+              _parts(classical, step_time[classical], evaluations * t_ff, 0.0)]
+    return "\n".join(lines) + "\n"
+
+
+def _parts(name: str, total: float, force_field: float, network: float) -> str:
+    share = [100 * part / total for part in (force_field, network, total - force_field - network)]
+    return (f"| {name} | {1e3 * total:.3g} | {share[0]:.0f} % | {share[1]:.0f} % | {share[2]:.0f} % |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--s2-model", required=True, help="learned model for flexible alanine dipeptide")
-    parser.add_argument("--t3-model", required=True, help="learned model for alanine dipeptide with HBonds")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("models", nargs="+", help="model files (each runs on its own training system)")
+    parser.add_argument("--platform", default="CPU")
     parser.add_argument("--threads", type=int, default=1, help="CPU platform and torch threads")
-    parser.add_argument("--platform", default="CPU", help="OpenMM platform (default CPU; on 22 atoms Reference is "
-                        "faster, as the CPU platform's per-step thread overhead dominates)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="wall time per row and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", help="also write the markdown here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    properties = {"Threads": str(args.threads)}
-    flexible = build_example("alanine-dipeptide")
-    hbonds = build_example("alanine-dipeptide", constraints="HBonds")
-    hmr = build_example("alanine-dipeptide", constraints="HBonds", hydrogen_mass=1.5)
-    s2, t3 = load_model(args.s2_model), load_model(args.t3_model)
-    rows = {
-        f"learned {s2.metadata.get_splitting().name} {s2.metadata.step * 1000:g} fs (flexible)":
-            (ActionMLIntegrator(s2), add_learned_force(flexible.system, s2), flexible.positions,
-             s2.metadata.get_splitting().evaluations_per_step / (s2.metadata.step * 1000)),
-        "Verlet 0.5 fs (flexible)": (mm.VerletIntegrator(0.5 * u.femtoseconds), flexible.system, flexible.positions, 2.0),
-        "Verlet 1 fs (flexible)": (mm.VerletIntegrator(1.0 * u.femtoseconds), flexible.system, flexible.positions, 1.0),
-        f"learned {t3.metadata.get_splitting().name} {t3.metadata.step * 1000:g} fs (HBonds)":
-            (ActionMLIntegrator(t3), add_learned_force(hbonds.system, t3), hbonds.positions,
-             t3.metadata.get_splitting().evaluations_per_step / (t3.metadata.step * 1000)),
-        "Verlet 2 fs (HBonds)": (mm.VerletIntegrator(2.0 * u.femtoseconds), hbonds.system, hbonds.positions, 0.5),
-        "LangevinMiddle 4 fs, HMR 1.5 amu (HBonds)": (mm.LangevinMiddleIntegrator(
-            TEMPERATURE * u.kelvin, 1 / u.picosecond, 4 * u.femtoseconds), hmr.system, hmr.positions, 0.25),
-    }
-    contexts = [make_runner(mm.XmlSerializer.clone(system), integrator, positions, properties, args.platform)
-                for integrator, system, positions, _ in rows.values()]  # kept alive while timing
-    best = {name: (0.0, 0.0) for name in rows}
-    for _ in range(args.rounds):
-        for name, (integrator, *_rest) in rows.items():
-            wall, cpu = time_run(integrator, args.seconds)
-            best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
-    del contexts  # the integrators are usable only while their contexts live
-    print(f"alanine dipeptide, {args.platform} platform, {args.threads} thread(s), best of {args.rounds} x "
-          f"{args.seconds:g} s\n")
-    print("| integrator | evaluations per fs | ps per wall second | ps per CPU second |")
-    print("|---|---|---|---|")
-    for name, (*_rest, evaluations) in rows.items():
-        print(f"| {name} | {evaluations:.3g} | {best[name][0]:.2f} | {best[name][1]:.2f} |")
+    properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
+    header = (f"`python benchmarks/speed_vs_verlet.py {' '.join(sys.argv[1:])}`\n\n{args.platform} platform, "
+              f"{args.threads} thread(s); best of {args.rounds} interleaved rounds of {args.seconds:g} s\n")
+    sections = [speed_rows(load_model(path), args.platform, properties, args.seconds, args.rounds)
+                for path in args.models]
+    text = header + "\n" + "\n".join(sections)
+    print(text)
+    if args.output:
+        with atomic_path(Path(args.output), overwrite=True) as tmp:
+            tmp.write_text(text)
 
 
 if __name__ == "__main__":

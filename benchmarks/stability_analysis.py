@@ -130,12 +130,37 @@ def main() -> None:
     moduli = [np.abs(np.linalg.eigvals(step_matrix(splitting, h, kicks))).max() for _, splitting, h, kicks in rows]
     lines += ["", "Largest eigenvalue modulus of each linearised step (1 when every mode is stable): "
               + ", ".join(f"{name} {h * 1000:g} fs {m:.4g}" for (name, _, h, _), m in zip(rows, moduli)) + "."]
+    if system.getNumConstraints():
+        lines += reach(system, prepared.topology, positions, hessian, (HMR_HYDROGEN_MASS, 3.0))
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     with atomic_path(output / "stability.md", overwrite=True) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     _plot(exact, errors, rows, output / "stability.png")
     print("\n".join(lines))
+
+
+def reach(system: mm.System, topology, positions: np.ndarray, hessian: np.ndarray,
+          hydrogen_masses: tuple[float, ...]) -> list[str]:
+    """Markdown lines: the fastest vibration with true and repartitioned hydrogen masses, and the largest linearly
+    stable step it allows each splitting, beside the bound of any three-evaluation scheme (h omega < 6)."""
+    lines = ["", "Reach: the fastest vibration with hydrogen-mass repartitioning, and the largest linearly stable "
+             "step (fs) it allows. No palindromic scheme of s force evaluations is stable beyond h omega = 2 s "
+             "(s Verlet steps of h / s reach it), so the last column bounds every three-evaluation scheme, "
+             "learned corrections aside:", "",
+             "| hydrogen mass (amu) | fastest vibration (cm^-1) | " + " | ".join(SPLITTINGS) +
+             " | any 3-evaluation scheme |", "|" + "---|" * (len(SPLITTINGS) + 3)]
+    for mass in (None, *hydrogen_masses):
+        variant = system if mass is None else with_hydrogen_mass(system, topology, mass)
+        masses = particle_masses(variant)
+        basis = vibration_basis(variant, positions, masses)
+        squared, vectors = np.linalg.eigh(projected(hessian, masses, basis))
+        fastest = float(np.sqrt(squared[-1]))
+        label = mode_labels(topology, basis, vectors[:, -1:])[0]
+        steps = [stability_interval(splitting) / fastest * 1000 for splitting in SPLITTINGS.values()]
+        lines.append(f"| {'true' if mass is None else f'{mass:g}'} | {fastest / (2 * np.pi * LIGHT_SPEED):.0f} "
+                     f"({label}) | " + " | ".join(f"{step:.1f}" for step in steps) + f" | {6 / fastest * 1000:.1f} |")
+    return lines
 
 
 def _plot(exact: np.ndarray, errors: list[np.ndarray], rows: list, path: Path) -> None:

@@ -44,13 +44,29 @@ def degrees_of_freedom_per_atom(masses: np.ndarray, constraints: np.ndarray | No
 def element_temperatures(velocities: np.ndarray, masses: np.ndarray, elements: list[str],
                          dof_per_atom: np.ndarray) -> dict[str, float]:
     """Kinetic temperature of each element, averaged over all leading axes of ``velocities[..., N, 3]``."""
+    twice_kinetic = _twice_kinetic(velocities, masses).reshape(-1, len(masses)).mean(0)
+    return {element: float(t) for element, t in _per_element(twice_kinetic, elements, dof_per_atom).items()}
+
+
+def element_temperature_series(velocities: np.ndarray, masses: np.ndarray, elements: list[str],
+                               dof_per_atom: np.ndarray) -> dict[str, np.ndarray]:
+    """Kinetic temperature of each element at each sample of ``velocities[B, T, N, 3]``, averaged over the
+    ``B`` trajectories: ``{element: [T]}``."""
+    return _per_element(_twice_kinetic(velocities, masses).mean(0), elements, dof_per_atom)
+
+
+def _twice_kinetic(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """``m v^2`` of each atom, ``[..., N]``."""
     velocities = np.asarray(velocities, dtype=float)
-    twice_kinetic = (np.asarray(masses)[:, None] * velocities ** 2).sum(-1).reshape(-1, len(masses)).mean(0)
-    result = {}
-    for element in sorted(set(elements)):
-        mask = np.array([e == element for e in elements])
-        result[element] = float(twice_kinetic[mask].sum() / (BOLTZMANN * dof_per_atom[mask].sum()))
-    return result
+    return np.einsum("n,...nx,...nx->...n", np.asarray(masses, dtype=float), velocities, velocities)
+
+
+def _per_element(twice_kinetic: np.ndarray, elements: list[str], dof_per_atom: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-element temperatures from ``m v^2`` per atom on the last axis."""
+    symbols = np.asarray(elements)
+    dof = np.asarray(dof_per_atom, dtype=float)
+    return {element: twice_kinetic[..., symbols == element].sum(-1) / (BOLTZMANN * dof[symbols == element].sum())
+            for element in sorted(set(elements))}
 
 
 @dataclass

@@ -16,7 +16,8 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from .diagnostics import degrees_of_freedom_per_atom, element_temperatures, energy_drift
+from .diagnostics import (degrees_of_freedom_per_atom, element_temperature_series, element_temperatures,
+                          energy_drift)
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
 from .platforms import create_context
@@ -289,15 +290,15 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     per_trajectory = [element_temperatures(velocities[b], masses, list(elements), dof) for b in np.flatnonzero(stable)]
     symbols = sorted(set(elements))
     elements_mean = {e: _mean_error([t[e] for t in per_trajectory]) for e in symbols}
-    twice_kinetic = (masses[:, None] * velocities[stable] ** 2).sum((-1, -2)).mean(-1) if stable.any() else np.array([])
+    kept = velocities[stable]  # one copy: boolean indexing copies, so never index it per sample
+    twice_kinetic = (masses[:, None] * kept ** 2).sum((-1, -2)).mean(-1) if stable.any() else np.array([])
     trajectory_temperatures = twice_kinetic / (BOLTZMANN * n_dof)
     temperature_mean = _mean_error(list(trajectory_temperatures))
     ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
               for e in symbols}
-    series = {e: np.array([element_temperatures(velocities[stable][:, i], masses, list(elements), dof)[e]
-                           for i in range(len(times))]) if stable.any() else np.full(len(times), np.nan)
-              for e in symbols}
-    vacf, vacf_error = velocity_autocorrelation(velocities[stable], masses, times, options.correlation_time)
+    series = (element_temperature_series(kept, masses, list(elements), dof) if stable.any()
+              else {e: np.full(len(times), np.nan) for e in symbols})
+    vacf, vacf_error = velocity_autocorrelation(kept, masses, times, options.correlation_time)
     slopes = np.array([d.slope_kt_per_dof_per_ns for d in drifts])
     slopes_kj = np.array([d.slope_kj_per_ns for d in drifts])
     drift, drift_error = _mean_error(list(slopes))

@@ -10,11 +10,13 @@ import openmm.unit as u
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, \
     run_ensemble, run_ensembles, velocity_autocorrelation
+from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
 from openmm_actionml.integrator import SplittingIntegrator
 from openmm_actionml.report import markdown_table, plot, vacf_deviation, write_json
 from openmm_actionml.systems import particle_masses, with_hydrogen_mass
+from openmm_actionml.units import BOLTZMANN
 
 OPTIONS = EnsembleOptions(n_trajectories=2, duration=0.2, sample_interval=0.004, reversibility_time=0.1,
                           correlation_time=0.05)
@@ -43,6 +45,24 @@ def test_vacf_of_a_rotating_velocity_is_its_cosine():
     velocities = np.stack([np.cos(omega * times), np.sin(omega * times), 0 * times], -1)[None, :, None, :]
     vacf, _ = velocity_autocorrelation(np.repeat(velocities, 2, 0), np.array([2.0]), times, 0.5)
     assert np.allclose(vacf, np.cos(omega * times[: len(vacf)]), atol=1e-12) and len(vacf) == 51
+
+
+def test_element_temperature_series_averages_to_the_whole_run():
+    """Each sample's per-element temperature is the trajectory-averaged m v^2 of that element over its degrees of
+    freedom, and the series' mean is the run's per-element temperature (the same sums in another order)."""
+    rng = np.random.default_rng(0)
+    masses = np.array([12.0, 1.0, 1.0, 16.0])
+    elements = ["C", "H", "H", "O"]
+    dof = np.array([2.5, 2.0, 2.0, 2.9])
+    velocities = rng.normal(size=(3, 5, 4, 3))
+    series = element_temperature_series(velocities, masses, elements, dof)
+    for sample in range(5):
+        expected = element_temperatures(velocities[:, sample], masses, elements, dof)
+        assert {e: series[e][sample] for e in expected} == pytest.approx(expected, rel=1e-12)
+    whole = element_temperatures(velocities, masses, elements, dof)
+    assert {e: series[e].mean() for e in whole} == pytest.approx(whole, rel=1e-12)
+    hydrogen = (masses[1:3, None] * velocities[:, 2, 1:3] ** 2).sum() / 3 / (BOLTZMANN * 4.0)
+    assert series["H"][2] == pytest.approx(hydrogen, rel=1e-12)
 
 
 def test_ensemble_figures_and_reversibility(alanine_hbonds, starts, elements):
