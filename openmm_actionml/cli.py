@@ -333,7 +333,8 @@ def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOpt
                           f"below {SINGLE_THREAD_BELOW} atoms, where more only slow it down, else torch's default)")
     ensemble.add_argument("--seed", type=int, default=1, help="seed of the starts (default 1)")
     ensemble.add_argument("--jobs", type=int, default=1, help="integrators run at a time, each in its own process "
-                          "(default 1; with --platform CPU also set OPENMM_CPU_THREADS=1)")
+                          "(default 1; Reference or CPU platform, named, and not PME on CPU, where forked "
+                          "processes hang; with --platform CPU also set OPENMM_CPU_THREADS=1)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

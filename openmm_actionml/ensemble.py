@@ -192,11 +192,18 @@ def run_ensembles(candidates: Sequence[Candidate], starts: Starts, temperature: 
     forked processes (one core each: give each process one OpenMM CPU thread and one torch thread).
 
     Speeds measured this way are side by side in one run, each process on its own core.
+
+    Raises
+    ------
+    InputError
+        If ``jobs > 1`` where a forked process cannot run OpenMM: on a GPU platform (named or OpenMM's choice), or
+        on the CPU platform with PME, whose FFT thread pool does not survive a fork (the children hang).
     """
     if int(jobs) != jobs or jobs < 1:
         raise InputError(f"jobs must be a positive integer, got {jobs}.")
     if jobs == 1 or len(candidates) == 1:
         return [run_ensemble(c, starts, temperature, options, elements, platform, progress) for c in candidates]
+    _check_forkable(candidates, platform)
     global _PARALLEL_WORK
     _PARALLEL_WORK = (list(candidates), starts, temperature, options, list(elements), platform, progress)
     try:
@@ -204,6 +211,20 @@ def run_ensembles(candidates: Sequence[Candidate], starts: Starts, temperature: 
             return pool.map(_run_parallel_candidate, range(len(candidates)), chunksize=1)
     finally:
         _PARALLEL_WORK = None
+
+
+def _check_forkable(candidates: Sequence[Candidate], platform: Optional[str]) -> None:
+    """Refuse parallel runs that would hang or fail in forked processes (see :func:`run_ensembles`)."""
+    name = platform if platform is not None else "OpenMM's default"
+    if name.lower() not in ("reference", "cpu"):
+        raise InputError(f"parallel ensembles (jobs > 1) run in forked processes, which the {name} platform does "
+                         f"not survive; name platform 'CPU' or 'Reference', or run with jobs = 1.")
+    ewald = (mm.NonbondedForce.PME, mm.NonbondedForce.LJPME)
+    if name.lower() == "cpu" and any(isinstance(force, mm.NonbondedForce) and force.getNonbondedMethod() in ewald
+                                     for c in candidates for force in c.system.getForces()):
+        raise InputError("parallel ensembles (jobs > 1) of a PME system on the CPU platform hang: OpenMM's CPU FFT "
+                         "keeps a thread pool that a forked process inherits without its threads. Run with jobs = 1 "
+                         "(or on the Reference platform).")
 
 
 def _run_parallel_candidate(index: int) -> EnsembleResult:

@@ -124,6 +124,22 @@ def test_parallel_ensembles_equal_serial_ones(alanine_hbonds, starts, elements):
         run_ensembles(candidates, starts, 300.0, OPTIONS, elements, jobs=0)
 
 
+def test_parallel_ensembles_refuse_what_a_fork_cannot_run(alanine_hbonds, starts, elements):
+    """Forked workers hang on the CPU platform's PME (observed: every child waits in its FFT pool) and cannot
+    inherit a GPU context, so those parallel runs are refused before any work, with the fix named."""
+    candidates = [verlet_candidate("Verlet 2 fs", alanine_hbonds.system, 0.002)] * 2
+    with pytest.raises(InputError, match="OpenCL platform does not survive"):
+        run_ensembles(candidates, starts, 300.0, OPTIONS, elements, "OpenCL", jobs=2)
+    with pytest.raises(InputError, match="name platform 'CPU' or 'Reference'"):
+        run_ensembles(candidates, starts, 300.0, OPTIONS, elements, None, jobs=2)
+    periodic = mm.XmlSerializer.clone(alanine_hbonds.system)
+    periodic.setDefaultPeriodicBoxVectors(mm.Vec3(3, 0, 0), mm.Vec3(0, 3, 0), mm.Vec3(0, 0, 3))
+    next(f for f in periodic.getForces() if isinstance(f, mm.NonbondedForce)).setNonbondedMethod(mm.NonbondedForce.PME)
+    pme = [verlet_candidate("Verlet 2 fs, PME", periodic, 0.002)] * 2
+    with pytest.raises(InputError, match="PME system on the CPU platform hang"):
+        run_ensembles(pme, starts, 300.0, OPTIONS, elements, "CPU", jobs=2)
+
+
 def test_sample_interval_must_be_whole_steps(alanine_hbonds, starts, elements):
     with pytest.raises(InputError, match="common multiple"):
         run_ensemble(verlet_candidate("V", alanine_hbonds.system, 0.003), starts, 300.0, OPTIONS, elements)
