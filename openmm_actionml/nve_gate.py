@@ -3,13 +3,14 @@ by stability, energy drift and heating, not by one-step error (DESIGN.md section
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .diagnostics import degrees_of_freedom_per_atom, element_temperatures, energy_drift
+from .errors import ActionMLConvergenceError
 from .units import BOLTZMANN
 from .splitting import SplittingStepper
 
@@ -73,12 +74,31 @@ class GateResult:
                 f"kT/DOF/ns, E RMS {self.energy_rms:.3f} kJ/mol, T {self.temperature:.1f} K ({elements}): {verdict}")
 
 
+def _guarded_step(stepper: SplittingStepper, q: Tensor, v: Tensor, forces: Optional[Tensor]
+                  ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One step of the batch. If the constraint projection fails (one blown-up trajectory fails the whole
+    batched solve), step each trajectory alone and give those that fail NaN positions, so that they count as
+    unstable instead of ending the gate."""
+    try:
+        return stepper.step(q, v, forces)
+    except ActionMLConvergenceError:
+        parts = []
+        for b in range(len(q)):
+            try:
+                parts.append(stepper.step(q[b:b + 1], v[b:b + 1], None if forces is None else forces[b:b + 1]))
+            except ActionMLConvergenceError:
+                lost = torch.full_like(q[b:b + 1], float("nan"))
+                parts.append((lost, lost, lost))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+
+
 def run_gate(stepper: SplittingStepper, potential_energy: Callable[[Tensor], Tensor], q0: Tensor, v0: Tensor,
              temperature: float, options: GateOptions, elements: Sequence[str]) -> GateResult:
     """Integrate ``q0, v0`` (``[B, N, 3]``) with ``stepper`` and judge the ensemble.
 
-    A trajectory is unstable when its total energy becomes non-finite or moves by more than
-    ``4 n_dof kT`` (four times the system's thermal energy) from its own start.
+    A trajectory is unstable when its state or total energy becomes non-finite (a constraint projection that
+    fails counts so), or its energy moves by more than ``4 n_dof kT`` (four times the system's thermal energy)
+    from its own start.
     """
     masses = stepper.masses.to(q0.dtype)
     constraints = None if stepper.constraints is None else stepper.constraints.pairs.numpy()
@@ -102,10 +122,13 @@ def run_gate(stepper: SplittingStepper, potential_energy: Callable[[Tensor], Ten
                 if not bool(alive.any()):
                     break
             if step < n_steps:
-                q, v, forces = stepper.step(q, v, forces)
-                bad = ~torch.isfinite(q).all(-1).all(-1) | ~alive
-                q = torch.where(bad[:, None, None], q0, q)
-                v = torch.where(bad[:, None, None], v0, v)
+                q, v, forces = _guarded_step(stepper, q, v, forces)
+                finite = torch.isfinite(q).all(-1).all(-1) & torch.isfinite(v).all(-1).all(-1)
+                if not bool(finite.all()):
+                    forces = None  # recomputed at the states put back below
+                alive &= finite
+                q = torch.where(alive[:, None, None], q, q0)
+                v = torch.where(alive[:, None, None], v, v0)
     energies_arr, times_arr = np.array(energies), np.array(times)
     stable = alive.numpy()
     kept = times_arr >= options.burn_in * times_arr[-1]

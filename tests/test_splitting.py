@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from openmm_actionml.constraints import ConstraintSet
-from openmm_actionml.errors import InputError
+from openmm_actionml.errors import ActionMLConvergenceError, InputError
+from openmm_actionml.nve_gate import GateOptions, run_gate
 from openmm_actionml.splitting import SPLITTINGS, Splitting, SplittingStepper, Stage, get_splitting
 from toy_systems import toy_energy, toy_forces, toy_state
 
@@ -157,3 +158,19 @@ def test_untrained_anchored_s2_is_mclachlan():
     vn = vn + b * H * forces(qn) / m
     np.testing.assert_allclose(q1.numpy(), qn, rtol=0, atol=100 * EPS * np.abs(qn).max())
     np.testing.assert_allclose(v1.numpy(), vn, rtol=0, atol=100 * EPS * np.abs(vn).max())
+
+
+def test_gate_counts_a_failed_constraint_projection_as_unstable():
+    """One start thrown far off (its SHAKE solve cannot converge) fails the batched step; the gate steps the
+    trajectories alone, counts that one unstable and judges the rest, instead of ending the training run."""
+    q, v, masses, constraints = constrained_toy()
+    run = stepper("T3", masses, constraints)
+    q0 = torch.stack([q, q, q])
+    v0 = torch.stack([v, -v, v])
+    v0[2, 1] += 1e4  # nm/ps: a hydrogen leaves its constrained bond within one drift
+    with pytest.raises(ActionMLConvergenceError):
+        run.step(q0, v0)
+    options = GateOptions(n_trajectories=3, duration=40 * H, record_every=2, min_stable_fraction=0.5)
+    result = run_gate(run, toy_energy, q0, v0, 300.0, options, ["C", "H", "N", "O", "H"])
+    assert result.stable_fraction == pytest.approx(2 / 3)
+    assert np.isfinite(result.drift_mean) and np.isfinite(result.energy_rms)
