@@ -115,19 +115,20 @@ def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int 
     noisy = q[pool] + noise * torch.randn_like(q[pool])
     pool_forces = torch.as_tensor(potential.forces(noisy.numpy()))
 
-    def inputs_and_targets(index: Tensor, start: Tensor, forces: Optional[Tensor]) -> tuple[Tensor, ...]:
+    def inputs_and_targets(draw: Tensor) -> tuple[Tensor, ...]:
+        """Aligned inputs and targets of the pool entries ``draw``."""
+        index = pool[draw]
         with torch.no_grad():
-            qa, va, aa, rotation, centre = model.aligned(start, v[index], forces)
+            qa, va, aa, rotation, centre = model.aligned(noisy[draw], v[index], pool_forces[draw])
             return qa, va, aa, (q1[index] - centre) @ rotation - qa - h * va, v1[index] @ rotation - va
 
-    _, _, _, target_q, target_v = inputs_and_targets(pool, noisy, pool_forces)
+    _, _, _, target_q, target_v = inputs_and_targets(torch.arange(pool_size))
     model.output_scale.copy_(torch.stack([target_q.std(0), target_v.std(0)]).clamp_min(1e-8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
     started = time.monotonic()
     for iteration in range(1, iterations + 1):
-        draw = torch.as_tensor(rng.integers(0, pool_size, batch_size))
-        qa, va, aa, target_q, target_v = inputs_and_targets(pool[draw], noisy[draw], pool_forces[draw])
+        qa, va, aa, target_q, target_v = inputs_and_targets(torch.as_tensor(rng.integers(0, pool_size, batch_size)))
         dq, dv = model.departure(qa, va, aa)
         loss = (((dq - target_q) / model.output_scale[0]) ** 2).mean() + \
             (((dv - target_v) / model.output_scale[1]) ** 2).mean()

@@ -32,12 +32,10 @@ from pathlib import Path
 import openmm as mm
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, run_ensembles
-from openmm_actionml.evaluate import verlet_candidate
+from openmm_actionml.evaluate import splitting_candidate, verlet_candidate
 from openmm_actionml.examples import build_training_system
-from openmm_actionml.integrator import SplittingIntegrator
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import write_report
-from openmm_actionml.splitting import get_splitting
 from openmm_actionml.systems import with_hydrogen_mass
 
 #: sample interval (ps) -> (Verlet steps, T3 steps, Verlet steps with HMR, T3 steps with HMR), in ps.
@@ -51,21 +49,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def t3_candidate(name: str, system: mm.System, step: float) -> Candidate:
-    splitting = get_splitting("T3")
-    return Candidate(name, step, system, lambda: SplittingIntegrator(splitting, step))
-
-
 def candidates(system: mm.System, hmr_systems: dict[float, mm.System], reference_step: float,
                steps: tuple) -> list[Candidate]:
     """The reference, then Verlet and T3 at ``steps``, then both with each repartitioned System."""
     verlet, t3, verlet_hmr, t3_hmr = steps
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step)]
     rows += [verlet_candidate(f"Verlet {h * 1000:.3g} fs", system, h) for h in verlet]
-    rows += [t3_candidate(f"T3 {h * 1000:.3g} fs", system, h) for h in t3]
+    rows += [splitting_candidate(f"T3 {h * 1000:.3g} fs", system, "T3", h) for h in t3]
     for mass, hmr in hmr_systems.items():
         rows += [verlet_candidate(f"Verlet {h * 1000:.3g} fs + HMR {mass:g} amu", hmr, h) for h in verlet_hmr]
-        rows += [t3_candidate(f"T3 {h * 1000:.3g} fs + HMR {mass:g} amu", hmr, h) for h in t3_hmr]
+        rows += [splitting_candidate(f"T3 {h * 1000:.3g} fs + HMR {mass:g} amu", hmr, "T3", h) for h in t3_hmr]
     return rows
 
 

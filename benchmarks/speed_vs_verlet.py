@@ -51,7 +51,8 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
             best[name] = max(best[name], time_run(integrator, seconds)[0])
         print(f"  round {round_ + 1}/{rounds} done", file=sys.stderr, flush=True)
     del contexts
-    t_ff, t_nn, _ = measure(prepared, model, mm.Platform.getPlatformByName(platform), properties, seconds, rounds)
+    t_ff, t_nn, _ = measure(prepared, model, mm.Platform.getPlatformByName(platform), properties, seconds, rounds,
+                            verlet_step=False)  # Verlet's whole step is a row above
 
     meta = model.metadata
     splitting = meta.get_splitting()
@@ -75,7 +76,7 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
 
 def _parts(name: str, total: float, force_field: float, network: float) -> str:
     share = [100 * part / total for part in (force_field, network, total - force_field - network)]
-    return (f"| {name} | {1e3 * total:.3g} | {share[0]:.0f} % | {share[1]:.0f} % | {share[2]:.0f} % |")
+    return f"| {name} | {1e3 * total:.3g} | {share[0]:.0f} % | {share[1]:.0f} % | {share[2]:.0f} % |"
 
 
 def main() -> None:

@@ -215,12 +215,12 @@ def run_ensembles(candidates: Sequence[Candidate], starts: Starts, temperature: 
 
 def _check_forkable(candidates: Sequence[Candidate], platform: Optional[str]) -> None:
     """Refuse parallel runs that would hang or fail in forked processes (see :func:`run_ensembles`)."""
-    name = platform if platform is not None else "OpenMM's default"
-    if name.lower() not in ("reference", "cpu"):
-        raise InputError(f"parallel ensembles (jobs > 1) run in forked processes, which the {name} platform does "
-                         f"not survive; name platform 'CPU' or 'Reference', or run with jobs = 1.")
+    if platform is None or platform.lower() not in ("reference", "cpu"):
+        raise InputError(f"parallel ensembles (jobs > 1) run in forked processes, which the "
+                         f"{platform or 'default'} platform does not survive; name platform 'CPU' or 'Reference', "
+                         f"or run with jobs = 1.")
     ewald = (mm.NonbondedForce.PME, mm.NonbondedForce.LJPME)
-    if name.lower() == "cpu" and any(isinstance(force, mm.NonbondedForce) and force.getNonbondedMethod() in ewald
+    if platform.lower() == "cpu" and any(isinstance(force, mm.NonbondedForce) and force.getNonbondedMethod() in ewald
                                      for c in candidates for force in c.system.getForces()):
         raise InputError("parallel ensembles (jobs > 1) of a PME system on the CPU platform hang: OpenMM's CPU FFT "
                          "keeps a thread pool that a forked process inherits without its threads. Run with jobs = 1 "

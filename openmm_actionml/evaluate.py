@@ -27,7 +27,7 @@ from .errors import InputError, ModelMismatchError
 from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import create_context
-from .splitting import get_splitting
+from .splitting import Splitting, get_splitting
 from .systems import PreparedSystem, with_hydrogen_mass
 
 #: OpenMM's recommended hydrogen mass for 4 fs steps (user guide, LangevinMiddleIntegrator).
@@ -37,7 +37,13 @@ HMR_STEP = 0.004
 
 def verlet_candidate(name: str, system: mm.System, step: float) -> Candidate:
     """Velocity Verlet at ``step`` ps: synchronous for the diagnostics, timed as OpenMM's VerletIntegrator."""
-    return Candidate(name, step, system, lambda: SplittingIntegrator("VV", step), speed_integrator=lambda: mm.VerletIntegrator(step))
+    return Candidate(name, step, system, lambda: SplittingIntegrator("VV", step),
+                     speed_integrator=lambda: mm.VerletIntegrator(step))
+
+
+def splitting_candidate(name: str, system: mm.System, splitting: str | Splitting, step: float) -> Candidate:
+    """A classical splitting (no learned force) at ``step`` ps on ``system``."""
+    return Candidate(name, step, system, lambda: SplittingIntegrator(splitting, step))
 
 
 def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,
@@ -73,8 +79,7 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     if meta.scheme == "A":  # pure ML too: the same splitting on the true force field
         splitting = meta.get_splitting()
         what = "dW = 0" if meta.anchored else "force field"
-        rows.append(Candidate(f"{splitting.name} classical ({what}) {h * 1000:g} fs", h, system,
-                              lambda: SplittingIntegrator(splitting, h)))
+        rows.append(splitting_candidate(f"{splitting.name} classical ({what}) {h * 1000:g} fs", system, splitting, h))
     for step in verlet_steps:
         rows.append(verlet_candidate(f"Verlet {step * 1000:g} fs", system, step))
     if hmr:
