@@ -1,6 +1,7 @@
 """openmm-actionml: learned, structure-preserving long-time-step integrators for OpenMM.
 
-Import torch before openmm so that openmmtorch's plugins load; this package does that for you.
+openmmtorch's plugins load only with torch imported before openmm. This package imports torch first and, if openmm
+was imported earlier, loads the plugins that failed then.
 """
 import logging
 
@@ -14,6 +15,10 @@ try:
     import openmmtorch  # noqa: F401
 finally:
     _root_logger.setLevel(_level)
+
+from .platforms import reload_torch_plugins  # noqa: E402
+
+reload_torch_plugins()
 
 __version__ = "0.1.0"
 

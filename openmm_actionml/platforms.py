@@ -1,6 +1,7 @@
 """Choosing an OpenMM platform by name, with a clear error when it is not there."""
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch  # noqa: F401  (torch must be imported before openmm so openmmtorch's plugins load)
@@ -9,6 +10,25 @@ import openmm as mm
 from .errors import InputError
 
 PRECISION_PROPERTY = {"CPU": None, "Reference": None, "OpenCL": "Precision", "CUDA": "Precision", "HIP": "Precision"}
+
+
+def reload_torch_plugins() -> list[str]:
+    """Load openmmtorch's plugin libraries that failed to load because openmm was imported before torch.
+
+    OpenMM loads its plugins when it is first imported; openmmtorch's need torch's libraries, so a script that
+    starts with ``import openmm`` leaves the learned force without kernels. With torch imported, loading those
+    libraries again succeeds. Returns the paths loaded now (empty when nothing had failed).
+    """
+    loaded = []
+    for failure in mm.Platform.getPluginLoadFailures():
+        match = re.match(r"Error loading library (.*OpenMMTorch[^:/]*\.(?:so|dylib|dll))", failure)
+        if match:
+            try:
+                mm.Platform.loadPluginLibrary(match.group(1))
+            except mm.OpenMMException:
+                continue  # a real failure (e.g. no CUDA driver); explain_context_error reports it when it matters
+            loaded.append(match.group(1))
+    return loaded
 
 
 def available_platforms() -> list[str]:

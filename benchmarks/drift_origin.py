@@ -1,0 +1,155 @@
+"""Where a learned step's NVE drift comes from: relaxation into the map's own ensemble, or steady heating.
+
+A symplectic map conserves a modified energy H~ (its shadow Hamiltonian), not the true H. Starts drawn for H are
+not in the map's equilibrium: as each trajectory relaxes into the H~ ensemble at fixed H~, the mean of H - H~
+changes, and to first order <H> rises by Var(H~ - H) / kT whatever the sign of the map's error. In NVE that
+relaxation reads as heating for as long as the modes that carry H~ - H take to exchange energy. This benchmark
+tells the two apart. From the same equilibrated force-field starts as ``actionml evaluate``, the learned model and
+its classical splitting (dW = 0) each run NVE
+
+- from the force-field starts themselves (``force-field``, the evaluation's protocol), and
+- from the same starts after ``--thermalise`` ps of Langevin dynamics with the integrator itself (``own``,
+  friction 1/ps), which draws each start from the map's own canonical ensemble,
+
+beside the fine-step reference (Verlet from the force-field starts). A relaxation vanishes from own-ensemble starts
+and slows down along a trajectory; steady heating does neither. So besides the usual table (drift fitted after the
+burn-in), it prints the drift fitted over each half of the post-burn-in window.
+
+Usage::
+
+    python benchmarks/drift_origin.py MODEL [--trajectories 32] [--time 50] [--thermalise 10]
+        [--protocols force-field own] [--platform Reference] [--output-dir results/drift-origin]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+
+from openmm_actionml.atomic import atomic_path
+from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, energy_drift
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, \
+    run_ensemble
+from openmm_actionml.evaluate import network_effect, splitting_candidate, verlet_candidate
+from openmm_actionml.examples import build_training_system
+from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from openmm_actionml.modelfile import load_model
+from openmm_actionml.platforms import create_context
+from openmm_actionml.report import write_report
+from openmm_actionml.systems import constraint_pairs
+
+
+def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
+                       platform: Optional[str], seed: int) -> Starts:
+    """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system`` (masses as the
+    starts'), with its centre-of-mass velocity removed as in :func:`equilibrated_starts`."""
+    integrator.setRandomNumberSeed(seed)
+    context = create_context(system, integrator, platform)
+    steps = int(round(duration / integrator.getStepSize().value_in_unit(u.picosecond)))
+    positions, velocities = [], []
+    for index in range(len(starts)):
+        context.setPositions(starts.positions[index])
+        context.setVelocities(starts.velocities[index])
+        integrator.step(steps)
+        state = context.getState(getPositions=True, getVelocities=True)
+        positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+        velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
+    masses = starts.masses
+    velocities = np.array(velocities)
+    velocities -= (masses[None, :, None] * velocities).sum(1, keepdims=True) / masses.sum()
+    return Starts(np.array(positions), velocities, masses)
+
+
+def half_window_drifts(result: EnsembleResult, n_dof: float, temperature: float,
+                       burn_in: float) -> list[tuple[float, float]]:
+    """Drift (kT/DOF/ns, mean and standard error over stable trajectories) fitted over each half of the
+    post-burn-in part of the trajectories."""
+    times = result.times
+    start = burn_in * times[-1]
+    middle = 0.5 * (start + times[-1])
+    stable = np.isfinite(result.energies).all(1)
+    halves = []
+    for low, high in ((start, middle), (middle, times[-1])):
+        kept = (times >= low) & (times <= high)
+        slopes = np.array([energy_drift(times[kept], energies[kept], n_dof, temperature).slope_kt_per_dof_per_ns
+                           for energies in result.energies[stable]])
+        halves.append((float(slopes.mean()), float(slopes.std(ddof=1) / np.sqrt(len(slopes)))))
+    return halves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a scheme-A model file")
+    parser.add_argument("--trajectories", type=int, default=32)
+    parser.add_argument("--time", type=float, default=50.0, help="ps of NVE per trajectory")
+    parser.add_argument("--thermalise", type=float, default=10.0,
+                        help="ps of Langevin dynamics with each integrator itself before its own-ensemble NVE run")
+    parser.add_argument("--protocols", nargs="+", choices=("force-field", "own"), default=["force-field", "own"])
+    parser.add_argument("--platform", default="Reference")
+    parser.add_argument("--output-dir", default="results/drift-origin")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    progress: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
+    model = load_model(args.model)
+    meta = model.metadata
+    if meta.scheme != "A":
+        raise SystemExit(f"{args.model} is a scheme-{meta.scheme} model; this benchmark compares a scheme-A model "
+                         f"with its classical splitting.")
+    prepared = build_training_system(meta.recipe)
+    system, h, temperature = prepared.system, meta.step, meta.temperature
+    options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
+    starts = equilibrated_starts(system, prepared.positions, temperature, args.trajectories,
+                                 platform=args.platform, seed=1)
+    learned_system = add_learned_force(system, model)
+    print(f"network is on: one step differs from the classical one by up to "
+          f"{network_effect(prepared, model, starts, args.platform):.3g} nm/ps", flush=True)
+    splitting = meta.get_splitting()
+    # (NVE candidate, the same map with its Langevin thermostat)
+    maps = [(Candidate(f"{splitting.name} learned {h * 1000:g} fs", h, learned_system,
+                       lambda: ActionMLIntegrator(model)),
+             lambda: ActionMLIntegrator(model, temperature=temperature)),
+            (splitting_candidate(f"{splitting.name} classical (dW = 0) {h * 1000:g} fs", system, splitting, h),
+             lambda: SplittingIntegrator(splitting, h, temperature=temperature))]
+    reference_step = (meta.recipe.get("dataset_protocol") or {}).get("integration_step") or 0.00025
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    results = [run_ensemble(verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs, force-field starts",
+                                             system, reference_step),
+                            starts, temperature, options, elements, args.platform, progress)]
+    for candidate, thermostatted in maps:
+        for protocol in args.protocols:
+            if protocol == "own":
+                progress(f"{candidate.name}: {args.thermalise:g} ps of its own Langevin dynamics from each start")
+                run_starts = thermalised_starts(candidate.system, thermostatted(), starts, args.thermalise,
+                                                args.platform, seed=2)
+                label = f"{candidate.name}, own-ensemble starts ({args.thermalise:g} ps)"
+            else:
+                run_starts, label = starts, f"{candidate.name}, force-field starts"
+            results.append(run_ensemble(dataclasses.replace(candidate, name=label), run_starts, temperature,
+                                        options, elements, args.platform, progress))
+    title = (f"{model.path.name}: drift from force-field and from own-ensemble starts, {args.trajectories} x "
+             f"{args.time:g} ps NVE at {temperature:g} K ({args.platform})")
+    output = Path(args.output_dir)
+    table, _ = write_report(results, output, title,
+                            {"model": str(model.path), "platform": args.platform, "trajectories": args.trajectories,
+                             "duration": args.time, "thermalise": args.thermalise, "protocols": args.protocols})
+    n_dof = float(degrees_of_freedom_per_atom(starts.masses, constraint_pairs(system), remove_com=True).sum())
+    lines = [f"Drift over each half of the {100 * (1 - options.burn_in):.0f} % of each trajectory after the burn-in:",
+             "", "| integrator | drift, first half (kT/DOF/ns) | drift, second half |", "|---|---|---|"]
+    for result in results:
+        first, second = half_window_drifts(result, n_dof, temperature, options.burn_in)
+        lines.append(f"| {result.name} | {first[0]:+.3f} ± {first[1]:.3f} | {second[0]:+.3f} ± {second[1]:.3f} |")
+    report = f"# {title}\n\n{table}\n\n" + "\n".join(lines) + "\n"
+    with atomic_path(output / "results.md", overwrite=True) as tmp:
+        tmp.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
