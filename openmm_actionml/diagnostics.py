@@ -1,6 +1,6 @@
 """Diagnostics that experts accept: energy drift, per-element temperature with a constraint-aware
-degree-of-freedom count, and one-step errors in thermal units. Pure numpy; shared by the trainer's
-NVE gate, ``actionml run`` and ``actionml evaluate``.
+degree-of-freedom count, the translational and rotational temperature of rigid water, and one-step errors in
+thermal units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``actionml evaluate``.
 """
 from __future__ import annotations
 
@@ -53,6 +53,40 @@ def element_temperature_series(velocities: np.ndarray, masses: np.ndarray, eleme
     """Kinetic temperature of each element at each sample of ``velocities[B, T, N, 3]``, averaged over the
     ``B`` trajectories: ``{element: [T]}``."""
     return _per_element(_twice_kinetic(velocities, masses).mean(0), elements, dof_per_atom)
+
+
+def rigid_triatomics(constraints: np.ndarray | None) -> np.ndarray:
+    """Atom triples ``[M, 3]`` joined pairwise by three distance constraints and by no others: rigid three-atom
+    molecules such as rigid water (which OpenMM integrates with SETTLE). Empty when there are none."""
+    neighbours: dict[int, set[int]] = {}
+    for i, j in ([] if constraints is None else np.asarray(constraints)[:, :2].astype(int).tolist()):
+        neighbours.setdefault(i, set()).add(j)
+        neighbours.setdefault(j, set()).add(i)
+    triples = {tuple(sorted((i, j, k))) for i, others in neighbours.items() for j in others
+               for k in others & neighbours[j]}
+    rigid = [t for t in sorted(triples) if all(len(neighbours[a]) == 2 for a in t)]
+    return np.array(rigid, dtype=int).reshape(-1, 3)
+
+
+def rigid_molecule_temperatures(velocities: np.ndarray, masses: np.ndarray, molecules: np.ndarray,
+                                remove_com: bool = False) -> dict[str, np.ndarray]:
+    """Translational and rotational kinetic temperature of rigid three-atom ``molecules`` (``[M, 3]``, see
+    :func:`rigid_triatomics`), over all of them, at each leading index of ``velocities[..., N, 3]``.
+
+    Each molecule has 3 translational and 3 rotational degrees of freedom; a fixed centre of mass of the whole
+    system removes the molecules' mass share of 3 translational ones. A rigid molecule's kinetic energy beyond
+    its centre-of-mass motion is rotation. Returns ``{"translation": T[...], "rotation": T[...]}`` in K.
+    """
+    masses = np.asarray(masses, dtype=float)
+    atom_masses = masses[molecules]
+    molecule_masses = atom_masses.sum(-1)
+    moving = np.asarray(velocities, dtype=float)[..., molecules, :]
+    momenta = np.einsum("mk,...mkx->...mx", atom_masses, moving)
+    twice_translation = np.einsum("...mx,...mx,m->...", momenta, momenta, 1.0 / molecule_masses)
+    twice_total = np.einsum("mk,...mkx,...mkx->...", atom_masses, moving, moving)
+    translation_dof = 3.0 * len(molecules) - (3.0 * molecule_masses.sum() / masses.sum() if remove_com else 0.0)
+    return {"translation": twice_translation / (BOLTZMANN * translation_dof),
+            "rotation": (twice_total - twice_translation) / (BOLTZMANN * 3.0 * len(molecules))}
 
 
 def _twice_kinetic(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from .diagnostics import (degrees_of_freedom_per_atom, element_temperature_series, element_temperatures,
-                          energy_drift)
+from .diagnostics import (degrees_of_freedom_per_atom, element_temperature_series, energy_drift,
+                          rigid_molecule_temperatures, rigid_triatomics)
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
 from .platforms import create_context
@@ -109,7 +109,9 @@ class EnsembleResult:
     of the last sample of the unstable trajectories (NaN when all are stable); ``notes`` holds the scheme-B
     solver's statistics.
 
-    ``element_temperatures`` are in K. Each NVE trajectory keeps the energy of its start, so its temperature
+    ``element_temperatures`` are in K; with rigid three-atom molecules (rigid water) they also hold the molecules'
+    ``translation`` and ``rotation`` temperatures, where per-atom figures say little (a rigid molecule's kinetic
+    energy divides between its atoms by geometry, not by equipartition). Each NVE trajectory keeps the energy of its start, so its temperature
     varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition`` divides each element's temperature
     by its own trajectory's before averaging, which resolves a loss of equipartition to about a per cent with
     a few trajectories."""
@@ -308,8 +310,13 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     n_dof = float(dof.sum())
     kept = times >= options.burn_in * times[-1]
     drifts = [energy_drift(times[kept], energies[b, kept], n_dof, temperature) for b in np.flatnonzero(stable)]
-    per_trajectory = [element_temperatures(velocities[b], masses, list(elements), dof) for b in np.flatnonzero(stable)]
-    symbols = sorted(set(elements))
+    molecules = rigid_triatomics(constraints)
+    # Per stable trajectory: each element's temperature series and, for rigid water, its translation and rotation.
+    series_per_trajectory = [{**element_temperature_series(velocities[b][None], masses, list(elements), dof),
+                              **(rigid_molecule_temperatures(velocities[b], masses, molecules, remove_com=True)
+                                 if len(molecules) else {})} for b in np.flatnonzero(stable)]
+    per_trajectory = [{key: float(values.mean()) for key, values in t.items()} for t in series_per_trajectory]
+    symbols = sorted(set(elements)) + (["rotation", "translation"] if len(molecules) else [])
     elements_mean = {e: _mean_error([t[e] for t in per_trajectory]) for e in symbols}
     kept = velocities[stable]  # one copy: boolean indexing copies, so never index it per sample
     twice_kinetic = (masses[:, None] * kept ** 2).sum((-1, -2)).mean(-1) if stable.any() else np.array([])
@@ -317,7 +324,7 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     temperature_mean = _mean_error(list(trajectory_temperatures))
     ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
               for e in symbols}
-    series = (element_temperature_series(kept, masses, list(elements), dof) if stable.any()
+    series = ({e: np.mean([t[e] for t in series_per_trajectory], axis=0) for e in symbols} if stable.any()
               else {e: np.full(len(times), np.nan) for e in symbols})
     vacf, vacf_error = velocity_autocorrelation(kept, masses, times, options.correlation_time)
     slopes = np.array([d.slope_kt_per_dof_per_ns for d in drifts])

@@ -16,7 +16,8 @@ import openmm as mm
 import openmm.app as app
 import openmm.unit as u
 
-from .diagnostics import EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift
+from .diagnostics import (EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift,
+                          rigid_molecule_temperatures, rigid_triatomics)
 from .errors import InputError
 from .implicit_program import ImplicitSolverState, read_solver_state
 from .ensemble import equilibrated_starts
@@ -184,6 +185,10 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
     velocities = np.array(summary.velocities)
     per_element = element_temperatures(velocities, masses, elements, dof)
+    molecules = rigid_triatomics(constraints)
+    if len(molecules):
+        per_element.update({key: float(values.mean()) for key, values in
+                            rigid_molecule_temperatures(velocities, masses, molecules, com_fixed).items()})
     total = float((masses[:, None] * velocities ** 2).sum(-1).mean(0).sum() / (BOLTZMANN * dof.sum()))
     drift = None
     if thermostat is None and len(summary.times) >= 3:
