@@ -35,6 +35,10 @@ from openmm_actionml.systems import with_hydrogen_mass
 
 def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: float, rounds: int) -> str:
     """The markdown section for one model: speeds side by side, then the learned step's parts."""
+    if model.metadata.scheme != "A":
+        raise SystemExit(f"{model.path.name} is a scheme-{model.metadata.scheme} model: this benchmark splits a "
+                         f"scheme-A step into its evaluations (a scheme-B step's count varies with its solver; "
+                         f"actionml evaluate reports its speed).")
     prepared = build_training_system(model.metadata.recipe)
     candidates = [c for c in standard_candidates(prepared, model)[1:]  # the fine-step reference is not a choice
                   if not c.name.endswith("(the learned step)")]        # Verlet at h blows up
