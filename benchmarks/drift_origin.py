@@ -18,7 +18,7 @@ burn-in), it prints the drift fitted over each half of the post-burn-in window.
 Usage::
 
     python benchmarks/drift_origin.py MODEL [--trajectories 32] [--time 50] [--thermalise 10]
-        [--protocols force-field own] [--platform Reference] [--output-dir results/drift-origin]
+        [--protocols force-field own] [--seed 1] [--platform Reference] [--output-dir results/drift-origin]
 """
 from __future__ import annotations
 
@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--thermalise", type=float, default=10.0,
                         help="ps of Langevin dynamics with each integrator itself before its own-ensemble NVE run")
     parser.add_argument("--protocols", nargs="+", choices=("force-field", "own"), default=["force-field", "own"])
+    parser.add_argument("--seed", type=int, default=1, help="seed of the equilibrated starts (evaluate's is 1); "
+                        "another seed gives another, independent set of starts")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--output-dir", default="results/drift-origin")
     args = parser.parse_args()
@@ -106,7 +108,7 @@ def main() -> None:
     system, h, temperature = prepared.system, meta.step, meta.temperature
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
     starts = equilibrated_starts(system, prepared.positions, temperature, args.trajectories,
-                                 platform=args.platform, seed=1)
+                                 platform=args.platform, seed=args.seed)
     learned_system = add_learned_force(system, model)
     print(f"network is on: one step differs from the classical one by up to "
           f"{network_effect(prepared, model, starts, args.platform):.3g} nm/ps", flush=True)
@@ -127,7 +129,7 @@ def main() -> None:
             if protocol == "own":
                 progress(f"{candidate.name}: {args.thermalise:g} ps of its own Langevin dynamics from each start")
                 run_starts = thermalised_starts(candidate.system, thermostatted(), starts, args.thermalise,
-                                                args.platform, seed=2)
+                                                args.platform, seed=args.seed + 1000)
                 label = f"{candidate.name}, own-ensemble starts ({args.thermalise:g} ps)"
             else:
                 run_starts, label = starts, f"{candidate.name}, force-field starts"
@@ -137,7 +139,7 @@ def main() -> None:
              f"{args.time:g} ps NVE at {temperature:g} K ({args.platform})")
     output = Path(args.output_dir)
     table, _ = write_report(results, output, title,
-                            {"model": str(model.path), "platform": args.platform, "trajectories": args.trajectories,
+                            {"model": str(model.path), "platform": args.platform, "seed": args.seed, "trajectories": args.trajectories,
                              "duration": args.time, "thermalise": args.thermalise, "protocols": args.protocols})
     n_dof = float(degrees_of_freedom_per_atom(starts.masses, constraint_pairs(system), remove_com=True).sum())
     lines = [f"Drift over each half of the {100 * (1 - options.burn_in):.0f} % of each trajectory after the burn-in:",
