@@ -129,7 +129,7 @@ def main() -> None:
             if protocol == "own":
                 progress(f"{candidate.name}: {args.thermalise:g} ps of its own Langevin dynamics from each start")
                 run_starts = thermalised_starts(candidate.system, thermostatted(), starts, args.thermalise,
-                                                args.platform, seed=args.seed + 1000)
+                                                args.platform, seed=args.seed + 1)
                 label = f"{candidate.name}, own-ensemble starts ({args.thermalise:g} ps)"
             else:
                 run_starts, label = starts, f"{candidate.name}, force-field starts"
