@@ -139,8 +139,9 @@ def main() -> None:
              f"{args.time:g} ps NVE at {temperature:g} K ({args.platform})")
     output = Path(args.output_dir)
     table, _ = write_report(results, output, title,
-                            {"model": str(model.path), "platform": args.platform, "seed": args.seed, "trajectories": args.trajectories,
-                             "duration": args.time, "thermalise": args.thermalise, "protocols": args.protocols})
+                            {"model": str(model.path), "platform": args.platform, "seed": args.seed,
+                             "trajectories": args.trajectories, "duration": args.time, "thermalise": args.thermalise,
+                             "protocols": args.protocols})
     n_dof = float(degrees_of_freedom_per_atom(starts.masses, constraint_pairs(system), remove_com=True).sum())
     lines = [f"Drift over each half of the {100 * (1 - options.burn_in):.0f} % of each trajectory after the burn-in:",
              "", "| integrator | drift, first half (kT/DOF/ns) | drift, second half |", "|---|---|---|"]

@@ -111,10 +111,10 @@ class EnsembleResult:
 
     ``element_temperatures`` are in K; with rigid three-atom molecules (rigid water) they also hold the molecules'
     ``translation`` and ``rotation`` temperatures, where per-atom figures say little (a rigid molecule's kinetic
-    energy divides between its atoms by geometry, not by equipartition). Each NVE trajectory keeps the energy of its start, so its temperature
-    varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition`` divides each element's temperature
-    by its own trajectory's before averaging, which resolves a loss of equipartition to about a per cent with
-    a few trajectories."""
+    energy divides between its atoms by geometry, not by equipartition). Each NVE trajectory keeps the energy of
+    its start, so its temperature varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition``
+    divides each element's temperature by its own trajectory's before averaging, which resolves a loss of
+    equipartition to about a per cent with a few trajectories."""
 
     name: str
     step_fs: float
