@@ -36,7 +36,7 @@ import openmm.unit as u
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, energy_drift
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, \
-    run_ensemble
+    run_ensemble, without_centre_of_mass_velocity
 from openmm_actionml.evaluate import network_effect, splitting_candidate, verlet_candidate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
@@ -49,7 +49,7 @@ from openmm_actionml.systems import constraint_pairs
 def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
                        platform: Optional[str], seed: int) -> Starts:
     """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system`` (masses as the
-    starts'), with its centre-of-mass velocity removed as in :func:`equilibrated_starts`."""
+    starts'), without centre-of-mass velocity, as :func:`equilibrated_starts` gives them."""
     integrator.setRandomNumberSeed(seed)
     context = create_context(system, integrator, platform)
     steps = int(round(duration / integrator.getStepSize().value_in_unit(u.picosecond)))
@@ -61,10 +61,8 @@ def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Sta
         state = context.getState(getPositions=True, getVelocities=True)
         positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
         velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
-    masses = starts.masses
-    velocities = np.array(velocities)
-    velocities -= (masses[None, :, None] * velocities).sum(1, keepdims=True) / masses.sum()
-    return Starts(np.array(positions), velocities, masses)
+    return Starts(np.array(positions), without_centre_of_mass_velocity(np.array(velocities), starts.masses),
+                  starts.masses)
 
 
 def half_window_drifts(result: EnsembleResult, n_dof: float, temperature: float,

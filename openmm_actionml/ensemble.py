@@ -159,6 +159,12 @@ class Starts:
         return len(self.positions)
 
 
+def without_centre_of_mass_velocity(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """``velocities[..., N, 3]`` less each frame's centre-of-mass velocity (``masses`` in amu): NVE conserves the
+    total momentum, so its three degrees of freedom would otherwise carry kinetic energy that is not thermal."""
+    return velocities - np.einsum("n,...nx->...x", masses, velocities)[..., None, :] / masses.sum()
+
+
 def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: float, count: int,
                         spacing: float = 2.0, equilibration: float = 10.0, platform: Optional[str] = None,
                         seed: int = 1) -> Starts:
@@ -178,9 +184,8 @@ def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: f
         states.append(context.getState(getPositions=True, getVelocities=True))
     masses = particle_masses(system)
     velocities = np.array([s.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond) for s in states])
-    velocities -= (masses[None, :, None] * velocities).sum(1, keepdims=True) / masses.sum()
-    return Starts(np.array([s.getPositions(asNumpy=True).value_in_unit(u.nanometer) for s in states]), velocities,
-                  masses)
+    return Starts(np.array([s.getPositions(asNumpy=True).value_in_unit(u.nanometer) for s in states]),
+                  without_centre_of_mass_velocity(velocities, masses), masses)
 
 
 #: What the forked workers of :func:`run_ensembles` run (set just before the fork, read in the child).
@@ -388,7 +393,7 @@ def _start_velocities(starts: Starts, index: int, masses: np.ndarray) -> np.ndar
     if np.allclose(starts.masses, masses):
         return velocities
     velocities = velocities * np.sqrt(starts.masses / masses)[:, None]
-    return velocities - (masses[:, None] * velocities).sum(0) / masses.sum()
+    return without_centre_of_mass_velocity(velocities, masses)
 
 
 def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
