@@ -18,13 +18,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from direct_predictor import run_direct_ensemble, train_direct_predictor
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
-from openmm_actionml.ensemble import EnsembleOptions, equilibrated_starts
+from openmm_actionml.ensemble import EnsembleOptions, Starts, equilibrated_starts
 from openmm_actionml.evaluate import evaluate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.generate import generate_reference_data
@@ -41,14 +43,30 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def resumable_starts(path: Path, draw: Callable[[], Starts]) -> Starts:
+    """The starts kept at ``path``, else ``draw()`` kept there: a resumed run needs the very same starts, and a
+    Langevin draw on the CPU platform may differ in its last bits on another machine."""
+    if path.exists():
+        with np.load(path) as data:
+            return Starts(data["positions"], data["velocities"], data["masses"])
+    starts = draw()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)
+    return starts
+
+
 def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,
               direct_iterations: int, jobs: int = 1) -> str:
-    """All rows for one model; returns its markdown section."""
+    """All rows for one model; returns its markdown section. Finished trajectories of the OpenMM rows are kept
+    in ``directory/trajectories``, so that a rerun resumes an interrupted one."""
     prepared = build_training_system(model.metadata.recipe)
     temperature = model.metadata.temperature
-    starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
-                                 platform=platform, seed=1)
-    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log, jobs=jobs)
+    starts = resumable_starts(directory / "trajectories" / f"starts-{options.n_trajectories}-{temperature:g}K.npz",
+                              lambda: equilibrated_starts(prepared.system, prepared.positions, temperature,
+                                                          options.n_trajectories, platform=platform, seed=1))
+    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log, jobs=jobs,
+                       cache_dir=directory / "trajectories")
     protocol = model.metadata.recipe["dataset_protocol"]
     with tempfile.TemporaryDirectory() as scratch:
         log("direct predictor: generating its reference data")
@@ -77,7 +95,9 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=20.0, help="ps per trajectory")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--direct-iterations", type=int, default=5000)
-    parser.add_argument("--output-dir", default="results/benchmarks")
+    parser.add_argument("--output-dir", default="results/benchmarks", help="tables and plots, and each model's "
+                        "finished trajectories (MODEL/trajectories), from which a rerun resumes")
+    parser.add_argument("--speed-time", type=float, help="ps of the dedicated timed runs (default: --time)")
     parser.add_argument("--jobs", type=int, default=1, help="integrators run at a time, one process each (with "
                         "--platform CPU set OPENMM_CPU_THREADS=1)")
     args = parser.parse_args()
@@ -89,7 +109,7 @@ def main() -> None:
     for path in paths:
         model = load_model(path)
         options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
-                                  sample_interval=model.metadata.step)
+                                  sample_interval=model.metadata.step, speed_time=args.speed_time)
         log(f"{path.name}")
         sections.append(benchmark(model, options, args.platform, output / path.stem, args.direct_iterations,
                                   args.jobs))

@@ -335,6 +335,10 @@ def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOpt
     ensemble.add_argument("--jobs", type=int, default=1, help="integrators run at a time, each in its own process "
                           "(default 1; Reference or CPU platform, named, and not PME on CPU, where forked "
                           "processes hang; with --platform CPU also set OPENMM_CPU_THREADS=1)")
+    ensemble.add_argument("--cache-dir", help="keep each finished trajectory in this directory, so that rerunning "
+                          "the same command after an interruption resumes it (speeds then come from a dedicated "
+                          "timed run of every integrator)")
+    ensemble.add_argument("--speed-time", type=float, help="ps of each dedicated timed run (default: --time)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -349,10 +353,11 @@ def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: a
     configure_torch_threads(prepared.system.getNumParticles(), args.torch_threads)
     sample = (args.sample_interval or model.metadata.step * 1000.0) / 1000.0
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=sample,
-                              correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
+                              correlation_time=min(EnsembleOptions.correlation_time, args.time / 2),
+                              speed_time=args.speed_time)
     started = time.monotonic()
     results = evaluate(prepared, model, options, temperature=args.temperature, platform=args.platform,
-                       seed=args.seed, progress=_print_progress, jobs=args.jobs)
+                       seed=args.seed, progress=_print_progress, jobs=args.jobs, cache_dir=args.cache_dir)
     title = (f"{model.path.name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{args.temperature or model.metadata.temperature:g} K ({args.platform or 'fastest platform'})")
     directory = Path(args.output_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from .integrator import SplittingIntegrator
 from .platforms import create_context
 from .systems import constraint_pairs, particle_masses
 from .symplecticity import measured_defect
+from .trajectory_cache import CachedTrajectory, TrajectoryCache
 from .units import BOLTZMANN
 
 #: Force groups of the force field; the learned force sits in group 30 and is never part of the energy.
@@ -80,6 +82,8 @@ class EnsembleOptions:
     symplecticity_max_atoms
         Measure the finite-difference symplecticity defect of one step (:mod:`openmm_actionml.symplecticity`)
         for Systems without constraints of at most this many atoms (it costs ``36 N`` steps).
+    speed_time
+        ps of the dedicated speed run (see :func:`run_ensemble`); default: one trajectory's length.
     """
 
     n_trajectories: int = 8
@@ -90,6 +94,7 @@ class EnsembleOptions:
     correlation_time: float = 0.5
     instability_factor: float = 4.0
     symplecticity_max_atoms: int = 64
+    speed_time: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.n_trajectories < 2:
@@ -97,6 +102,8 @@ class EnsembleOptions:
         for name in ("duration", "sample_interval", "reversibility_time", "correlation_time"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.speed_time is not None and not self.speed_time > 0:
+            raise InputError(f"speed_time must be positive (ps), got {self.speed_time}.")
         if self.correlation_time >= self.duration:
             raise InputError(f"correlation_time ({self.correlation_time} ps) must be shorter than the trajectories "
                              f"({self.duration} ps).")
@@ -194,9 +201,11 @@ _PARALLEL_WORK: Optional[tuple] = None
 
 def run_ensembles(candidates: Sequence[Candidate], starts: Starts, temperature: float, options: EnsembleOptions,
                   elements: Sequence[str], platform: Optional[str] = None,
-                  progress: Optional[Callable[[str], None]] = None, jobs: int = 1) -> list[EnsembleResult]:
+                  progress: Optional[Callable[[str], None]] = None, jobs: int = 1,
+                  cache_dir: Optional[str | Path] = None) -> list[EnsembleResult]:
     """:func:`run_ensemble` for each candidate, in order; ``jobs > 1`` runs that many candidates at a time in
     forked processes (one core each: give each process one OpenMM CPU thread and one torch thread).
+    ``cache_dir`` keeps finished trajectories (see :func:`run_ensemble`).
 
     Speeds measured this way are side by side in one run, each process on its own core.
 
@@ -209,10 +218,11 @@ def run_ensembles(candidates: Sequence[Candidate], starts: Starts, temperature: 
     if int(jobs) != jobs or jobs < 1:
         raise InputError(f"jobs must be a positive integer, got {jobs}.")
     if jobs == 1 or len(candidates) == 1:
-        return [run_ensemble(c, starts, temperature, options, elements, platform, progress) for c in candidates]
+        return [run_ensemble(c, starts, temperature, options, elements, platform, progress, cache_dir)
+                for c in candidates]
     _check_forkable(candidates, platform)
     global _PARALLEL_WORK
-    _PARALLEL_WORK = (list(candidates), starts, temperature, options, list(elements), platform, progress)
+    _PARALLEL_WORK = (list(candidates), starts, temperature, options, list(elements), platform, progress, cache_dir)
     try:
         with multiprocessing.get_context("fork").Pool(int(jobs), maxtasksperchild=1) as pool:
             return pool.map(_run_parallel_candidate, range(len(candidates)), chunksize=1)
@@ -235,17 +245,23 @@ def _check_forkable(candidates: Sequence[Candidate], platform: Optional[str]) ->
 
 
 def _run_parallel_candidate(index: int) -> EnsembleResult:
-    candidates, starts, temperature, options, elements, platform, progress = _PARALLEL_WORK
-    return run_ensemble(candidates[index], starts, temperature, options, elements, platform, progress)
+    candidates, starts, temperature, options, elements, platform, progress, cache_dir = _PARALLEL_WORK
+    return run_ensemble(candidates[index], starts, temperature, options, elements, platform, progress, cache_dir)
 
 
 def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                  options: EnsembleOptions, elements: Sequence[str], platform: Optional[str] = None,
-                 progress: Optional[Callable[[str], None]] = None) -> EnsembleResult:
+                 progress: Optional[Callable[[str], None]] = None,
+                 cache_dir: Optional[str | Path] = None) -> EnsembleResult:
     """Run ``candidate`` from every start in NVE and measure it.
 
     A start's velocities are used as they are when the candidate's masses equal the starts'; otherwise
     (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`_set_start`).
+
+    With ``cache_dir``, each finished trajectory is written there (:class:`TrajectoryCache`) and one already there
+    is read instead of run, so an interrupted run resumes. Speed is then always measured by a dedicated run
+    (:func:`_speed`), as it is for candidates with a ``speed_integrator``: trajectories read from the cache may
+    have been timed on another machine.
     """
     system = candidate.system
     masses = particle_masses(system)
@@ -255,12 +271,23 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     sample_steps = _whole_steps(options.sample_interval, candidate.step, "sample_interval", candidate.name)
     n_samples = int(round(options.duration / options.sample_interval))
     integrator = candidate.make_integrator()
+    cache = None if cache_dir is None else TrajectoryCache(
+        cache_dir, candidate.name, system, integrator, platform or "default",
+        f"steps {sample_steps} samples {n_samples} instability {options.instability_factor}")
     context = create_context(system, integrator, platform)
     energies = np.full((len(starts), n_samples + 1), np.nan)
     velocities = np.full((len(starts), n_samples + 1, len(masses), 3), np.nan)
     stable = np.zeros(len(starts), dtype=bool)
-    wall, simulated = 0.0, 0.0
+    wall, simulated, read = 0.0, 0.0, 0
     for index in range(len(starts)):
+        start = (starts.positions[index], starts.velocities[index])
+        cached = cache.load(*start) if cache is not None else None
+        if cached is not None:
+            energies[index], velocities[index], stable[index] = cached.energies, cached.velocities, cached.stable
+            read += 1
+            if progress is not None:
+                progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} read from {cache.path(*start)}")
+            continue
         _set_start(context, starts, index, masses)
         for sample in range(n_samples + 1):
             if sample:
@@ -279,6 +306,8 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
             velocities[index, sample] = state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
         else:
             stable[index] = True
+        if cache is not None:
+            cache.save(*start, CachedTrajectory(energies[index], velocities[index], bool(stable[index])))
         if progress is not None:
             progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
@@ -290,7 +319,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
         symplecticity = measured_defect(system, candidate.make_integrator, starts.positions[first],
                                         _start_velocities(starts, first, masses), platform)
     ps_per_second = simulated / wall if wall > 0 else float("nan")
-    if candidate.speed_integrator is not None:
+    if candidate.speed_integrator is not None or read:
         ps_per_second = _speed(candidate, starts, masses, options, platform)
     times = np.arange(n_samples + 1) * options.sample_interval
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
@@ -435,13 +464,13 @@ def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Start
 
 def _speed(candidate: Candidate, starts: Starts, masses: np.ndarray, options: EnsembleOptions,
            platform: Optional[str]) -> float:
-    """Simulated ps per wall second of ``candidate.speed_integrator`` over one trajectory's length, in 100
-    chunks; an integrator that blows up (platforms that check for NaN raise) is timed over the chunks it
-    finished, and NaN if none."""
-    integrator = candidate.speed_integrator()
+    """Simulated ps per wall second of ``candidate.speed_integrator`` (else its own integrator) from the first
+    start over ``options.speed_time`` (default one trajectory's length), in 100 chunks; an integrator that blows
+    up (platforms that check for NaN raise) is timed over the chunks it finished, and NaN if none."""
+    integrator = (candidate.speed_integrator or candidate.make_integrator)()
     context = create_context(candidate.system, integrator, platform)
     _set_start(context, starts, 0, masses)
-    chunk = max(1, int(round(options.duration / candidate.step)) // 100)
+    chunk = max(1, int(round((options.speed_time or options.duration) / candidate.step)) // 100)
     done, elapsed = 0, 0.0
     try:
         integrator.step(1)

@@ -16,6 +16,7 @@ their speed is that of OpenMM's own ``VerletIntegrator``, the integrator a user 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -124,12 +125,14 @@ def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Start
 def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOptions,
              candidates: Optional[list[Candidate]] = None, temperature: Optional[float] = None,
              platform: Optional[str] = None, seed: int = 1, starts: Optional[Starts] = None,
-             progress: Optional[Callable[[str], None]] = None, jobs: int = 1) -> list[EnsembleResult]:
+             progress: Optional[Callable[[str], None]] = None, jobs: int = 1,
+             cache_dir: Optional[str | Path] = None) -> list[EnsembleResult]:
     """Run every candidate (default :func:`standard_candidates`) from the same equilibrated starts.
 
     ``temperature`` defaults to the model's; the starts, unless given, come from one LangevinMiddle run on the
     force field (:func:`~openmm_actionml.ensemble.equilibrated_starts` with ``seed``). ``jobs`` candidates run
-    at a time (:func:`~openmm_actionml.ensemble.run_ensembles`).
+    at a time (:func:`~openmm_actionml.ensemble.run_ensembles`); with ``cache_dir``, finished trajectories are
+    kept there and an interrupted evaluation resumes (:func:`~openmm_actionml.ensemble.run_ensemble`).
     """
     model.validate(prepared.system, topology=prepared.topology)
     temperature = temperature or model.metadata.temperature
@@ -145,4 +148,4 @@ def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOp
     if progress is not None:
         progress(f"the network is on: one learned step and one classical step differ by up to {effect:.3g} nm/ps")
     elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
-    return run_ensembles(candidates, starts, temperature, options, elements, platform, progress, jobs)
+    return run_ensembles(candidates, starts, temperature, options, elements, platform, progress, jobs, cache_dir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,6 +123,32 @@ def test_parallel_ensembles_equal_serial_ones(alanine_hbonds, starts, elements):
         assert np.array_equal(one.energies, other.energies) and one.reversibility == other.reversibility
     with pytest.raises(InputError, match="jobs must be a positive integer"):
         run_ensembles(candidates, starts, 300.0, OPTIONS, elements, jobs=0)
+
+
+def test_a_cached_run_resumes_with_the_figures_of_an_uninterrupted_one(tmp_path, alanine_hbonds, starts, elements):
+    """Trajectories read back from the cache (stable or not) give the figures of the run that wrote them; one
+    missing is run again; other settings get files of their own; a corrupt file is named, not read."""
+    options = replace(OPTIONS, duration=1.0, sample_interval=0.008)
+    for step in (0.002, 0.008):  # Verlet at 8 fs is unstable here
+        candidate = verlet_candidate(f"Verlet {step * 1000:g} fs", alanine_hbonds.system, step)
+        directory = tmp_path / str(step)
+        fresh = run_ensemble(candidate, starts, 300.0, options, elements, "Reference", cache_dir=directory)
+        files = sorted(directory.glob("*.npz"))
+        assert len(files) == len(starts)
+        files[0].unlink()
+        messages = []
+        resumed = run_ensemble(candidate, starts, 300.0, options, elements, "Reference", messages.append, directory)
+        assert sum("read from" in line for line in messages) == len(starts) - 1
+        assert resumed.stable == fresh.stable
+        assert np.array_equal(resumed.energies, fresh.energies, equal_nan=True)
+        for key in ("drift", "energy_rms", "temperature", "equipartition", "reversibility"):
+            np.testing.assert_equal(getattr(resumed, key), getattr(fresh, key), err_msg=key)
+    assert fresh.stable == 0 and resumed.stable == 0
+    run_ensemble(candidate, starts, 300.0, replace(options, duration=0.5), elements, "Reference", cache_dir=directory)
+    assert len(list(directory.glob("*.npz"))) == 2 * len(starts)
+    files[1].write_bytes(b"not an npz file")
+    with pytest.raises(InputError, match=f"{files[1].name} is unreadable.*delete it"):
+        run_ensemble(candidate, starts, 300.0, options, elements, "Reference", cache_dir=directory)
 
 
 def test_parallel_ensembles_refuse_what_a_fork_cannot_run(alanine_hbonds, starts, elements):
