@@ -169,6 +169,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--patience", type=int, default=3, help="validations without improvement before a stage "
                         "ends early (default 3)")
     parser.add_argument("--hidden", default="64,64", help="MLP hidden widths (default 64,64)")
+    parser.add_argument("--switch", default="c2", choices=["c2", "smooth"], help="cutoff switch of the network's "
+                        "densities: C^2 polynomial (default) or C-infinity")
     parser.add_argument("--force-field-platform", default="Reference",
                         help="OpenMM platform of the force field inside training (default Reference, double "
                              "precision; CPU is faster for hundreds of atoms)")
@@ -193,7 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   final_learning_rate=args.learning_rate / 10.0, force_matching=args.force_matching,
                   pretrain_iterations=args.pretrain_iterations, seed=args.seed, eval_every=args.eval_every,
-                  patience=args.patience, network={"hidden": _integers(args.hidden, "--hidden")},
+                  patience=args.patience,
+                  network={"hidden": _integers(args.hidden, "--hidden"), "switch": args.switch},
                   force_field_platform=args.force_field_platform)
     name = args.name or Path(args.dataset[0]).stem
     if args.implicit:

@@ -4,7 +4,10 @@ Architecture (an ACE / moment-tensor-like density model of body order 3, with AN
 
 1. Neighbours j of atom i within ``cutoff`` (minimum image when periodic), excluding ``excluded_pairs``.
 2. Radial density: per pair, ``n_radial`` Gaussians ``R_n(r)`` (centres from ``radial_min`` to ``cutoff``) times
-   the C^2 switch ``f(r / cutoff)``, ``f(x) = (1 - x)^3 (1 + 3x + 6x^2)`` (f, f' and f'' vanish at x = 1).
+   a switch ``f(r / cutoff)``: by default the C^2 polynomial ``f(x) = (1 - x)^3 (1 + 3x + 6x^2)`` (f, f' and f''
+   vanish at x = 1), or (``switch = "smooth"``) the C-infinity ``f(x) = exp(1 - 1 / (1 - x^2))``, whose every
+   derivative vanishes at x = 1. A long step's modified energy is an expansion in ever higher derivatives of the
+   kick potential, so the smoothness of dW at the cutoff is a property of the integrator, not only of the fit.
 3. Angular density, from the closer pairs (``r < angular_cutoff``, with its own ``n_angular`` Gaussians and
    switch): moments of order l = 0, 1, 2 of the unit vectors ``u_ij``.
 4. Both densities are summed per neighbour element and mixed linearly into ``n_channels`` channels with weights
@@ -39,6 +42,8 @@ MAX_CELLS_PER_AXIS = 64
 CELL_REACH = 2
 #: Pair entries per chunk of the all-pairs search (bounds its memory for large batches).
 ALL_PAIRS_CHUNK = 1 << 22
+#: Cutoff switches of the radial and angular densities (see the module docstring).
+SWITCHES = ("c2", "smooth")
 
 
 @dataclass
@@ -66,6 +71,9 @@ class NetworkConfig:
         Widths of the MLP's hidden layers.
     scale_floor
         Smallest feature scale used in standardisation.
+    switch
+        The cutoff switch: ``"c2"`` (polynomial, the default) or ``"smooth"`` (C-infinity); see the module
+        docstring.
     cell_list_threshold
         Systems with more particles than this use the O(N) cell list; smaller ones the all-pairs search.
         Both give the same pairs. Measured on one CPU thread (energy and forces): all pairs is faster for 22
@@ -83,6 +91,7 @@ class NetworkConfig:
     n_channels: int = 12
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     scale_floor: float = 1e-2
+    switch: str = "c2"
     cell_list_threshold: int = 600
 
     def __post_init__(self) -> None:
@@ -99,6 +108,8 @@ class NetworkConfig:
                              f"{self.angular_cutoff} and {self.cutoff}.")
         if self.scale_floor <= 0.0:
             raise InputError(f"scale_floor must be positive, got {self.scale_floor}.")
+        if self.switch not in SWITCHES:
+            raise InputError(f"unknown cutoff switch {self.switch!r}; choose one of {', '.join(SWITCHES)}.")
 
     @property
     def n_features(self) -> int:
@@ -158,6 +169,7 @@ class EnergyNetwork(torch.nn.Module):
         self.n_angular = config.n_angular
         self.n_channels = config.n_channels
         self.cell_list_threshold = config.cell_list_threshold
+        self.smooth_switch = config.switch == "smooth"
         self.periodic = periodic
         self.max_cells_per_axis = MAX_CELLS_PER_AXIS
         self.all_pairs_chunk = ALL_PAIRS_CHUNK
@@ -298,9 +310,12 @@ class EnergyNetwork(torch.nn.Module):
         return torch.cat([a0, g1.flatten(1)[:, flat], g2.flatten(1)[:, flat]], 1)
 
     def _basis(self, r: Tensor, cutoff: float, count: int) -> Tensor:
-        """Gaussians from ``radial_min`` to ``cutoff`` times the C^2 switch: ``[P, count]``."""
+        """Gaussians from ``radial_min`` to ``cutoff`` times the cutoff switch: ``[P, count]``."""
         x = r / cutoff
-        switch = (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
+        if self.smooth_switch:  # pairs are within the cutoff; the clamp keeps r = cutoff finite, value and gradient 0
+            switch = torch.exp(1.0 - 1.0 / (1.0 - x * x).clamp_min(1e-6))
+        else:
+            switch = (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
         centres = torch.linspace(self.radial_min, cutoff, count, dtype=r.dtype, device=r.device)
         width = (cutoff - self.radial_min) / (count - 1)
         return torch.exp(-(((r.unsqueeze(-1) - centres) / width) ** 2)) * switch.unsqueeze(-1)
