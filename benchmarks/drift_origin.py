@@ -15,10 +15,19 @@ beside the fine-step reference (Verlet from the force-field starts). A relaxatio
 and slows down along a trajectory; steady heating does neither. So besides the usual table (drift fitted after the
 burn-in), it prints the drift fitted over each half of the post-burn-in window.
 
+A steady heating may itself be of two kinds: a systematic push, or a random walk in energy (each step's energy
+error of either sign, e.g. from a kick potential that is not smooth enough), which heats on average because there
+are more states above than below: with a density of states g(E), a walk whose displacements spread as
+``V(tau) = 2 D tau`` drifts as ``M(tau) = D tau d ln g / dE``, and ``d ln g / dE = 1 / kT`` at temperature T. The
+benchmark therefore measures, after the burn-in, the mean ``M`` and the variance ``V`` of the energy displacements
+``E(t + tau) - E(t)`` against the lag, and the share of the rise a random walk explains, ``dV / (2 kT dM)``
+between two lags: about 1 for a random walk, about 0 for a push (in ``results.md``; ``energy_growth.png``).
+
 Usage::
 
     python benchmarks/drift_origin.py MODEL [--trajectories 32] [--time 50] [--thermalise 10]
         [--protocols force-field own] [--seed 1] [--platform Reference] [--output-dir results/drift-origin]
+        [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -34,7 +43,7 @@ import openmm as mm
 import openmm.unit as u
 
 from openmm_actionml.atomic import atomic_path
-from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, energy_drift
+from openmm_actionml.diagnostics import EnergyGrowth, degrees_of_freedom_per_atom, energy_drift, energy_growth
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, \
     run_ensemble, without_centre_of_mass_velocity
 from openmm_actionml.evaluate import network_effect, splitting_candidate, verlet_candidate
@@ -44,6 +53,7 @@ from openmm_actionml.modelfile import load_model
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import write_report
 from openmm_actionml.systems import constraint_pairs
+from openmm_actionml.units import BOLTZMANN
 
 
 def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
@@ -82,6 +92,26 @@ def half_window_drifts(result: EnsembleResult, n_dof: float, temperature: float,
     return halves
 
 
+def plot_energy_growth(growths: dict[str, EnergyGrowth], temperature: float, path: Path) -> None:
+    """Variance of the energy displacements and 2 kT times their mean, against the lag, one colour per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kT = BOLTZMANN * temperature
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for (name, growth), colour in zip(growths.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        axis.plot(growth.lags, growth.variance, color=colour, label=f"{name}: V")
+        axis.plot(growth.lags, 2 * kT * growth.mean, color=colour, linestyle="--", label=f"{name}: 2kT M")
+    axis.set_xlabel("lag (ps)")
+    axis.set_ylabel("(kJ/mol)$^2$")
+    axis.set_title("energy displacements after the burn-in: a random walk has 2kT M growing as V", fontsize=9)
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a scheme-A model file")
@@ -94,6 +124,7 @@ def main() -> None:
                         "another seed gives another, independent set of starts")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--output-dir", default="results/drift-origin")
+    parser.add_argument("--cache-dir", help="keep each finished trajectory here; a rerun resumes from them")
     args = parser.parse_args()
     torch.set_num_threads(1)
     progress: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
@@ -121,7 +152,7 @@ def main() -> None:
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     results = [run_ensemble(verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs, force-field starts",
                                              system, reference_step),
-                            starts, temperature, options, elements, args.platform, progress)]
+                            starts, temperature, options, elements, args.platform, progress, args.cache_dir)]
     for candidate, thermostatted in maps:
         for protocol in args.protocols:
             if protocol == "own":
@@ -132,7 +163,7 @@ def main() -> None:
             else:
                 run_starts, label = starts, f"{candidate.name}, force-field starts"
             results.append(run_ensemble(dataclasses.replace(candidate, name=label), run_starts, temperature,
-                                        options, elements, args.platform, progress))
+                                        options, elements, args.platform, progress, args.cache_dir))
     title = (f"{model.path.name}: drift from force-field and from own-ensemble starts, {args.trajectories} x "
              f"{args.time:g} ps NVE at {temperature:g} K ({args.platform})")
     output = Path(args.output_dir)
@@ -146,6 +177,18 @@ def main() -> None:
     for result in results:
         first, second = half_window_drifts(result, n_dof, temperature, options.burn_in)
         lines.append(f"| {result.name} | {first[0]:+.3f} ± {first[1]:.3f} | {second[0]:+.3f} ± {second[1]:.3f} |")
+    growths = {result.name: energy_growth(result.times, result.energies, temperature, options.burn_in)
+               for result in results}
+    a, b = next(iter(growths.values())).ends
+    lags = next(iter(growths.values())).lags
+    lines += ["", f"Energy displacements after the burn-in (see the module docstring): mean M and variance V at lags "
+              f"{lags[a]:.3g} and {lags[b]:.3g} ps, and the share of the rise a random walk explains, dV / (2 kT dM) "
+              f"between them (1: a random walk; 0: a push).", "",
+              "| integrator | M (kJ/mol) | V ((kJ/mol)^2) | random-walk share |", "|---|---|---|---|"]
+    for name, growth in growths.items():
+        lines.append(f"| {name} | {growth.mean[a]:+.3f}, {growth.mean[b]:+.3f} | {growth.variance[a]:.3f}, "
+                     f"{growth.variance[b]:.3f} | {growth.walk_share:.2f} ± {growth.walk_share_error:.2f} |")
+    plot_energy_growth(growths, temperature, output / "energy_growth.png")
     report = f"# {title}\n\n{table}\n\n" + "\n".join(lines) + "\n"
     with atomic_path(output / "results.md", overwrite=True) as tmp:
         tmp.write_text(report)

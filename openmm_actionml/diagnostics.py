@@ -1,6 +1,6 @@
-"""Diagnostics that experts accept: energy drift, per-element temperature with a constraint-aware
-degree-of-freedom count, the translational and rotational temperature of rigid water, and one-step errors in
-thermal units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``actionml evaluate``.
+"""Diagnostics that experts accept: energy drift and how the energy error grows (random walk or push),
+per-element temperature with a constraint-aware degree-of-freedom count, the translational and rotational
+temperature of rigid water, and one-step errors in thermal units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``actionml evaluate``.
 """
 from __future__ import annotations
 
@@ -122,6 +122,73 @@ def energy_drift(times_ps: np.ndarray, energies_kj: np.ndarray, n_dof: float, te
     slope, intercept = np.polyfit(times_ns, energies, 1)
     rms = float(np.sqrt(np.mean((energies - (slope * times_ns + intercept)) ** 2)))
     return EnergyDrift(float(slope), float(slope / (BOLTZMANN * temperature * n_dof)), rms)
+
+
+def energy_displacements(energies: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per trajectory, the mean and the mean square of ``E(t + lag) - E(t)`` over every time origin ``t``.
+
+    ``energies`` is ``[B, T]`` (one row per trajectory, evenly sampled), ``lag`` in samples. How the spread of the
+    displacements grows with the lag tells a total-energy error's kind: bounded fluctuations level off at twice
+    their variance, a random walk grows linearly, a steady push quadratically (through the mean).
+    """
+    energies = np.asarray(energies, dtype=float)
+    if not 0 < lag < energies.shape[1]:
+        raise ValueError(f"lag must be between 1 and {energies.shape[1] - 1} samples, got {lag}.")
+    steps = energies[:, lag:] - energies[:, :-lag]
+    return steps.mean(1), (steps ** 2).mean(1)
+
+
+#: Lags (fractions of the window) between which :func:`energy_growth` reads its walk share.
+GROWTH_LAGS = (0.125, 0.5)
+
+
+@dataclass
+class EnergyGrowth:
+    """Mean ``M`` and variance ``V`` (kJ/mol, (kJ/mol)^2) of the energy displacements at each lag (ps), and the
+    share of the rise a random walk explains, ``walk_share = (V(b) - V(a)) / (2 kT (M(b) - M(a)))``, between the
+    lags ``a`` and ``b`` at indices ``ends`` (:data:`GROWTH_LAGS` of the window), with its bootstrap standard
+    error over trajectories."""
+
+    lags: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+    ends: tuple[int, int]
+    walk_share: float
+    walk_share_error: float
+
+
+def energy_growth(times: np.ndarray, energies: np.ndarray, temperature: float, burn_in: float, n_lags: int = 40,
+                  resamples: int = 1000, seed: int = 0) -> EnergyGrowth:
+    """:class:`EnergyGrowth` of the total energies ``[B, T]`` (kJ/mol) on the grid ``times`` (ps) after the leading
+    fraction ``burn_in``, for ``n_lags`` lags up to half the window; trajectories with a non-finite energy (unstable
+    ones) are left out.
+
+    A steady rise of the energy can be a push or a random walk (each step's error of either sign), which rises on
+    average because there are more states above than below: a walk whose displacements spread as
+    ``V(tau) = 2 D tau`` drifts as ``M(tau) = D tau d ln g / dE``, and ``d ln g / dE = 1 / kT`` at temperature T.
+    ``walk_share = dV / (2 kT dM)`` is therefore about 1 for a random walk and about 0 for a push.
+    """
+    stable = np.isfinite(energies).all(1)
+    kept = times >= burn_in * times[-1]
+    energies, times = np.asarray(energies)[stable][:, kept], np.asarray(times)[kept]
+    interval = times[1] - times[0]
+    samples = np.unique(np.linspace(1, (len(times) - 1) // 2, n_lags).round().astype(int))
+    per_trajectory = [energy_displacements(energies, int(lag)) for lag in samples]  # (mean, mean square) [B] each
+    means = np.array([m for m, _ in per_trajectory])  # [lags, B]
+    squares = np.array([s for _, s in per_trajectory])
+    kT = BOLTZMANN * temperature
+    a, b = (int(np.argmin(np.abs(samples - f * (len(times) - 1)))) for f in GROWTH_LAGS)
+
+    def figures(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        mean = means[:, chosen].mean(1)
+        variance = squares[:, chosen].mean(1) - mean ** 2
+        return mean, variance, float((variance[b] - variance[a]) / (2 * kT * (mean[b] - mean[a])))
+
+    everyone = np.arange(energies.shape[0])
+    mean, variance, share = figures(everyone)
+    rng = np.random.default_rng(seed)
+    boots = [figures(rng.choice(everyone, len(everyone)))[2] for _ in range(resamples)]
+    return EnergyGrowth(samples * interval, mean, variance, (a, b), share, float(np.std(boots, ddof=1)))
 
 
 def relative_errors(masses: np.ndarray, h: float, q: np.ndarray, v: np.ndarray, q1: np.ndarray, v1: np.ndarray,

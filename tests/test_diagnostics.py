@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openmm_actionml.diagnostics import rigid_molecule_temperatures, rigid_triatomics
+from openmm_actionml.diagnostics import energy_displacements, energy_growth, rigid_molecule_temperatures, \
+    rigid_triatomics
 from openmm_actionml.ensemble import EnsembleOptions, summarise_ensemble
 from openmm_actionml.systems import constraint_pairs, particle_masses, water_box
 from openmm_actionml.units import BOLTZMANN
@@ -88,3 +89,33 @@ def test_ensemble_summary_reports_water_translation_and_rotation():
         mean, _ = result.element_temperatures[key]
         assert mean == pytest.approx(300.0, rel=5 * np.sqrt(2.0 / (dof * 2 * samples)))
         assert len(result.element_series[key]) == samples
+
+
+def test_energy_displacements_of_a_line_are_exact():
+    times = np.arange(101) * 0.01
+    energies = np.stack([2.0 * times, -3.0 * times])
+    mean, square = energy_displacements(energies, 10)
+    assert np.allclose(mean, [0.2, -0.3]) and np.allclose(square, [0.04, 0.09])
+    with pytest.raises(ValueError, match="lag must be between 1 and 100"):
+        energy_displacements(energies, 101)
+
+
+def test_energy_growth_tells_a_random_walk_from_a_push():
+    """A walk dE = (D / kT) dt + sqrt(2 D) dW (the entropic drift of a symmetric walk) has a walk share of 1 in
+    expectation; a steady push with the same mean and a bounded fluctuation has a variance that does not grow, a
+    share of 0. Tolerance: five bootstrap standard errors, which must be small enough to tell the two apart."""
+    rng = np.random.default_rng(4)
+    temperature, D, dt = 300.0, 2.0, 0.01  # D in (kJ/mol)^2/ps
+    kT = BOLTZMANN * temperature
+    times = np.arange(1001) * dt
+    walk = np.cumsum(np.concatenate([np.zeros((256, 1)), D / kT * dt + np.sqrt(2 * D * dt)
+                                     * rng.standard_normal((256, 1000))], 1), 1)
+    growth = energy_growth(times, walk, temperature, burn_in=0.2)
+    assert abs(growth.walk_share - 1.0) < 5 * growth.walk_share_error < 0.5
+    assert growth.variance[-1] == pytest.approx(2 * D * growth.lags[-1], rel=0.2)
+    push = D / kT * times + 0.3 * rng.standard_normal((256, len(times)))
+    pushed = energy_growth(times, push, temperature, burn_in=0.2)
+    assert abs(pushed.walk_share) < 5 * pushed.walk_share_error < 0.5
+    unstable = walk.copy()
+    unstable[0, -1] = np.nan  # left out, not propagated
+    assert np.isfinite(energy_growth(times, unstable, temperature, burn_in=0.2).walk_share)
