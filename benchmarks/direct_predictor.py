@@ -15,17 +15,21 @@ Usage (a row beside a model's evaluation)::
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from openmm_actionml.atomic import atomic_path
 from openmm_actionml.constraints import ConstraintSet
 from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, summarise_ensemble
+from openmm_actionml.errors import InputError
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.systems import constraint_pairs
 from openmm_actionml.units import BOLTZMANN
@@ -140,6 +144,34 @@ def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int 
             print(f"direct predictor: iteration {iteration}/{iterations}, loss {loss.item():.4f} "
                   f"(1 = predicting free flight), {time.monotonic() - started:.0f} s", flush=True)
     return model.eval()
+
+
+def save_predictor(model: DirectPredictor, result: EnsembleResult, path: Path) -> None:
+    """Keep a trained predictor's weights and its ensemble's result at ``path`` (atomically)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save({"state": model.state_dict(), "hidden": model.mlp[0].out_features, "h": model.h,
+                    "result": result}, tmp)
+
+
+def load_predictor(path: Path, potential: OpenMMPotential, temperature: float,
+                   constraints: Optional[ConstraintSet]) -> tuple[DirectPredictor, EnsembleResult]:
+    """The predictor and result :func:`save_predictor` kept, bound to ``potential``'s force field.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read.
+    """
+    try:
+        saved = torch.load(path, weights_only=False)
+        state = saved["state"]
+        model = DirectPredictor(state["reference"], state["masses"], saved["h"], temperature,
+                                lambda x: torch.as_tensor(potential.forces(x)), saved["hidden"], constraints).double()
+        model.load_state_dict(state)
+    except (OSError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise InputError(f"direct-predictor file {path} is unreadable ({error}); delete it and the predictor will "
+                         f"be trained again.") from error
+    return model.eval(), saved["result"]
 
 
 def run_direct_ensemble(model: DirectPredictor, potential: OpenMMPotential, starts: Starts, temperature: float,

@@ -14,26 +14,30 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from direct_predictor import run_direct_ensemble, train_direct_predictor
+from direct_predictor import load_predictor, run_direct_ensemble, save_predictor, train_direct_predictor
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
-from openmm_actionml.ensemble import EnsembleOptions, Starts, equilibrated_starts
+from openmm_actionml.constraints import ConstraintSet
+from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, equilibrated_starts
 from openmm_actionml.evaluate import evaluate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.generate import generate_reference_data
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.report import write_report
-from openmm_actionml.systems import constraint_pairs
+from openmm_actionml.systems import PreparedSystem, constraint_pairs
 
 #: The direct predictor's data: the model's protocol, more and shorter segments (one-step pairs are all it needs).
 DIRECT_DATA = {"n_segments": 32, "segment_length": 0.5, "decorrelation": 1.0, "equilibration": 10.0, "seed": 99}
@@ -57,27 +61,23 @@ def resumable_starts(path: Path, draw: Callable[[], Starts]) -> Starts:
 
 
 def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,
-              direct_iterations: int, jobs: int = 1) -> str:
-    """All rows for one model; returns its markdown section. Finished trajectories of the OpenMM rows are kept
-    in ``directory/trajectories``, so that a rerun resumes an interrupted one."""
+              direct_iterations: int, jobs: int = 1, only: Optional[str] = None) -> Optional[str]:
+    """All rows for one model; returns its markdown section (None when ``only`` runs one part: "openmm" for the
+    OpenMM rows, "direct" for the direct predictor). Finished trajectories of the OpenMM rows and the trained
+    direct predictor with its result are kept in ``directory/trajectories``, so that a rerun resumes."""
     prepared = build_training_system(model.metadata.recipe)
     temperature = model.metadata.temperature
-    starts = resumable_starts(directory / "trajectories" / f"starts-{options.n_trajectories}-{temperature:g}K.npz",
+    cache = directory / "trajectories"
+    starts = resumable_starts(cache / f"starts-{options.n_trajectories}-{temperature:g}K.npz",
                               lambda: equilibrated_starts(prepared.system, prepared.positions, temperature,
                                                           options.n_trajectories, platform=platform, seed=1))
-    results = evaluate(prepared, model, options, platform=platform, starts=starts, progress=log, jobs=jobs,
-                       cache_dir=directory / "trajectories")
-    protocol = model.metadata.recipe["dataset_protocol"]
-    with tempfile.TemporaryDirectory() as scratch:
-        log("direct predictor: generating its reference data")
-        dataset = generate_reference_data(
-            prepared.system, prepared.positions, Path(scratch) / "direct.npz", topology=prepared.topology,
-            temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
-            platform="CPU", **DIRECT_DATA)
-    predictor = train_direct_predictor(dataset, model.metadata.step, direct_iterations, platform=platform)
-    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
-    results.append(run_direct_ensemble(predictor, OpenMMPotential(prepared.system, platform=platform), starts,
-                                       temperature, options, elements, constraint_pairs(prepared.system)))
+    results = [] if only == "direct" else evaluate(prepared, model, options, platform=platform, starts=starts,
+                                                   progress=log, jobs=jobs, cache_dir=cache)
+    if only != "openmm":
+        results.append(direct_row(model, prepared, starts, options, platform, cache, direct_iterations))
+    if only is not None:
+        log(f"{only} rows done and kept in {cache}; run without --only for the table")
+        return None
     title = f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K ({platform})"
     table, _ = write_report(results, directory, title, {"model": str(model.path), "platform": platform,
                                                         "trajectories": options.n_trajectories,
@@ -85,6 +85,45 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
                                                         "direct_predictor_iterations": direct_iterations})
     return f"## {title}\n\n{table}\n\nPlots: [energy]({directory.name}/energy.png), " \
            f"[temperature]({directory.name}/temperature.png), [VACF]({directory.name}/vacf.png)\n"
+
+
+def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, options: EnsembleOptions,
+               platform: str, cache: Path, iterations: int) -> EnsembleResult:
+    """The direct-predictor row: trained on a fresh reference dataset drawn with the model's data protocol and
+    run from ``starts``. The predictor and its result are kept in ``cache`` under a fingerprint of everything
+    they depend on; when found there, the predictor is only timed again (``options.speed_time``), so that its
+    speed is measured in the same run as the other rows'."""
+    potential = OpenMMPotential(prepared.system, platform=platform)
+    constraints = ConstraintSet.from_system(prepared.system)
+    temperature = model.metadata.temperature
+    digest = hashlib.sha256(model.path.read_bytes())
+    for part in (json.dumps(DIRECT_DATA, sort_keys=True), str(iterations), platform,
+                 json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True), starts.positions.tobytes(),
+                 starts.velocities.tobytes()):
+        digest.update(part if isinstance(part, bytes) else part.encode())
+    path = cache / f"direct-predictor-{digest.hexdigest()[:16]}.pt"
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    if path.exists():
+        predictor, result = load_predictor(path, potential, temperature, constraints)
+        log(f"direct predictor: read from {path}; timing it again")
+        duration = options.speed_time or options.duration
+        timed = dataclasses.replace(options, duration=duration,
+                                    correlation_time=min(options.correlation_time, duration / 2))
+        result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
+                                                   constraint_pairs(prepared.system)).ps_per_second
+        return result
+    protocol = model.metadata.recipe["dataset_protocol"]
+    with tempfile.TemporaryDirectory() as scratch:
+        log("direct predictor: generating its reference data")
+        dataset = generate_reference_data(
+            prepared.system, prepared.positions, Path(scratch) / "direct.npz", topology=prepared.topology,
+            temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
+            platform="CPU", **DIRECT_DATA)
+    predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
+    result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements,
+                                 constraint_pairs(prepared.system))
+    save_predictor(predictor, result, path)
+    return result
 
 
 def main() -> None:
@@ -98,6 +137,8 @@ def main() -> None:
     parser.add_argument("--output-dir", default="results/benchmarks", help="tables and plots, and each model's "
                         "finished trajectories (MODEL/trajectories), from which a rerun resumes")
     parser.add_argument("--speed-time", type=float, help="ps of the dedicated timed runs (default: --time)")
+    parser.add_argument("--only", choices=["openmm", "direct"], help="run only the OpenMM rows or only the direct "
+                        "predictor, keeping their results for a later full run (which then times them again)")
     parser.add_argument("--jobs", type=int, default=1, help="integrators run at a time, one process each (with "
                         "--platform CPU set OPENMM_CPU_THREADS=1)")
     args = parser.parse_args()
@@ -112,7 +153,9 @@ def main() -> None:
                                   sample_interval=model.metadata.step, speed_time=args.speed_time)
         log(f"{path.name}")
         sections.append(benchmark(model, options, args.platform, output / path.stem, args.direct_iterations,
-                                  args.jobs))
+                                  args.jobs, args.only))
+    if args.only is not None:
+        return
     with atomic_path(output / "README.md", overwrite=True) as tmp:
         tmp.write_text("# Benchmarks\n\n`python benchmarks/run_all.py " + " ".join(sys.argv[1:]) + "`\n\n"
                        + "\n".join(sections))
