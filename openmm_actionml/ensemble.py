@@ -261,7 +261,8 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     With ``cache_dir``, each finished trajectory is written there (:class:`TrajectoryCache`) and one already there
     is read instead of run, so an interrupted run resumes. Speed is then always measured by a dedicated run
     (:func:`_speed`), as it is for candidates with a ``speed_integrator``: trajectories read from the cache may
-    have been timed on another machine.
+    have been timed on another machine. A scheme-B row's solver statistics cover the steps run in this call (they
+    state how many).
     """
     system = candidate.system
     masses = particle_masses(system)
