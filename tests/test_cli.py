@@ -48,6 +48,20 @@ def test_demo_runs_the_shipped_model_beside_verlet(tmp_path, capsys):
     assert written == {"results.md", "results.json", "energy.png", "temperature.png", "vacf.png"}
 
 
+def test_demo_with_a_cache_directory_resumes_and_reproduces_its_table(tmp_path, capsys):
+    """--cache-dir: the second run reads every trajectory back and prints the same figures (speeds aside, which a
+    resumed run measures again)."""
+    argv = ["demo", "--trajectories", "2", "--time", "0.4", "--cache-dir", str(tmp_path / "cache"),
+            "--speed-time", "0.1"]
+    tables = []
+    for run in ("first", "second"):
+        assert main(argv + ["--output-dir", str(tmp_path / run)]) == 0
+        out, err = capsys.readouterr()
+        assert err.count("read from") == (0 if run == "first" else 12)
+        tables.append([row.split("|")[1:-2] for row in out.splitlines() if row.startswith("| ") and "ps/s" not in row])
+    assert len(tables[0]) == 6 and [row[:7] for row in tables[0]] == [row[:7] for row in tables[1]]
+
+
 def test_evaluate_refuses_a_model_whose_network_is_off(tmp_path, capsys):
     """A model file with zero learned weights would report the classical scheme as learned."""
     shipped = load_model(MODELS_DIR / "alanine-t3-8fs.pt").metadata
