@@ -51,7 +51,7 @@ from openmm_actionml.examples import build_training_system
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.platforms import create_context
-from openmm_actionml.report import write_report
+from openmm_actionml.report import save_figure, write_report
 from openmm_actionml.systems import constraint_pairs
 from openmm_actionml.units import BOLTZMANN
 
@@ -107,9 +107,7 @@ def plot_energy_growth(growths: dict[str, EnergyGrowth], temperature: float, pat
     axis.set_title("energy displacements after the burn-in: a random walk has 2kT M growing as V", fontsize=9)
     axis.legend(fontsize=6)
     figure.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def main() -> None:

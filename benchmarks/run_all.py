@@ -78,7 +78,8 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
     if only is not None:
         log(f"{only} rows done and kept in {cache}; run without --only for the table")
         return None
-    title = f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K ({platform})"
+    title = (f"{model.path.name}: {options.n_trajectories} x {options.duration:g} ps NVE at {temperature:g} K "
+             f"({platform})")
     table, _ = write_report(results, directory, title, {"model": str(model.path), "platform": platform,
                                                         "trajectories": options.n_trajectories,
                                                         "duration": options.duration,
@@ -98,11 +99,12 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
     temperature = model.metadata.temperature
     digest = hashlib.sha256(model.path.read_bytes())
     for part in (json.dumps(DIRECT_DATA, sort_keys=True), str(iterations), platform,
-                 json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True), starts.positions.tobytes(),
-                 starts.velocities.tobytes()):
+                 json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True),
+                 starts.positions.tobytes(), starts.velocities.tobytes()):
         digest.update(part if isinstance(part, bytes) else part.encode())
     path = cache / f"direct-predictor-{digest.hexdigest()[:16]}.pt"
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    pairs = constraint_pairs(prepared.system)
     if path.exists():
         predictor, result = load_predictor(path, potential, temperature, constraints)
         log(f"direct predictor: read from {path}; timing it again")
@@ -110,7 +112,7 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
         timed = dataclasses.replace(options, duration=duration,
                                     correlation_time=min(options.correlation_time, duration / 2))
         result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
-                                                   constraint_pairs(prepared.system)).ps_per_second
+                                                   pairs).ps_per_second
         return result
     protocol = model.metadata.recipe["dataset_protocol"]
     with tempfile.TemporaryDirectory() as scratch:
@@ -120,8 +122,7 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
             temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
             platform="CPU", **DIRECT_DATA)
     predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
-    result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements,
-                                 constraint_pairs(prepared.system))
+    result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements, pairs)
     save_predictor(predictor, result, path)
     return result
 

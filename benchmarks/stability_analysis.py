@@ -36,6 +36,7 @@ from openmm_actionml.linear_stability import (
 )
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.platforms import create_context
+from openmm_actionml.report import save_figure
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses, with_hydrogen_mass
 
@@ -177,9 +178,7 @@ def _plot(exact: np.ndarray, errors: list[np.ndarray], rows: list, path: Path) -
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 if __name__ == "__main__":

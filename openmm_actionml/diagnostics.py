@@ -1,6 +1,7 @@
 """Diagnostics that experts accept: energy drift and how the energy error grows (random walk or push),
 per-element temperature with a constraint-aware degree-of-freedom count, the translational and rotational
-temperature of rigid water, and one-step errors in thermal units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``actionml evaluate``.
+temperature of rigid water, and one-step errors in thermal units. Pure numpy; shared by the trainer's NVE gate,
+``actionml run`` and ``actionml evaluate``.
 """
 from __future__ import annotations
 

@@ -56,6 +56,16 @@ def write_json(results: Sequence[EnsembleResult], path: str | Path, settings: di
         Path(tmp).write_text(json.dumps({"settings": settings, "results": rows}, indent=1, default=float))
 
 
+def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib ``figure`` to ``path`` as PNG (atomically) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    with atomic_path(path, overwrite=True) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    plt.close(figure)
+    return path
+
+
 def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -> list[Path]:
     """``energy.png``, ``temperature.png`` and ``vacf.png`` in ``directory``; returns their paths."""
     import matplotlib
@@ -69,11 +79,7 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
     def save(figure, name: str) -> None:
         figure.suptitle(title, fontsize=10)
         figure.tight_layout()
-        path = directory / name
-        with atomic_path(path, overwrite=True) as tmp:
-            figure.savefig(tmp, dpi=110, format="png")
-        plt.close(figure)
-        written.append(path)
+        written.append(save_figure(figure, directory / name))
 
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
     for index, result in enumerate(results):
