@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,6 +29,7 @@ from direct_predictor import load_predictor, run_direct_ensemble, save_predictor
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
 from openmm_actionml.constraints import ConstraintSet
+from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, equilibrated_starts
 from openmm_actionml.evaluate import evaluate
 from openmm_actionml.examples import build_training_system
@@ -91,12 +91,16 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
 def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, options: EnsembleOptions,
                platform: str, cache: Path, iterations: int) -> EnsembleResult:
     """The direct-predictor row: trained on a fresh reference dataset drawn with the model's data protocol and
-    run from ``starts``. The predictor and its result are kept in ``cache`` under a fingerprint of everything
-    they depend on; when found there, the predictor is only timed again (``options.speed_time``), so that its
-    speed is measured in the same run as the other rows'."""
+    run from ``starts``. The dataset, and the predictor with its result, are kept in ``cache`` under
+    fingerprints of everything they depend on, so that an interrupted row resumes after the stage it finished;
+    a kept predictor is only timed again (``options.speed_time``), so that its speed is measured in the same run
+    as the other rows'."""
     potential = OpenMMPotential(prepared.system, platform=platform)
     constraints = ConstraintSet.from_system(prepared.system)
     temperature = model.metadata.temperature
+    protocol = model.metadata.recipe["dataset_protocol"]
+    data_digest = hashlib.sha256(model.path.read_bytes())
+    data_digest.update(json.dumps([DIRECT_DATA, protocol], sort_keys=True).encode())
     digest = hashlib.sha256(model.path.read_bytes())
     for part in (json.dumps(DIRECT_DATA, sort_keys=True), str(iterations), platform,
                  json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True),
@@ -114,13 +118,17 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
         result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
                                                    pairs).ps_per_second
         return result
-    protocol = model.metadata.recipe["dataset_protocol"]
-    with tempfile.TemporaryDirectory() as scratch:
+    data_path = cache / f"direct-data-{data_digest.hexdigest()[:16]}.npz"
+    if data_path.exists():
+        log(f"direct predictor: reference data read from {data_path}")
+        dataset = ReferenceDataset.load(data_path)
+    else:
         log("direct predictor: generating its reference data")
+        cache.mkdir(parents=True, exist_ok=True)
         dataset = generate_reference_data(
-            prepared.system, prepared.positions, Path(scratch) / "direct.npz", topology=prepared.topology,
-            temperature=temperature, delta=protocol["integration_step"], record_every=protocol["record_every"],
-            platform="CPU", **DIRECT_DATA)
+            prepared.system, prepared.positions, data_path, topology=prepared.topology, temperature=temperature,
+            delta=protocol["integration_step"], record_every=protocol["record_every"], platform="CPU",
+            **DIRECT_DATA)
     predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
     result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements, pairs)
     save_predictor(predictor, result, path)
