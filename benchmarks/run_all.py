@@ -99,9 +99,9 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
     constraints = ConstraintSet.from_system(prepared.system)
     temperature = model.metadata.temperature
     protocol = model.metadata.recipe["dataset_protocol"]
-    data_digest = hashlib.sha256(model.path.read_bytes())
+    model_digest = hashlib.sha256(model.path.read_bytes())
+    data_digest, digest = model_digest.copy(), model_digest.copy()
     data_digest.update(json.dumps([DIRECT_DATA, protocol], sort_keys=True).encode())
-    digest = hashlib.sha256(model.path.read_bytes())
     for part in (json.dumps(DIRECT_DATA, sort_keys=True), str(iterations), platform,
                  json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True),
                  starts.positions.tobytes(), starts.velocities.tobytes()):
