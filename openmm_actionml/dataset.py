@@ -198,6 +198,26 @@ class ReferenceDataset:
             Shape ``[M, k + 1, N, 3]``, ``M`` = (number of segments) x (start frames per segment), in that order;
             with ``select``, ``[len(select), k + 1, N, 3]``.
         """
+        index = self._window_index(lag, k, segments, stride, select)
+        return self.positions[index], self.velocities[index]
+
+    def start_forces(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None = None,
+                     stride: int = 1, select: np.ndarray | None = None) -> np.ndarray:
+        """The stored force-field forces at the first frame of each window :meth:`windows` returns, ``[M, N, 3]``.
+
+        Raises
+        ------
+        DatasetError
+            If the dataset stores no forces.
+        """
+        if self.forces is None:
+            raise DatasetError("this dataset stores no forces; generate it with store_forces=True (--store-forces).")
+        segment, frames = self._window_index(lag, k, segments, stride, select)
+        return self.forces[segment[:, 0], frames[:, 0]]
+
+    def _window_index(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None, stride: int,
+                      select: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment, frame)`` index arrays, ``[M, 1]`` and ``[M, k + 1]``, of the windows :meth:`windows` returns."""
         n = self.lag_steps(lag)
         if int(k) != k or k < 1 or int(stride) != stride or stride < 1:
             raise InputError(f"k ({k}) and stride ({stride}) must be positive integers.")
@@ -210,8 +230,7 @@ class ReferenceDataset:
         if select is None:
             select = np.arange(len(chosen) * len(starts))
         segment, start = np.divmod(np.asarray(select, dtype=np.int64), len(starts))
-        index = (chosen[segment][:, None], starts[start][:, None] + n * np.arange(int(k) + 1))
-        return self.positions[index], self.velocities[index]
+        return chosen[segment][:, None], starts[start][:, None] + n * np.arange(int(k) + 1)
 
     def count_windows(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None = None,
                       stride: int = 1) -> int:

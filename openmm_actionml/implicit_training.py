@@ -147,7 +147,7 @@ class ImplicitTrainer(Trainer):
         self.predictor = predictor_splitting(options.predictor, self.scheme)
         self.setup(dataset, system, options, self.scheme.n_heads, options.pretrain_iterations + options.iterations)
         self.classical_kicks = KickPotential(None, self.reference_forces, self.box)
-        q, v = self.windows(1, self.validation_segments, options.validation_pairs)
+        q, v, _ = self.windows(1, self.validation_segments, options.validation_pairs)
         self.validation = (q[:, 0], v[:, 0], q[:, 1], v[:, 1])
         self.solve_set = tuple(x[:options.solve_pairs] for x in self.validation)
 
@@ -267,10 +267,10 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
         stopping = EarlyStopping(options.patience)
         line = ProgressLine(phase, total, progress)
         for iteration in range(1, total + 1):
-            q, v = trainer.windows(1, trainer.train_segments,
-                                   options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
+            q, v, forces = trainer.windows(1, trainer.train_segments,
+                                           options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
             trainer.optimizer.zero_grad()
-            tie = trainer.force_matching_loss(q[:, 0]) if options.force_matching > 0 or phase == "pretrain" \
+            tie = trainer.force_matching_loss(q[:, 0], forces) if options.force_matching > 0 or phase == "pretrain" \
                 else torch.zeros((), dtype=torch.float64)
             if phase == "pretrain":
                 loss = tie

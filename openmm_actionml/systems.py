@@ -105,7 +105,8 @@ def build_system(pdb: str | os.PathLike,
         ``CustomGBForce`` suits any force field; with Amber99-family force fields,
         ``'amber99_obc.xml'`` gives OpenMM's native ``GBSAOBCForce``, about 5x faster on the CPU.
     water_forcefield
-        Explicit solvent only: the force-field file with the water (and ion) parameters.
+        Explicit solvent only: the force-field file with the water (and ion) parameters; not loaded
+        when ``forcefield`` already defines water (as ``amoeba2018.xml`` does).
 
     Raises
     ------
@@ -132,9 +133,12 @@ def build_system(pdb: str | os.PathLike,
     fixer.addMissingAtoms()
     fixer.addMissingHydrogens(ph)
 
-    solvent_file = {"obc2": implicit_forcefield, "explicit": water_forcefield}.get(solvent)
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
-    ff = _load_forcefield(files if solvent_file is None else files + [solvent_file])
+    if solvent == "obc2":
+        ff, solvent_file = _load_forcefield(files + [implicit_forcefield]), implicit_forcefield
+    else:
+        ff = _load_forcefield(files)
+        solvent_file = _add_water_forcefield(ff, water_forcefield) if explicit else None
 
     modeller = app.Modeller(fixer.topology, fixer.positions)
     if protein_only:
@@ -165,10 +169,11 @@ def water_box(n_waters: int = 256,
               constraints: str | None = None,
               hydrogen_mass: u.Quantity | float | None = None,
               nonbonded_cutoff: u.Quantity | float = 0.9) -> PreparedSystem:
-    """A cubic periodic box of ``n_waters`` TIP3P waters (flexible by default), with PME.
+    """A cubic periodic box of ``n_waters`` waters (flexible by default), with PME.
 
-    The box edge follows from liquid density (about 2.0 nm for 256 waters); the cutoff must stay
-    below half of it.
+    The water model is ``water_forcefield`` (TIP3P), or ``forcefield``'s own when it defines water
+    (``forcefield="amoeba2018.xml"`` gives AMOEBA water with mutual polarisation). The box edge
+    follows from liquid density (about 2.0 nm for 256 waters); the cutoff must stay below half of it.
     """
     if int(n_waters) != n_waters or n_waters < 1:
         raise InputError(f"n_waters must be a positive integer, got {n_waters}.")
@@ -176,12 +181,13 @@ def water_box(n_waters: int = 256,
     mass_h = _hydrogen_mass(hydrogen_mass)
     cutoff = positive_float(nonbonded_cutoff, u.nanometer, "nonbonded_cutoff")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
-    ff = _load_forcefield(files + [water_forcefield])
+    ff = _load_forcefield(files)
+    water_file = _add_water_forcefield(ff, water_forcefield)
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(ff, model="tip3p", numAdded=int(n_waters))
     system = _create_system(ff, modeller.topology, f"water box of {n_waters}", files, cutoff, constraints,
                             rigid_water, mass_h)
-    settings = {"pdb": None, "n_waters": int(n_waters), "forcefield": files, "water_forcefield": water_forcefield,
+    settings = {"pdb": None, "n_waters": int(n_waters), "forcefield": files, "water_forcefield": water_file,
                 "constraints": constraints, "rigid_water": rigid_water, "hydrogen_mass": mass_h,
                 "nonbonded_cutoff": cutoff}
     return PreparedSystem(modeller.topology, system, modeller.positions, settings)
@@ -193,6 +199,29 @@ def _load_forcefield(files: list[str]) -> app.ForceField:
     except (ValueError, OSError) as error:
         raise InputError(f"could not load force field {files}: {error}. Give XML files bundled with OpenMM "
                          f"(e.g. amber14-all.xml, charmm36.xml) or paths of existing files.") from error
+
+
+def _add_water_forcefield(ff: app.ForceField, water_forcefield: str) -> str | None:
+    """Load ``water_forcefield`` into ``ff`` unless ``ff`` already has a template for water (as AMOEBA's files
+    do); returns the file loaded, or ``None``."""
+    if not ff.getUnmatchedResidues(_water_topology()):
+        return None
+    try:
+        ff.loadFile(water_forcefield)
+    except (ValueError, OSError) as error:
+        raise InputError(f"could not load water force field {water_forcefield}: {error}. Give an XML file bundled "
+                         f"with OpenMM (e.g. amber14/tip3p.xml) or the path of an existing file.") from error
+    return water_forcefield
+
+
+def _water_topology() -> app.Topology:
+    """One water molecule, to ask a force field whether it has a template for it."""
+    topology = app.Topology()
+    residue = topology.addResidue("HOH", topology.addChain())
+    oxygen = topology.addAtom("O", app.element.oxygen, residue)
+    for name in ("H1", "H2"):
+        topology.addBond(oxygen, topology.addAtom(name, app.element.hydrogen, residue))
+    return topology
 
 
 def _hydrogen_mass(value: u.Quantity | float | None) -> float | None:

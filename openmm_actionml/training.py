@@ -217,7 +217,7 @@ class Trainer:
                                      excluded_pairs=excluded, **options.network).double()
         self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
-        frames, _ = self.windows(0, self.train_segments, 256)
+        frames, _, _ = self.windows(0, self.train_segments, 256)
         self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
         decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total_iterations, 1))
@@ -229,13 +229,19 @@ class Trainer:
     def total_energy(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.potential.energy_and_forces(q)[0] + 0.5 * (self.masses[:, None] * v ** 2).sum((-1, -2))
 
-    def windows(self, k: int, segments: np.ndarray, count: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` random reference windows of ``k`` steps (``k = 0``: single frames), ``[M, k + 1, N, 3]``."""
-        total = self.dataset.count_windows(self.options.step, max(k, 1), segments)
+    def windows(self, k: int, segments: np.ndarray,
+                count: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``count`` random reference windows of ``k`` steps (``k = 0``: single frames): positions and velocities
+        ``[M, k + 1, N, 3]``, and the force-field forces at their first frames ``[M, N, 3]`` when the dataset
+        stores forces (else ``None``)."""
+        lag, steps = self.options.step, max(k, 1)
+        total = self.dataset.count_windows(lag, steps, segments)
         pick = self.rng.choice(total, count, replace=False) if count is not None and count < total else None
-        q, v = self.dataset.windows(self.options.step, max(k, 1), segments, select=pick)
+        q, v = self.dataset.windows(lag, steps, segments, select=pick)
+        forces = None if self.dataset.forces is None else \
+            torch.as_tensor(self.dataset.start_forces(lag, steps, segments, select=pick), dtype=torch.float64)
         return (torch.as_tensor(q[:, :k + 1], dtype=torch.float64),
-                torch.as_tensor(v[:, :k + 1], dtype=torch.float64))
+                torch.as_tensor(v[:, :k + 1], dtype=torch.float64), forces)
 
     def unroll_loss(self, q_ref: torch.Tensor, v_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trajectory loss (thermal units, averaged over the unroll) and the energy penalty term."""
@@ -246,14 +252,15 @@ class Trainer:
             penalty = self.options.energy_penalty * (change ** 2).mean()
         return loss, penalty
 
-    def force_matching_loss(self, q: torch.Tensor) -> torch.Tensor:
+    def force_matching_loss(self, q: torch.Tensor, forces: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2
-        (its square root is the relative force error).
+        (its square root is the relative force error). The force field's forces are ``forces`` (the dataset's
+        stored ones, so that an expensive force field is not evaluated again) or, if ``None``, computed.
 
         With constraints only the part of a force that moves the system matters: a kick's velocity change is
         RATTLE-projected, so forces are compared after the same projection of ``F/m`` (components along the
         constraints, which no dynamics sees, are neither fitted nor counted)."""
-        reference = self.dynamical_forces(q, self.reference_forces(q).detach())
+        reference = self.dynamical_forces(q, (self.reference_forces(q) if forces is None else forces).detach())
         scale = (reference ** 2).mean()
         loss = torch.zeros((), dtype=torch.float64)
         for head in range(self.n_heads):
@@ -271,13 +278,13 @@ class Trainer:
 
     def validation_force_loss(self) -> float:
         """:meth:`force_matching_loss` on validation frames."""
-        q, _ = self.windows(0, self.validation_segments, 128)
+        q, _, forces = self.windows(0, self.validation_segments, 128)
         with torch.no_grad():
-            return float(self.force_matching_loss(q[:, 0]))
+            return float(self.force_matching_loss(q[:, 0], forces))
 
     def validate(self) -> dict:
         """Validation loss at the first curriculum unroll and one-step relative errors."""
-        q, v = self.windows(1, self.validation_segments, 64)
+        q, v, forces = self.windows(1, self.validation_segments, 64)
         with torch.no_grad():
             loss, _ = self.unroll_loss(q, v)
             q1, v1, _ = self.stepper.step(q[:, 0], v[:, 0])
@@ -285,7 +292,7 @@ class Trainer:
                                  q[:, 1].numpy(), v[:, 1].numpy(), q1.numpy(), v1.numpy())
         if not self.options.anchored:
             with torch.no_grad():
-                errors["force"] = float(self.force_matching_loss(q[:, 0])) ** 0.5
+                errors["force"] = float(self.force_matching_loss(q[:, 0], forces)) ** 0.5
         return {"validation_loss": float(loss), "errors": errors}
 
     def gate(self) -> GateResult:
@@ -296,7 +303,7 @@ class Trainer:
         temperatures = self.dataset.segment_temperatures
         at_temperature = np.array([s for s in self.validation_segments
                                    if temperatures[s] == self.dataset.temperature])
-        q, v = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
+        q, v, _ = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
                             gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
                         self.dataset.temperature, gate, self.dataset.elements)
@@ -426,15 +433,15 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         stopping = EarlyStopping(options.patience)
         line = ProgressLine(phase, total, progress, done=state["iteration"])
         while state["iteration"] < total:
-            q, v = trainer.windows(k, trainer.train_segments,
-                                   options.pretrain_batch_size if pretrain else options.batch_size)
+            q, v, forces = trainer.windows(k, trainer.train_segments,
+                                           options.pretrain_batch_size if pretrain else options.batch_size)
             trainer.optimizer.zero_grad()
             if pretrain:
-                loss, penalty = trainer.force_matching_loss(q[:, 0]), torch.zeros(())
+                loss, penalty = trainer.force_matching_loss(q[:, 0], forces), torch.zeros(())
             else:
                 loss, penalty = trainer.unroll_loss(q, v)
                 if options.force_matching > 0:
-                    loss = loss + options.force_matching * trainer.force_matching_loss(q[:, 0])
+                    loss = loss + options.force_matching * trainer.force_matching_loss(q[:, 0], forces)
             if not bool(torch.isfinite(loss + penalty)):
                 raise SimulationInstabilityError(
                     f"training loss became {float(loss + penalty)} in {phase}: the learned map blew up on a training "

@@ -140,6 +140,16 @@ def test_windows():
         data.windows(1 * u.femtosecond, k=1, segments=[3])
 
 
+def test_start_forces_are_those_of_each_windows_first_frame():
+    data = make_dataset()
+    pick = np.array([7, 1, 4])
+    forces = data.start_forces(1 * u.femtosecond, 3, select=pick)  # window m starts at segment m // 3, frame m % 3
+    np.testing.assert_array_equal(forces, data.forces[[2, 0, 1], [1, 1, 1]])
+    data.forces = None
+    with pytest.raises(DatasetError, match="stores no forces.*--store-forces"):
+        data.start_forces(1 * u.femtosecond, 3)
+
+
 def test_split_by_segment():
     data = make_dataset(n_segments=10)
     train, validation = data.split(0.2, seed=5)

@@ -66,6 +66,14 @@ def test_water_box_is_flexible_and_periodic():
         water_box(64, nonbonded_cutoff=1.0)
 
 
+def test_water_box_takes_the_force_fields_own_water():
+    """amoeba2018.xml defines water itself, so the TIP3P file is not loaded beside it (it would clash)."""
+    amoeba = water_box(64, forcefield="amoeba2018.xml", rigid_water=True, nonbonded_cutoff=0.45)
+    assert "AmoebaMultipoleForce" in _forces(amoeba.system) and "NonbondedForce" not in _forces(amoeba.system)
+    assert amoeba.settings["water_forcefield"] is None and amoeba.system.getNumConstraints() == 192
+    assert water_box(64, nonbonded_cutoff=0.45).settings["water_forcefield"] == "amber14/tip3p.xml"
+
+
 def test_unknown_residue_is_a_clear_error(alanine_pdb, tmp_path):
     pdb = tmp_path / "with-ligand.pdb"
     pdb.write_text(alanine_pdb.read_text().replace("TER\n", "TER\n" + UNKNOWN_LIGAND))

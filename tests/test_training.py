@@ -158,3 +158,28 @@ def test_pure_ml_pretraining_is_a_candidate_and_the_gate_starts_at_the_model_tem
         summary = str(error)
     assert len(drawn) == 2 and all(t == [300.0] * len(t) for t in drawn)
     assert "pretrain" in summary and "k=1" in summary
+
+
+def test_stored_forces_replace_force_field_calls_in_force_matching(alanine, tmp_path, monkeypatch):
+    """With forces in the dataset, force matching reads them (the same numbers the force field gives at those
+    frames), so pure-ML training on an expensive potential evaluates it only for the gate's energies."""
+    dataset = generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
+                                      delta=0.5 * u.femtosecond, record_every=2, n_segments=4, segment_length=0.05,
+                                      decorrelation=0.05, equilibration=0.1, platform="Reference", seed=5,
+                                      store_forces=True, progress=False)
+    options = tiny_options(anchored=False, force_matching=1.0, pretrain_iterations=2, curriculum=(1,),
+                           energy_penalty=0.0)
+    trainer = Trainer(dataset, dataset.system(), options)
+    q, _, forces = trainer.windows(0, trainer.train_segments, 8)
+    with torch.no_grad():  # both are the Reference platform's double-precision forces at the same positions
+        assert trainer.force_matching_loss(q[:, 0], forces).item() == pytest.approx(
+            trainer.force_matching_loss(q[:, 0]).item(), rel=1e-12)
+
+    def refuse(self, q):
+        raise AssertionError("the force field's forces were evaluated in the loss")
+
+    monkeypatch.setattr(Trainer, "reference_forces", refuse)
+    try:  # a poor surrogate may fail the gate, which is not the point
+        train(dataset, None, options, tmp_path / "pure.pt", progress=False)
+    except GateFailedError:
+        pass
