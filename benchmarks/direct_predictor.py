@@ -146,16 +146,18 @@ def train_direct_predictor(dataset: ReferenceDataset, h: float, iterations: int 
     return model.eval()
 
 
-def save_predictor(model: DirectPredictor, result: EnsembleResult, path: Path) -> None:
-    """Keep a trained predictor's weights and its ensemble's result at ``path`` (atomically)."""
+def save_predictor(model: DirectPredictor, result: Optional[EnsembleResult], path: Path) -> None:
+    """Keep a trained predictor's weights and its ensemble's result (``None`` before it is run) at ``path``
+    (atomically)."""
     with atomic_path(path, overwrite=True) as tmp:
         torch.save({"state": model.state_dict(), "hidden": model.mlp[0].out_features, "h": model.h,
                     "result": result}, tmp)
 
 
 def load_predictor(path: Path, potential: OpenMMPotential, temperature: float,
-                   constraints: Optional[ConstraintSet]) -> tuple[DirectPredictor, EnsembleResult]:
-    """The predictor and result :func:`save_predictor` kept, bound to ``potential``'s force field.
+                   constraints: Optional[ConstraintSet]) -> tuple[DirectPredictor, Optional[EnsembleResult]]:
+    """The predictor and result (``None`` if it was kept before its run) :func:`save_predictor` kept, bound to
+    ``potential``'s force field.
 
     Raises
     ------

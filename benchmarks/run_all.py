@@ -64,7 +64,7 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
               direct_iterations: int, jobs: int = 1, only: Optional[str] = None) -> Optional[str]:
     """All rows for one model; returns its markdown section (None when ``only`` runs one part: "openmm" for the
     OpenMM rows, "direct" for the direct predictor). Finished trajectories of the OpenMM rows and the trained
-    direct predictor with its result are kept in ``directory/trajectories``, so that a rerun resumes."""
+    direct predictor and its result are kept in ``directory/trajectories``, so that a rerun resumes."""
     prepared = build_training_system(model.metadata.recipe)
     temperature = model.metadata.temperature
     cache = directory / "trajectories"
@@ -91,48 +91,64 @@ def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, dir
 def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, options: EnsembleOptions,
                platform: str, cache: Path, iterations: int) -> EnsembleResult:
     """The direct-predictor row: trained on a fresh reference dataset drawn with the model's data protocol and
-    run from ``starts``. The dataset, and the predictor with its result, are kept in ``cache`` under
-    fingerprints of everything they depend on, so that an interrupted row resumes after the stage it finished;
-    a kept predictor is only timed again (``options.speed_time``), so that its speed is measured in the same run
+    run from ``starts``. The dataset, the trained predictor and then its result are kept in ``cache`` (see
+    :func:`direct_cache_paths`), so that an interrupted row resumes after the stage it finished; a predictor kept
+    with its result is only timed again (``options.speed_time``), so that its speed is measured in the same run
     as the other rows'."""
     potential = OpenMMPotential(prepared.system, platform=platform)
     constraints = ConstraintSet.from_system(prepared.system)
     temperature = model.metadata.temperature
-    protocol = model.metadata.recipe["dataset_protocol"]
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    pairs = constraint_pairs(prepared.system)
+    data_path, path = direct_cache_paths(model, options, platform, starts, iterations, cache)
+    result = None
+    if path.exists():
+        predictor, result = load_predictor(path, potential, temperature, constraints)
+        log(f"direct predictor: read from {path}" + ("; timing it again" if result is not None else "; running its ensemble"))
+    else:
+        dataset = direct_reference_data(model, prepared, data_path)
+        predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
+        save_predictor(predictor, None, path)  # kept before its run, so an interrupted run does not train again
+    if result is None:
+        result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements, pairs)
+        save_predictor(predictor, result, path)
+        return result
+    duration = options.speed_time or options.duration
+    timed = dataclasses.replace(options, duration=duration, correlation_time=min(options.correlation_time, duration / 2))
+    result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
+                                               pairs).ps_per_second
+    return result
+
+
+def direct_cache_paths(model: ActionMLModel, options: EnsembleOptions, platform: str, starts: Starts,
+                       iterations: int, cache: Path) -> tuple[Path, Path]:
+    """The kept files of the direct row: its reference dataset, named by a fingerprint of the model file, the
+    data settings and the model's data protocol; and its predictor with result, named by one of the model file,
+    the data settings, the training iterations, the platform, the ensemble options (its speed time excepted)
+    and the starts."""
     model_digest = hashlib.sha256(model.path.read_bytes())
     data_digest, digest = model_digest.copy(), model_digest.copy()
-    data_digest.update(json.dumps([DIRECT_DATA, protocol], sort_keys=True).encode())
+    data_digest.update(json.dumps([DIRECT_DATA, model.metadata.recipe["dataset_protocol"]], sort_keys=True).encode())
     for part in (json.dumps(DIRECT_DATA, sort_keys=True), str(iterations), platform,
                  json.dumps({**dataclasses.asdict(options), "speed_time": None}, sort_keys=True),
                  starts.positions.tobytes(), starts.velocities.tobytes()):
         digest.update(part if isinstance(part, bytes) else part.encode())
-    path = cache / f"direct-predictor-{digest.hexdigest()[:16]}.pt"
-    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
-    pairs = constraint_pairs(prepared.system)
+    return (cache / f"direct-data-{data_digest.hexdigest()[:16]}.npz",
+            cache / f"direct-predictor-{digest.hexdigest()[:16]}.pt")
+
+
+def direct_reference_data(model: ActionMLModel, prepared: PreparedSystem, path: Path) -> ReferenceDataset:
+    """The direct predictor's reference dataset: read from ``path``, or generated there (atomically) with the
+    model's data protocol and :data:`DIRECT_DATA`."""
     if path.exists():
-        predictor, result = load_predictor(path, potential, temperature, constraints)
-        log(f"direct predictor: read from {path}; timing it again")
-        duration = options.speed_time or options.duration
-        timed = dataclasses.replace(options, duration=duration,
-                                    correlation_time=min(options.correlation_time, duration / 2))
-        result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
-                                                   pairs).ps_per_second
-        return result
-    data_path = cache / f"direct-data-{data_digest.hexdigest()[:16]}.npz"
-    if data_path.exists():
-        log(f"direct predictor: reference data read from {data_path}")
-        dataset = ReferenceDataset.load(data_path)
-    else:
-        log("direct predictor: generating its reference data")
-        cache.mkdir(parents=True, exist_ok=True)
-        dataset = generate_reference_data(
-            prepared.system, prepared.positions, data_path, topology=prepared.topology, temperature=temperature,
-            delta=protocol["integration_step"], record_every=protocol["record_every"], platform="CPU",
-            **DIRECT_DATA)
-    predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
-    result = run_direct_ensemble(predictor, potential, starts, temperature, options, elements, pairs)
-    save_predictor(predictor, result, path)
-    return result
+        log(f"direct predictor: reference data read from {path}")
+        return ReferenceDataset.load(path)
+    log("direct predictor: generating its reference data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    protocol = model.metadata.recipe["dataset_protocol"]
+    return generate_reference_data(
+        prepared.system, prepared.positions, path, topology=prepared.topology, temperature=model.metadata.temperature,
+        delta=protocol["integration_step"], record_every=protocol["record_every"], platform="CPU", **DIRECT_DATA)
 
 
 def main() -> None:
