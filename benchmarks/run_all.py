@@ -104,7 +104,8 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
     result = None
     if path.exists():
         predictor, result = load_predictor(path, potential, temperature, constraints)
-        log(f"direct predictor: read from {path}" + ("; timing it again" if result is not None else "; running its ensemble"))
+        log(f"direct predictor: read from {path}; "
+            + ("timing it again" if result is not None else "running its ensemble"))
     else:
         dataset = direct_reference_data(model, prepared, data_path)
         predictor = train_direct_predictor(dataset, model.metadata.step, iterations, platform=platform)
@@ -114,7 +115,8 @@ def direct_row(model: ActionMLModel, prepared: PreparedSystem, starts: Starts, o
         save_predictor(predictor, result, path)
         return result
     duration = options.speed_time or options.duration
-    timed = dataclasses.replace(options, duration=duration, correlation_time=min(options.correlation_time, duration / 2))
+    timed = dataclasses.replace(options, duration=duration,
+                                correlation_time=min(options.correlation_time, duration / 2))
     result.ps_per_second = run_direct_ensemble(predictor, potential, starts, temperature, timed, elements,
                                                pairs).ps_per_second
     return result
