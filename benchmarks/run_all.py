@@ -20,9 +20,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 
 from direct_predictor import load_predictor, run_direct_ensemble, save_predictor, train_direct_predictor
@@ -30,7 +29,7 @@ from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
 from openmm_actionml.constraints import ConstraintSet
 from openmm_actionml.dataset import ReferenceDataset
-from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, equilibrated_starts
+from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, resumable_starts
 from openmm_actionml.evaluate import evaluate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.generate import generate_reference_data
@@ -45,19 +44,6 @@ DIRECT_DATA = {"n_segments": 32, "segment_length": 0.5, "decorrelation": 1.0, "e
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def resumable_starts(path: Path, draw: Callable[[], Starts]) -> Starts:
-    """The starts kept at ``path``, else ``draw()`` kept there: a resumed run needs the very same starts, and a
-    Langevin draw on the CPU platform may differ in its last bits on another machine."""
-    if path.exists():
-        with np.load(path) as data:
-            return Starts(data["positions"], data["velocities"], data["masses"])
-    starts = draw()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)
-    return starts
 
 
 def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,

@@ -165,6 +165,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--energy-penalty", type=float, default=0.3, help="lambda_E in kT units (default 0.3)")
     parser.add_argument("--force-matching", type=float, default=0.0, help="weight tying heads to the force field")
     parser.add_argument("--pretrain-iterations", type=int, default=0, help="force-matching iterations first")
+    parser.add_argument("--pretrain-batch-size", type=int, default=128, help="frames per force-matching iteration "
+                        "(default 128)")
     parser.add_argument("--eval-every", type=int, default=25, help="iterations between validations (default 25)")
     parser.add_argument("--patience", type=int, default=3, help="validations without improvement before a stage "
                         "ends early (default 3)")
@@ -194,7 +196,8 @@ def run_train(args: argparse.Namespace) -> int:
     common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, iterations=args.iterations,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   final_learning_rate=args.learning_rate / 10.0, force_matching=args.force_matching,
-                  pretrain_iterations=args.pretrain_iterations, seed=args.seed, eval_every=args.eval_every,
+                  pretrain_iterations=args.pretrain_iterations, pretrain_batch_size=args.pretrain_batch_size,
+                  seed=args.seed, eval_every=args.eval_every,
                   patience=args.patience,
                   network={"hidden": _integers(args.hidden, "--hidden"), "switch": args.switch},
                   force_field_platform=args.force_field_platform)
@@ -342,6 +345,8 @@ def _add_ensemble_options(parser: argparse.ArgumentParser, defaults: EnsembleOpt
                           "the same command after an interruption resumes it (speeds then come from a dedicated "
                           "timed run of every integrator)")
     ensemble.add_argument("--speed-time", type=float, help="ps of each dedicated timed run (default: --time)")
+    ensemble.add_argument("--rdf", metavar="A-B", help="also measure the radial distribution function between "
+                          "elements A and B at every sample, e.g. O-O for water (periodic boxes; default none)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -357,7 +362,7 @@ def _evaluate_and_report(model: ActionMLModel, prepared: PreparedSystem, args: a
     sample = (args.sample_interval or model.metadata.step * 1000.0) / 1000.0
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=sample,
                               correlation_time=min(EnsembleOptions.correlation_time, args.time / 2),
-                              speed_time=args.speed_time)
+                              speed_time=args.speed_time, rdf=args.rdf)
     started = time.monotonic()
     results = evaluate(prepared, model, options, temperature=args.temperature, platform=args.platform,
                        seed=args.seed, progress=_print_progress, jobs=args.jobs, cache_dir=args.cache_dir)

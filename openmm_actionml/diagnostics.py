@@ -1,7 +1,7 @@
 """Diagnostics that experts accept: energy drift and how the energy error grows (random walk or push),
 per-element temperature with a constraint-aware degree-of-freedom count, the translational and rotational
-temperature of rigid water, and one-step errors in thermal units. Pure numpy; shared by the trainer's NVE gate,
-``actionml run`` and ``actionml evaluate``.
+temperature of rigid water, radial distribution functions of periodic boxes, and one-step errors in thermal
+units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``actionml evaluate``.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .units import BOLTZMANN
 
 
@@ -102,6 +103,88 @@ def _per_element(twice_kinetic: np.ndarray, elements: list[str], dof_per_atom: n
     dof = np.asarray(dof_per_atom, dtype=float)
     return {element: twice_kinetic[..., symbols == element].sum(-1) / (BOLTZMANN * dof[symbols == element].sum())
             for element in sorted(set(elements))}
+
+
+@dataclass
+class RadialDistribution:
+    """The radial distribution function g(r) between two atom sets of an orthorhombic periodic box.
+
+    Distances are minimum-image, binned from 0 to half the shortest box edge (beyond it the minimum image misses
+    pairs). Every ordered pair ``(i, j)`` of ``first`` x ``second`` with ``i != j`` counts, so identical and
+    disjoint sets are normalised alike: ``g = counts / (frames x pairs x shell volume / box volume)``, which is 1
+    for an ideal gas.
+
+    Attributes
+    ----------
+    label
+        What it measures, e.g. ``"O-O"``.
+    first, second
+        Atom indices of the two sets.
+    box
+        Box edge lengths (nm).
+    edges
+        Bin edges (nm).
+    """
+
+    label: str
+    first: np.ndarray
+    second: np.ndarray
+    box: np.ndarray
+    edges: np.ndarray
+
+    @classmethod
+    def of_elements(cls, pair: str, elements: list[str], box_vectors: np.ndarray,
+                    bin_width: float = 0.01) -> "RadialDistribution":
+        """g(r) between the atoms of two elements, ``pair`` written ``"O-O"`` or ``"O-H"``, in the box whose
+        vectors (nm, ``[3, 3]``) are ``box_vectors``.
+
+        Raises
+        ------
+        InputError
+            If ``pair`` is malformed or names an element the system lacks, or the box is not orthorhombic.
+        """
+        symbols = pair.split("-")
+        if len(symbols) != 2 or not all(symbols):
+            raise InputError(f"a radial distribution is named by two elements joined by '-', such as O-O; "
+                             f"got {pair!r}.")
+        indices = []
+        for symbol in symbols:
+            found = np.flatnonzero(np.asarray(elements) == symbol)
+            if not len(found):
+                raise InputError(f"radial distribution {pair}: the system has no {symbol} atom "
+                                 f"(its elements are {', '.join(sorted(set(elements)))}).")
+            indices.append(found)
+        box_vectors = np.asarray(box_vectors, dtype=float)
+        if np.abs(box_vectors - np.diag(np.diag(box_vectors))).max() > 1e-9:
+            raise InputError("radial distributions are measured in orthorhombic boxes only; this box is triclinic.")
+        box = np.diag(box_vectors).copy()
+        n_bins = int(0.5 * box.min() / bin_width)
+        if n_bins < 1:
+            raise InputError(f"bin width {bin_width} nm exceeds half the box's shortest edge "
+                             f"({0.5 * box.min():.3g} nm).")
+        return cls(pair, indices[0], indices[1], box, np.arange(n_bins + 1) * bin_width)
+
+    @property
+    def radii(self) -> np.ndarray:
+        """Bin centres (nm)."""
+        return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+    @property
+    def n_pairs(self) -> int:
+        """Ordered pairs of distinct atoms counted per frame."""
+        return len(self.first) * len(self.second) - len(np.intersect1d(self.first, self.second))
+
+    def counts(self, positions: np.ndarray) -> np.ndarray:
+        """Pair counts per bin of one frame, ``positions`` ``[N, 3]`` (nm)."""
+        separation = positions[self.second][None, :, :] - positions[self.first][:, None, :]
+        separation -= self.box * np.round(separation / self.box)
+        distances = np.sqrt((separation ** 2).sum(-1))[self.first[:, None] != self.second[None, :]]
+        return np.histogram(distances, bins=self.edges)[0].astype(float)
+
+    def normalise(self, counts: np.ndarray, n_frames: int) -> np.ndarray:
+        """g(r) from the counts summed over ``n_frames`` frames (any leading axes)."""
+        shells = 4.0 / 3.0 * np.pi * (self.edges[1:] ** 3 - self.edges[:-1] ** 3)
+        return counts / (n_frames * self.n_pairs * shells / np.prod(self.box))
 
 
 @dataclass

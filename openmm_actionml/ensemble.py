@@ -1,6 +1,7 @@
 """NVE ensembles in OpenMM: run several integrators from the same equilibrated starts and measure what experts
 accept (DESIGN.md section 9): stable fraction, energy drift and its RMS, per-element kinetic temperature with a
-constraint-aware DOF count, reversibility, the velocity autocorrelation, cost and speed.
+constraint-aware DOF count, reversibility, the velocity autocorrelation, a radial distribution function (periodic
+boxes, on request), cost and speed.
 
 This is the engine of ``actionml evaluate`` and ``actionml demo``; :mod:`openmm_actionml.report` turns its
 results into tables and plots.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -17,7 +19,8 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from .diagnostics import (degrees_of_freedom_per_atom, element_temperature_series, energy_drift,
+from .atomic import atomic_path
+from .diagnostics import (RadialDistribution, degrees_of_freedom_per_atom, element_temperature_series, energy_drift,
                           rigid_molecule_temperatures, rigid_triatomics)
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
@@ -84,6 +87,11 @@ class EnsembleOptions:
         for Systems without constraints of at most this many atoms (it costs ``36 N`` steps).
     speed_time
         ps of the dedicated speed run (see :func:`run_ensemble`); default: one trajectory's length.
+    rdf
+        Element pair whose radial distribution function to measure at every sample, such as ``"O-O"`` (periodic
+        orthorhombic boxes; default none).
+    rdf_bin_width
+        Its bin width in nm.
     """
 
     n_trajectories: int = 8
@@ -95,11 +103,13 @@ class EnsembleOptions:
     instability_factor: float = 4.0
     symplecticity_max_atoms: int = 64
     speed_time: Optional[float] = None
+    rdf: Optional[str] = None
+    rdf_bin_width: float = 0.01
 
     def __post_init__(self) -> None:
         if self.n_trajectories < 2:
             raise InputError(f"an ensemble needs at least 2 trajectories (standard errors), got {self.n_trajectories}.")
-        for name in ("duration", "sample_interval", "reversibility_time", "correlation_time"):
+        for name in ("duration", "sample_interval", "reversibility_time", "correlation_time", "rdf_bin_width"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.speed_time is not None and not self.speed_time > 0:
@@ -121,7 +131,10 @@ class EnsembleResult:
     energy divides between its atoms by geometry, not by equipartition). Each NVE trajectory keeps the energy of
     its start, so its temperature varies from start to start by about ``sqrt(2/n_dof)``; ``equipartition``
     divides each element's temperature by its own trajectory's before averaging, which resolves a loss of
-    equipartition to about a per cent with a few trajectories."""
+    equipartition to about a per cent with a few trajectories.
+
+    With :attr:`EnsembleOptions.rdf`, ``rdf`` and ``rdf_error`` are the radial distribution function at
+    ``rdf_radii`` (nm) and its standard error over stable trajectories; otherwise they are empty."""
 
     name: str
     step_fs: float
@@ -146,11 +159,16 @@ class EnsembleResult:
     vacf: np.ndarray = field(repr=False)
     vacf_error: np.ndarray = field(repr=False)
     notes: str = ""
+    rdf_label: str = ""
+    rdf_radii: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    rdf: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    rdf_error: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def to_dict(self) -> dict:
         """The scalar figures (JSON-serialisable)."""
         return {key: value for key, value in self.__dict__.items()
-                if key not in ("times", "energies", "element_series", "vacf", "vacf_error")}
+                if key not in ("times", "energies", "element_series", "vacf", "vacf_error", "rdf_radii", "rdf",
+                               "rdf_error")}
 
 
 @dataclass
@@ -193,6 +211,30 @@ def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: f
     velocities = np.array([s.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond) for s in states])
     return Starts(np.array([s.getPositions(asNumpy=True).value_in_unit(u.nanometer) for s in states]),
                   without_centre_of_mass_velocity(velocities, masses), masses)
+
+
+def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
+    """The starts kept at ``path``, else ``draw()`` kept there (atomically): a resumed run needs the very same
+    starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine.
+
+    Raises
+    ------
+    InputError
+        If the file exists but is not a starts file.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return Starts(data["positions"], data["velocities"], data["masses"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+            raise InputError(f"starts file {path} is unreadable ({error}); delete it and new starts will be drawn "
+                             f"(the trajectories cached from the old ones are then run again).") from error
+    starts = draw()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)
+    return starts
 
 
 #: What the forked workers of :func:`run_ensembles` run (set just before the fork, read in the child).
@@ -259,7 +301,8 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`_set_start`).
 
     With ``cache_dir``, each finished trajectory is written there (:class:`TrajectoryCache`) and one already there
-    is read instead of run, so an interrupted run resumes. Speed is then always measured by a dedicated run
+    is read instead of run, so an interrupted run resumes. With ``options.rdf``, the radial distribution
+    function is counted from the positions at every sample. Speed is then always measured by a dedicated run
     (:func:`_speed`), as it is for candidates with a ``speed_integrator``: trajectories read from the cache may
     have been timed on another machine. A scheme-B row's solver statistics cover the steps run in this call (they
     state how many).
@@ -272,19 +315,25 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     sample_steps = _whole_steps(options.sample_interval, candidate.step, "sample_interval", candidate.name)
     n_samples = int(round(options.duration / options.sample_interval))
     integrator = candidate.make_integrator()
-    cache = None if cache_dir is None else TrajectoryCache(
-        cache_dir, candidate.name, system, integrator, platform or "default",
-        f"steps {sample_steps} samples {n_samples} instability {options.instability_factor}")
+    rdf = _radial_distribution(system, elements, options)
+    settings = f"steps {sample_steps} samples {n_samples} instability {options.instability_factor}"
+    if rdf is not None:
+        settings += f" rdf {options.rdf} bin {options.rdf_bin_width}"
+    cache = None if cache_dir is None else TrajectoryCache(cache_dir, candidate.name, system, integrator,
+                                                           platform or "default", settings)
     context = create_context(system, integrator, platform)
     energies = np.full((len(starts), n_samples + 1), np.nan)
     velocities = np.full((len(starts), n_samples + 1, len(masses), 3), np.nan)
     stable = np.zeros(len(starts), dtype=bool)
+    rdf_counts = np.zeros((len(starts), 0 if rdf is None else len(rdf.radii)))
     wall, simulated, read = 0.0, 0.0, 0
     for index in range(len(starts)):
         start = (starts.positions[index], starts.velocities[index])
         cached = cache.load(*start) if cache is not None else None
         if cached is not None:
             energies[index], velocities[index], stable[index] = cached.energies, cached.velocities, cached.stable
+            if rdf is not None:
+                rdf_counts[index] = cached.rdf_counts
             read += 1
             if progress is not None:
                 progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} read from {cache.path(*start)}")
@@ -299,16 +348,20 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                     break
                 wall += time.perf_counter() - started
                 simulated += sample_steps * candidate.step
-            state = context.getState(getEnergy=True, getVelocities=True, groups=FORCE_FIELD_GROUPS)
+            state = context.getState(getEnergy=True, getVelocities=True, getPositions=rdf is not None,
+                                     groups=FORCE_FIELD_GROUPS)
             total = (state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole)
             if not np.isfinite(total) or (sample and abs(total - energies[index, 0]) > options.instability_factor * n_dof * kT):
                 break
             energies[index, sample] = total
             velocities[index, sample] = state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
+            if rdf is not None:
+                rdf_counts[index] += rdf.counts(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
         else:
             stable[index] = True
         if cache is not None:
-            cache.save(*start, CachedTrajectory(energies[index], velocities[index], bool(stable[index])))
+            cache.save(*start, CachedTrajectory(energies[index], velocities[index], bool(stable[index]),
+                                                None if rdf is None else rdf_counts[index]))
         if progress is not None:
             progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
@@ -328,7 +381,23 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                                 constraints, elements, temperature, options, reversibility, ps_per_second,
                                 evaluations_per_fs, symplecticity)
     result.notes = getattr(integrator, "solver_summary", lambda: "")()
+    if rdf is not None:
+        curves = rdf.normalise(rdf_counts[stable], n_samples + 1)
+        result.rdf_label, result.rdf_radii = rdf.label, rdf.radii
+        result.rdf, result.rdf_error = _curve_mean_error(curves, len(rdf.radii))
     return result
+
+
+def _radial_distribution(system: mm.System, elements: Sequence[str],
+                         options: EnsembleOptions) -> Optional[RadialDistribution]:
+    """The radial distribution ``options.rdf`` asks for in ``system``'s box, or None."""
+    if options.rdf is None:
+        return None
+    if not system.usesPeriodicBoundaryConditions():
+        raise InputError(f"the radial distribution {options.rdf} needs a periodic box; this System has none. "
+                         f"Leave the RDF out for systems in vacuum or implicit solvent.")
+    box = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    return RadialDistribution.of_elements(options.rdf, list(elements), box, options.rdf_bin_width)
 
 
 def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
@@ -394,8 +463,14 @@ def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, times: 
         norm = (trajectory * trajectory).sum(-1).mean()
         curves.append([(trajectory[: len(times) - lag] * trajectory[lag:]).sum(-1).mean() / norm
                        for lag in range(n_lags)])
-    curves = np.array(curves)
-    error = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.full(n_lags, np.nan)
+    return _curve_mean_error(np.array(curves), n_lags)
+
+
+def _curve_mean_error(curves: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over trajectories of per-trajectory curves ``[B, length]`` (NaN when B < 1 or 2)."""
+    if len(curves) == 0:
+        return np.full(length, np.nan), np.full(length, np.nan)
+    error = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.full(length, np.nan)
     return curves.mean(0), error
 
 

@@ -1,5 +1,6 @@
 """Tables and plots of NVE ensemble results (:mod:`openmm_actionml.ensemble`): a markdown table, a JSON file
-and PNG plots of the total energy, the per-element kinetic temperature and the velocity autocorrelation.
+and PNG plots of the total energy, the per-element kinetic temperature, the velocity autocorrelation and, when
+measured, the radial distribution function.
 The first result is the reference the others are read against."""
 from __future__ import annotations
 
@@ -13,30 +14,47 @@ from .atomic import atomic_path
 from .ensemble import EnsembleResult
 
 
-def vacf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[float, float]:
-    """RMS over lags of the velocity autocorrelation's difference from the reference, and the RMS of the two
-    standard errors combined (the statistical floor below which differences are noise)."""
-    if result.vacf.shape != reference.vacf.shape or not np.isfinite(result.vacf).all():
+def curve_deviation(curve: np.ndarray, error: np.ndarray, reference: np.ndarray,
+                    reference_error: np.ndarray) -> tuple[float, float]:
+    """RMS over points of a curve's difference from the reference curve, and the RMS of the two standard errors
+    combined (the statistical floor below which differences are noise); NaN if the curves do not compare."""
+    if curve.shape != reference.shape or not curve.size or not np.isfinite(curve).all():
         return float("nan"), float("nan")
-    difference = float(np.sqrt(np.mean((result.vacf - reference.vacf) ** 2)))
-    floor = float(np.sqrt(np.mean(result.vacf_error ** 2 + reference.vacf_error ** 2)))
+    difference = float(np.sqrt(np.mean((curve - reference) ** 2)))
+    floor = float(np.sqrt(np.mean(error ** 2 + reference_error ** 2)))
     return difference, floor
+
+
+def vacf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[float, float]:
+    """:func:`curve_deviation` of the velocity autocorrelation over its lags."""
+    return curve_deviation(result.vacf, result.vacf_error, reference.vacf, reference.vacf_error)
+
+
+def rdf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[float, float]:
+    """:func:`curve_deviation` of the radial distribution function over its bins."""
+    return curve_deviation(result.rdf, result.rdf_error, reference.rdf, reference.rdf_error)
 
 
 def markdown_table(results: Sequence[EnsembleResult]) -> str:
     """One row per result: stable fraction, drift, E RMS, T and each element's T over its trajectory's (mean ±
     s.e. over trajectories),
-    reversibility, VACF deviation from the first (reference) row, cost and speed; then any row's notes (the
-    scheme-B solver's statistics)."""
+    reversibility, VACF deviation from the first (reference) row, the RDF's deviation when measured, cost and speed;
+    then any row's notes (the scheme-B solver's statistics)."""
     reference = results[0]
+    with_rdf = bool(reference.rdf.size)
+    rdf_header = f" g({reference.rdf_label}) deviation (noise) |" if with_rdf else ""
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
-              "per-element T / T (%) | reversibility (nm) | symplecticity defect | VACF deviation (noise) | evaluations/fs | ps/s |")
+              "per-element T / T (%) | reversibility (nm) | symplecticity defect | VACF deviation (noise) |"
+              f"{rdf_header} evaluations/fs | ps/s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
         elements = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
         deviation, floor = vacf_deviation(result, reference)
         symplecticity = "n/a" if np.isnan(result.symplecticity) else f"{result.symplecticity:.1e}"
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
+        if with_rdf:
+            rdf, rdf_floor = rdf_deviation(result, reference)
+            vacf += " | reference" if result is reference else f" | {rdf:.4f} ({rdf_floor:.4f})"
         stable = f"{result.stable}/{result.n_trajectories}" + (
             f"; unstable ones fail at {result.failure_time:.2g} ps" if result.stable < result.n_trajectories else "")
         lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
@@ -51,7 +69,8 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
 def write_json(results: Sequence[EnsembleResult], path: str | Path, settings: dict) -> None:
     """The scalar figures and the run's settings, written atomically."""
     reference = results[0]
-    rows = [{**r.to_dict(), "vacf_deviation": vacf_deviation(r, reference)} for r in results]
+    rows = [{**r.to_dict(), "vacf_deviation": vacf_deviation(r, reference),
+             **({"rdf_deviation": rdf_deviation(r, reference)} if reference.rdf.size else {})} for r in results]
     with atomic_path(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps({"settings": settings, "results": rows}, indent=1, default=float))
 
@@ -67,7 +86,8 @@ def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
 
 
 def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -> list[Path]:
-    """``energy.png``, ``temperature.png`` and ``vacf.png`` in ``directory``; returns their paths."""
+    """``energy.png``, ``temperature.png``, ``vacf.png`` and, when measured, ``rdf.png`` in ``directory``; returns
+    their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -131,6 +151,26 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
     axis.axhline(0.0, color="black", lw=0.5)
     axis.legend(fontsize=7)
     save(figure, "vacf.png")
+
+    if results[0].rdf.size:
+        figure, (axis, difference) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
+                                                  gridspec_kw={"height_ratios": [2, 1]})
+        reference = results[0]
+        for index, result in enumerate(results):
+            if result.rdf.shape != reference.rdf.shape or not np.isfinite(result.rdf).all():
+                continue
+            colour = colours[index % len(colours)]
+            axis.plot(result.rdf_radii, result.rdf, color=colour, lw=1.2, label=result.name)
+            difference.errorbar(result.rdf_radii, result.rdf - reference.rdf, yerr=result.rdf_error, color=colour,
+                                lw=0.8, elinewidth=0.5)
+        difference.fill_between(reference.rdf_radii, -reference.rdf_error, reference.rdf_error, color="grey",
+                                alpha=0.3, lw=0)
+        axis.set_ylabel(f"g({reference.rdf_label}), ensemble mean")
+        axis.legend(fontsize=7)
+        difference.axhline(0.0, color="black", lw=0.5)
+        difference.set_xlabel("r (nm)")
+        difference.set_ylabel("minus reference (± s.e.)")
+        save(figure, "rdf.png")
     return written
 
 

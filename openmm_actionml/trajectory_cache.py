@@ -26,11 +26,13 @@ from .errors import InputError
 @dataclass
 class CachedTrajectory:
     """One trajectory's samples: total energies ``[T]`` (kJ/mol, NaN after an instability), velocities
-    ``[T, N, 3]`` (nm/ps) and whether it stayed stable."""
+    ``[T, N, 3]`` (nm/ps), whether it stayed stable and, when measured, its radial distribution's pair counts
+    summed over its samples."""
 
     energies: np.ndarray
     velocities: np.ndarray
     stable: bool
+    rdf_counts: Optional[np.ndarray] = None
 
 
 class TrajectoryCache:
@@ -81,7 +83,8 @@ class TrajectoryCache:
             return None
         try:
             with np.load(path) as data:
-                return CachedTrajectory(data["energies"], data["velocities"], bool(data["stable"]))
+                return CachedTrajectory(data["energies"], data["velocities"], bool(data["stable"]),
+                                        data["rdf_counts"] if "rdf_counts" in data.files else None)
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise InputError(f"trajectory cache file {path} is unreadable ({error}); delete it and the trajectory "
                              f"will be run again.") from error
@@ -90,8 +93,9 @@ class TrajectoryCache:
         """Write the trajectory from this start (atomically); returns its path."""
         path = self.path(positions, velocities)
         with atomic_path(path, overwrite=True) as tmp:
+            extra = {} if trajectory.rdf_counts is None else {"rdf_counts": trajectory.rdf_counts}
             np.savez(tmp, energies=trajectory.energies, velocities=trajectory.velocities,
-                     stable=np.array(trajectory.stable))
+                     stable=np.array(trajectory.stable), **extra)
         return path
 
 

@@ -9,7 +9,7 @@ import pytest
 import openmm as mm
 import openmm.unit as u
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, \
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, resumable_starts, \
     run_ensemble, run_ensembles, velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
@@ -205,3 +205,17 @@ def test_scheme_b_rows_report_their_solver(alanine, elements):
     assert result.stable == 2 and "solver iterations per step, 0 unconverged" in result.notes
     assert result.evaluations_per_fs > 3 * 3 / 2  # at least three iterations of three nodes per 2 fs step
     assert result.notes in markdown_table([result])
+
+
+def test_starts_are_kept_and_read_back(tmp_path, starts):
+    """The first call draws and keeps the starts; the next reads the very same arrays without drawing; a corrupt
+    file is named with the fix."""
+    path = tmp_path / "starts.npz"
+    kept = resumable_starts(path, lambda: starts)
+    again = resumable_starts(path, lambda: pytest.fail("the kept starts must be read, not drawn again"))
+    for name in ("positions", "velocities", "masses"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(starts, name))
+        np.testing.assert_array_equal(getattr(kept, name), getattr(starts, name))
+    path.write_bytes(b"not an npz file")
+    with pytest.raises(InputError, match="starts.npz is unreadable.*delete it"):
+        resumable_starts(path, lambda: starts)
