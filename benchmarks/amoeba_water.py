@@ -1,0 +1,127 @@
+"""Goal 3 of issue 6, the ensemble side: long steps on rigid AMOEBA water, with its O-O radial distribution function.
+
+AMOEBA (mutual polarisation, PME) is the expensive potential where a pure-ML step can pay. This runs, from the same
+equilibrated starts, NVE ensembles of:
+
+- the fine-step reference (velocity Verlet at ``--reference-step``, default 1 fs);
+- Verlet at 2 fs (rigid water's usual step) and at 4 fs with hydrogen-mass repartitioning (1.5 amu);
+- the classical T3 splitting on AMOEBA itself at each of ``--t3-steps`` (how far the splitting reaches bounds
+  what a surrogate in its kicks can reach);
+- each ``--model`` given (a pure-ML model trained on this box, whose kicks never call AMOEBA).
+
+Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
+are kept in ``--cache-dir``, so that several processes can share the work (``--only`` picks rows by a substring of
+their names) and a last run without ``--only`` writes the table from the cache; the speeds in that table come from
+one dedicated timed run per row (``--speed-time``), in one process. The side-by-side speed against Verlet is
+``speed_vs_verlet.py``'s.
+
+Usage::
+
+    python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
+        [--time 10] [--sample-interval 48] [--t3-steps 8 12 16] [--only TEXT] [--cache-dir DIR] [--output-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble
+from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, splitting_candidate, verlet_candidate
+from openmm_actionml.examples import build_input
+from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
+from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.report import write_report
+from openmm_actionml.systems import PreparedSystem, with_hydrogen_mass
+
+TEMPERATURE = 300.0
+#: ps of Langevin dynamics between starts and before the first: water's structure and velocities decorrelate within
+#: a picosecond, and each ps of AMOEBA at 1 fs costs about 40 s on one core here.
+START_SPACING, START_EQUILIBRATION = 1.0, 5.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
+    """The box of ``n_waters`` rigid AMOEBA 2018 waters with a ``cutoff`` nm real-space cutoff, as
+    ``actionml generate water-box --forcefield amoeba2018.xml --rigid-water`` builds it."""
+    return build_input("water-box", n_waters=n_waters, forcefield=["amoeba2018.xml"], rigid_water=True,
+                       nonbonded_cutoff=cutoff)
+
+
+def model_candidate(model: ActionMLModel, prepared: PreparedSystem) -> Candidate:
+    """A learned model's row on ``prepared``, named as ``actionml evaluate`` names it."""
+    meta = model.metadata
+    mode = "pure ML" if not meta.anchored else "learned"
+    return Candidate(f"{meta.get_splitting().name} {mode} {meta.step * 1000:g} fs", meta.step,
+                     add_learned_force(prepared.system, model), lambda: ActionMLIntegrator(model))
+
+
+def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[float],
+               models: list[ActionMLModel]) -> list[Candidate]:
+    """The rows, reference first (see the module docstring)."""
+    system = prepared.system
+    hmr = with_hydrogen_mass(system, prepared.topology, HMR_HYDROGEN_MASS)
+    rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
+            verlet_candidate("Verlet 2 fs", system, 0.002),
+            verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr, HMR_STEP)]
+    rows += [splitting_candidate(f"T3 on AMOEBA {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
+    return rows + [model_candidate(model, prepared) for model in models]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", default=[], help="a pure-ML model of this box (repeatable)")
+    parser.add_argument("--waters", type=int, default=64)
+    parser.add_argument("--cutoff", type=float, default=0.6, help="nm")
+    parser.add_argument("--reference-step", type=float, default=1.0, help="fs")
+    parser.add_argument("--t3-steps", type=float, nargs="*", default=[8.0, 12.0, 16.0], help="fs")
+    parser.add_argument("--trajectories", type=int, default=8)
+    parser.add_argument("--time", type=float, default=10.0, help="ps per trajectory")
+    parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of every step")
+    parser.add_argument("--speed-time", type=float, default=1.0, help="ps of each row's timed run")
+    parser.add_argument("--platform", default="CPU")
+    parser.add_argument("--only", help="run only the rows whose names contain this text, keeping them in the cache")
+    parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
+    parser.add_argument("--output-dir", default="results/amoeba-water")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    prepared = amoeba_water(args.waters, args.cutoff)
+    models = [load_model(path) for path in args.model]
+    for model in models:
+        if model.metadata.scheme != "A" or model.metadata.anchored:
+            raise SystemExit(f"{model.path.name} is not a pure-ML scheme-A model; this benchmark compares those.")
+        model.validate(prepared.system, topology=prepared.topology)
+    options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
+                              sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
+    rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
+    chosen = [row for row in rows if args.only is None or args.only in row.name]
+    if not chosen:
+        raise SystemExit(f"no row's name contains {args.only!r}; the rows are: {', '.join(r.name for r in rows)}")
+    cache = Path(args.cache_dir)
+    log(f"starts: {args.trajectories} at {TEMPERATURE:g} K (kept in {cache})")
+    starts = resumable_starts(cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K.npz", lambda: equilibrated_starts(
+        prepared.system, prepared.positions, TEMPERATURE, args.trajectories, spacing=START_SPACING,
+        equilibration=START_EQUILIBRATION, platform=args.platform, seed=1))
+    elements = [atom.element.symbol for atom in prepared.topology.atoms()]
+    results = []
+    for row in chosen:
+        log(f"{row.name}: {args.trajectories} x {args.time:g} ps")
+        results.append(run_ensemble(row, starts, TEMPERATURE, options, elements, args.platform, log, cache))
+    if args.only is not None:
+        log(f"rows kept in {cache}; run without --only for the table")
+        return
+    title = (f"Rigid AMOEBA water, {args.waters} molecules (PME, cutoff {args.cutoff:g} nm): {args.trajectories} x "
+             f"{args.time:g} ps NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs ({args.platform})")
+    table, _ = write_report(results, args.output_dir, title, {"command": " ".join(sys.argv),
+                                                              "models": [str(m.path) for m in models]})
+    print(f"## {title}\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
