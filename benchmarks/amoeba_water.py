@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble
-from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, splitting_candidate, verlet_candidate
+from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, model_candidate, splitting_candidate, \
+    verlet_candidate
 from openmm_actionml.examples import build_input
-from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
 from openmm_actionml.systems import PreparedSystem, with_hydrogen_mass
@@ -54,14 +54,6 @@ def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
                        nonbonded_cutoff=cutoff)
 
 
-def model_candidate(model: ActionMLModel, prepared: PreparedSystem) -> Candidate:
-    """A learned model's row on ``prepared``, named as ``actionml evaluate`` names it."""
-    meta = model.metadata
-    mode = "pure ML" if not meta.anchored else "learned"
-    return Candidate(f"{meta.get_splitting().name} {mode} {meta.step * 1000:g} fs", meta.step,
-                     add_learned_force(prepared.system, model), lambda: ActionMLIntegrator(model))
-
-
 def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[float],
                models: list[ActionMLModel]) -> list[Candidate]:
     """The rows, reference first (see the module docstring)."""
@@ -71,7 +63,7 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
             verlet_candidate("Verlet 2 fs", system, 0.002),
             verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr, HMR_STEP)]
     rows += [splitting_candidate(f"T3 on AMOEBA {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
-    return rows + [model_candidate(model, prepared) for model in models]
+    return rows + [model_candidate(system, model) for model in models]
 
 
 def main() -> None:

@@ -47,6 +47,16 @@ def splitting_candidate(name: str, system: mm.System, splitting: str | Splitting
     return Candidate(name, step, system, lambda: SplittingIntegrator(splitting, step))
 
 
+def model_candidate(system: mm.System, model: ActionMLModel) -> Candidate:
+    """The learned model's row on the force-field ``system`` (its learned force added), named by its scheme and
+    mode, e.g. "T3 learned 8 fs" or "T3 pure ML 12 fs"."""
+    meta = model.metadata
+    label = meta.get_splitting().name if meta.scheme == "A" else "scheme B"
+    mode = "pure ML" if not meta.anchored else "learned"
+    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, add_learned_force(system, model),
+                     lambda: ActionMLIntegrator(model))
+
+
 def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,
                         verlet_steps: Optional[Sequence[float]] = None, hmr: Optional[bool] = None) -> list[Candidate]:
     """The rows of an evaluation, reference first (see the module docstring).
@@ -72,11 +82,8 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     reference_step = reference_step or protocol.get("integration_step") or 0.00025
     verlet_steps = verlet_steps or ((0.002,) if constrained else (0.0005, 0.001))
     hmr = constrained if hmr is None else hmr
-    learned_system = add_learned_force(system, model)
-    label = f"{meta.get_splitting().name if meta.scheme == 'A' else 'scheme B'}"
-    mode = "pure ML" if not meta.anchored else "learned"
-    rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step)]
-    rows.append(Candidate(f"{label} {mode} {h * 1000:g} fs", h, learned_system, lambda: ActionMLIntegrator(model)))
+    rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
+            model_candidate(system, model)]
     if meta.scheme == "A":  # pure ML too: the same splitting on the true force field
         splitting = meta.get_splitting()
         what = "dW = 0" if meta.anchored else "force field"
