@@ -30,12 +30,11 @@ from pathlib import Path
 import torch
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble
-from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, model_candidate, splitting_candidate, \
-    verlet_candidate
+from openmm_actionml.evaluate import hmr_candidate, model_candidate, splitting_candidate, verlet_candidate
 from openmm_actionml.examples import build_input
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
-from openmm_actionml.systems import PreparedSystem, with_hydrogen_mass
+from openmm_actionml.systems import PreparedSystem
 
 TEMPERATURE = 300.0
 #: ps of Langevin dynamics between starts and before the first: water's structure and velocities decorrelate within
@@ -58,10 +57,8 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
                models: list[ActionMLModel]) -> list[Candidate]:
     """The rows, reference first (see the module docstring)."""
     system = prepared.system
-    hmr = with_hydrogen_mass(system, prepared.topology, HMR_HYDROGEN_MASS)
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
-            verlet_candidate("Verlet 2 fs", system, 0.002),
-            verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr, HMR_STEP)]
+            verlet_candidate("Verlet 2 fs", system, 0.002), hmr_candidate(prepared)]
     rows += [splitting_candidate(f"T3 on AMOEBA {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
     return rows + [model_candidate(system, model) for model in models]
 

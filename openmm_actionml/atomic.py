@@ -1,11 +1,15 @@
-"""Atomic file writes: a file appears complete or not at all, and nothing existing is lost."""
+"""Atomic file writes: a file appears complete or not at all, and nothing existing is lost; and the reading
+back of the ``.npz`` files so written, with a named error when one is damaged."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
+
+import numpy as np
 
 from .errors import InputError
 
@@ -46,3 +50,19 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def read_arrays(path: str | os.PathLike, names: Sequence[str], what: str, remedy: str,
+                optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the ``.npz`` file ``path``, and those of ``optional`` that it holds.
+
+    Raises
+    ------
+    InputError
+        ``"{what} {path} is unreadable (...); {remedy}."`` if the file is corrupt or lacks one of ``names``.
+    """
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in (*names, *(n for n in optional if n in data.files))}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise InputError(f"{what} {path} is unreadable ({error}); {remedy}.") from error

@@ -6,6 +6,7 @@ units. Pure numpy; shared by the trainer's NVE gate, ``actionml run`` and ``acti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -169,16 +170,21 @@ class RadialDistribution:
         """Bin centres (nm)."""
         return 0.5 * (self.edges[1:] + self.edges[:-1])
 
+    @cached_property
+    def _distinct(self) -> np.ndarray:
+        """``[len(first), len(second)]``: which pairs are two different atoms."""
+        return self.first[:, None] != self.second[None, :]
+
     @property
     def n_pairs(self) -> int:
         """Ordered pairs of distinct atoms counted per frame."""
-        return len(self.first) * len(self.second) - len(np.intersect1d(self.first, self.second))
+        return int(self._distinct.sum())
 
     def counts(self, positions: np.ndarray) -> np.ndarray:
         """Pair counts per bin of one frame, ``positions`` ``[N, 3]`` (nm)."""
         separation = positions[self.second][None, :, :] - positions[self.first][:, None, :]
         separation -= self.box * np.round(separation / self.box)
-        distances = np.sqrt((separation ** 2).sum(-1))[self.first[:, None] != self.second[None, :]]
+        distances = np.sqrt((separation ** 2).sum(-1))[self._distinct]
         return np.histogram(distances, bins=self.edges)[0].astype(float)
 
     def normalise(self, counts: np.ndarray, n_frames: int) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from .atomic import atomic_path
+from .atomic import atomic_path, read_arrays
 from .diagnostics import (RadialDistribution, degrees_of_freedom_per_atom, element_temperature_series, energy_drift,
                           rigid_molecule_temperatures, rigid_triatomics)
 from .errors import InputError, SimulationInstabilityError
@@ -224,12 +223,9 @@ def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """
     path = Path(path)
     if path.exists():
-        try:
-            with np.load(path) as data:
-                return Starts(data["positions"], data["velocities"], data["masses"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            raise InputError(f"starts file {path} is unreadable ({error}); delete it and new starts will be drawn "
-                             f"(the trajectories cached from the old ones are then run again).") from error
+        return Starts(**read_arrays(path, ("positions", "velocities", "masses"), "starts file",
+                                    "delete it and new starts will be drawn (the trajectories cached from the old "
+                                    "ones are then run again)"))
     starts = draw()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -467,7 +463,8 @@ def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, times: 
 
 
 def _curve_mean_error(curves: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over trajectories of per-trajectory curves ``[B, length]`` (NaN when B < 1 or 2)."""
+    """Mean and standard error over trajectories of per-trajectory curves ``[B, length]``: the mean is NaN when
+    B = 0, the error when B < 2."""
     if len(curves) == 0:
         return np.full(length, np.nan), np.full(length, np.nan)
     error = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.full(length, np.nan)

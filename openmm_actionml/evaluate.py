@@ -47,6 +47,13 @@ def splitting_candidate(name: str, system: mm.System, splitting: str | Splitting
     return Candidate(name, step, system, lambda: SplittingIntegrator(splitting, step))
 
 
+def hmr_candidate(prepared: PreparedSystem) -> Candidate:
+    """Verlet at :data:`HMR_STEP` on ``prepared``'s System with hydrogen masses repartitioned to
+    :data:`HMR_HYDROGEN_MASS`."""
+    hmr_system = with_hydrogen_mass(prepared.system, prepared.topology, HMR_HYDROGEN_MASS)
+    return verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr_system, HMR_STEP)
+
+
 def model_candidate(system: mm.System, model: ActionMLModel) -> Candidate:
     """The learned model's row on the force-field ``system`` (its learned force added), named by its scheme and
     mode, e.g. "T3 learned 8 fs" or "T3 pure ML 12 fs"."""
@@ -91,9 +98,7 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     for step in verlet_steps:
         rows.append(verlet_candidate(f"Verlet {step * 1000:g} fs", system, step))
     if hmr:
-        hmr_system = with_hydrogen_mass(system, prepared.topology, HMR_HYDROGEN_MASS)
-        rows.append(verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)",
-                                     hmr_system, HMR_STEP))
+        rows.append(hmr_candidate(prepared))
     if all(abs(step - h) > 1e-12 for step in verlet_steps):
         rows.append(verlet_candidate(f"Verlet {h * 1000:g} fs (the learned step)", system, h))
     return rows

@@ -52,15 +52,17 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
         deviation, floor = vacf_deviation(result, reference)
         symplecticity = "n/a" if np.isnan(result.symplecticity) else f"{result.symplecticity:.1e}"
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
+        rdf_cell = ""
         if with_rdf:
             rdf, rdf_floor = rdf_deviation(result, reference)
-            vacf += " | reference" if result is reference else f" | {rdf:.4f} ({rdf_floor:.4f})"
+            rdf_cell = " reference |" if result is reference else f" {rdf:.4f} ({rdf_floor:.4f}) |"
         stable = f"{result.stable}/{result.n_trajectories}" + (
             f"; unstable ones fail at {result.failure_time:.2g} ps" if result.stable < result.n_trajectories else "")
         lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
                      f"{result.drift:+.3f} ± {result.drift_error:.3f} | {result.drift_kj:+.3g} | "
                      f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
-                     f"{elements} | {result.reversibility:.2e} | {symplecticity} | {vacf} | {result.evaluations_per_fs:.3g} | "
+                     f"{elements} | {result.reversibility:.2e} | {symplecticity} | {vacf} |{rdf_cell} "
+                     f"{result.evaluations_per_fs:.3g} | "
                      f"{result.ps_per_second:.3g} |")
     notes = [f"- {result.name}: {result.notes}" for result in results if result.notes]
     return "\n".join(lines + ([""] + notes if notes else []))

@@ -19,8 +19,7 @@ from typing import Optional
 import numpy as np
 import openmm as mm
 
-from .atomic import atomic_path
-from .errors import InputError
+from .atomic import atomic_path, read_arrays
 
 
 @dataclass
@@ -81,13 +80,10 @@ class TrajectoryCache:
         path = self.path(positions, velocities)
         if not path.exists():
             return None
-        try:
-            with np.load(path) as data:
-                return CachedTrajectory(data["energies"], data["velocities"], bool(data["stable"]),
-                                        data["rdf_counts"] if "rdf_counts" in data.files else None)
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            raise InputError(f"trajectory cache file {path} is unreadable ({error}); delete it and the trajectory "
-                             f"will be run again.") from error
+        arrays = read_arrays(path, ("energies", "velocities", "stable"), "trajectory cache file",
+                             "delete it and the trajectory will be run again", optional=("rdf_counts",))
+        return CachedTrajectory(arrays["energies"], arrays["velocities"], bool(arrays["stable"]),
+                                arrays.get("rdf_counts"))
 
     def save(self, positions: np.ndarray, velocities: np.ndarray, trajectory: CachedTrajectory) -> Path:
         """Write the trajectory from this start (atomically); returns its path."""
