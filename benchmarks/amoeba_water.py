@@ -7,7 +7,9 @@ equilibrated starts, NVE ensembles of:
 - Verlet at 2 fs (rigid water's usual step) and at 4 fs with hydrogen-mass repartitioning (1.5 amu);
 - the classical T3 splitting on AMOEBA itself at each of ``--t3-steps`` (how far the splitting reaches bounds
   what a surrogate in its kicks can reach);
-- each ``--model`` given (a pure-ML model trained on this box, whose kicks never call AMOEBA).
+- each ``--model`` given (a model of this box whose kicks never call AMOEBA: pure ML, or a learned correction on a
+  cheaper baseline water model), and for a baseline model the same splitting on the baseline alone; the energies
+  of those rows are measured in AMOEBA too.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
 are kept in ``--cache-dir``, so that several processes can share the work (``--only`` picks rows by a substring of
@@ -23,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ from pathlib import Path
 import torch
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble
-from openmm_actionml.evaluate import hmr_candidate, model_candidate, splitting_candidate, verlet_candidate
+from openmm_actionml.evaluate import (hmr_candidate, model_candidate, model_system, splitting_candidate,
+                                      verlet_candidate)
 from openmm_actionml.examples import build_input
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
@@ -60,12 +64,20 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
             verlet_candidate("Verlet 2 fs", system, 0.002), hmr_candidate(prepared)]
     rows += [splitting_candidate(f"T3 on AMOEBA {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
-    return rows + [model_candidate(system, model) for model in models]
+    for model in models:
+        meta = model.metadata
+        if meta.baseline:  # what the learned correction adds to: the baseline alone, its energy measured in AMOEBA
+            alone = splitting_candidate(f"{meta.get_splitting().name} on {' + '.join(meta.baseline)} alone "
+                                        f"{meta.step * 1000:g} fs", model_system(prepared, model).system,
+                                        meta.get_splitting(), meta.step)
+            rows.append(dataclasses.replace(alone, energy_system=system))
+    return rows + [model_candidate(prepared, model) for model in models]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", default=[], help="a pure-ML model of this box (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="a pure-ML or baseline model of this box "
+                        "(repeatable)")
     parser.add_argument("--waters", type=int, default=64)
     parser.add_argument("--cutoff", type=float, default=0.6, help="nm")
     parser.add_argument("--reference-step", type=float, default=1.0, help="fs")
@@ -83,9 +95,10 @@ def main() -> None:
     prepared = amoeba_water(args.waters, args.cutoff)
     models = [load_model(path) for path in args.model]
     for model in models:
-        if model.metadata.scheme != "A" or model.metadata.anchored:
-            raise SystemExit(f"{model.path.name} is not a pure-ML scheme-A model; this benchmark compares those.")
-        model.validate(prepared.system, topology=prepared.topology)
+        if model.metadata.scheme != "A" or (model.metadata.anchored and not model.metadata.baseline):
+            raise SystemExit(f"{model.path.name} calls AMOEBA in its kicks; this benchmark compares scheme-A models "
+                             f"that do not (pure ML, or a learned correction on a cheaper baseline force field).")
+        model.validate(model_system(prepared, model).system, topology=prepared.topology)
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
     rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)

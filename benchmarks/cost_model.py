@@ -100,6 +100,16 @@ def default_model(prepared: PreparedSystem, directory: Path) -> ActionMLModel:
     return anchored_model(prepared, network, directory / f"{id(prepared)}.pt", 0.008, periodic=periodic)
 
 
+def force_field_time(prepared: PreparedSystem, platform: mm.Platform, properties: dict, seconds: float,
+                     rounds: int) -> float:
+    """Best-of-rounds seconds per evaluation of ``prepared``'s force field alone (no learned force)."""
+    positions = np.array(prepared.positions.value_in_unit(u.nanometer))
+    context = mm.Context(mm.XmlSerializer.clone(prepared.system), mm.VerletIntegrator(0.001), platform, properties)
+    groups = set(range(LEARNED_FORCE_GROUP))
+    time_forces(context, positions, groups, 0.0)
+    return min(time_forces(context, positions, groups, seconds) for _ in range(rounds))
+
+
 def measure(prepared: PreparedSystem, model: ActionMLModel, platform: mm.Platform, properties: dict, seconds: float,
             rounds: int, verlet_step: bool = True) -> tuple[float, float, float]:
     """Best-of-rounds seconds per force-field evaluation, learned-force evaluation and Verlet step (NaN unless

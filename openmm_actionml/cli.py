@@ -24,7 +24,7 @@ from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .diagnostics import energy_drift
 from .ensemble import EnsembleOptions
-from .evaluate import evaluate
+from .evaluate import evaluate, model_system
 from .report import write_report
 from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
@@ -157,6 +157,10 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
                         help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
                              "matching, instead of scheme A; flexible systems only")
     parser.add_argument("--pure-ml", action="store_true", help="kicks use the learned potential alone (no force field)")
+    parser.add_argument("--baseline-forcefield", nargs="+", metavar="XML",
+                        help="kicks add the learned correction to this cheaper force field on the same atoms (e.g. "
+                             "amber14/tip3pfb.xml under AMOEBA water data), trained against the data's forces; needs "
+                             "--force-matching")
     parser.add_argument("--curriculum", default="1,2,4,8,16", help="unroll lengths (default 1,2,4,8,16)")
     parser.add_argument("--iterations", type=int, default=150,
                         help="Adam iterations per curriculum stage (scheme B: in all; default 150)")
@@ -193,7 +197,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Train, print the report, and write the model."""
     check_writable(args.output, args.overwrite)
     dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
-    common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, iterations=args.iterations,
+    common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, baseline=args.baseline_forcefield,
+                  iterations=args.iterations,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   final_learning_rate=args.learning_rate / 10.0, force_matching=args.force_matching,
                   pretrain_iterations=args.pretrain_iterations, pretrain_batch_size=args.pretrain_batch_size,
@@ -284,7 +289,7 @@ def run_run(args: argparse.Namespace) -> int:
         prepared = PreparedSystem(topology_from_elements(model.metadata.elements), system,
                                   state.getPositions(asNumpy=True))
     else:
-        prepared = _prepare_for_model(args, model)
+        prepared = model_system(_prepare_for_model(args, model), model)
     configure_torch_threads(prepared.system.getNumParticles(), args.torch_threads)
     steps = args.steps if args.steps is not None else int(round(args.time / model.metadata.step))
     reporters = []

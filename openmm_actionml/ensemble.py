@@ -26,7 +26,7 @@ from .integrator import SplittingIntegrator
 from .platforms import create_context
 from .systems import constraint_pairs, particle_masses
 from .symplecticity import measured_defect
-from .trajectory_cache import CachedTrajectory, TrajectoryCache
+from .trajectory_cache import CachedTrajectory, TrajectoryCache, reproducible_xml_digest
 from .units import BOLTZMANN
 
 #: Force groups of the force field; the learned force sits in group 30 and is never part of the energy.
@@ -51,6 +51,10 @@ class Candidate:
     speed_integrator
         Optional: builds the integrator whose speed is reported instead (e.g. OpenMM's native leapfrog
         ``VerletIntegrator`` for a velocity-Verlet row, whose synchronous velocities the diagnostics need).
+    energy_system
+        Optional: the System whose potential energy is measured at every sample in place of ``system``'s, for a
+        row whose System carries a cheaper baseline in place of the force field it stands for (that force field's
+        energy is the one every row is judged by). It costs one evaluation of it per sample.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Candidate:
     system: mm.System
     make_integrator: Callable[[], SplittingIntegrator]
     speed_integrator: Optional[Callable[[], mm.Integrator]] = None
+    energy_system: Optional[mm.System] = None
 
 
 @dataclass
@@ -315,6 +320,11 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     settings = f"steps {sample_steps} samples {n_samples} instability {options.instability_factor}"
     if rdf is not None:
         settings += f" rdf {options.rdf} bin {options.rdf_bin_width}"
+    meter = None
+    if candidate.energy_system is not None:
+        settings += f" energy of {reproducible_xml_digest(candidate.energy_system)}"
+        meter = create_context(candidate.energy_system, mm.VerletIntegrator(candidate.step), platform)
+    positions_needed = rdf is not None or meter is not None
     cache = None if cache_dir is None else TrajectoryCache(cache_dir, candidate.name, system, integrator,
                                                            platform or "default", settings)
     context = create_context(system, integrator, platform)
@@ -344,9 +354,13 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
                     break
                 wall += time.perf_counter() - started
                 simulated += sample_steps * candidate.step
-            state = context.getState(getEnergy=True, getVelocities=True, getPositions=rdf is not None,
+            state = context.getState(getEnergy=True, getVelocities=True, getPositions=positions_needed,
                                      groups=FORCE_FIELD_GROUPS)
-            total = (state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole)
+            potential = state.getPotentialEnergy()
+            if meter is not None:
+                meter.setPositions(state.getPositions())
+                potential = meter.getState(getEnergy=True).getPotentialEnergy()
+            total = (potential + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole)
             if not np.isfinite(total) or (sample and abs(total - energies[index, 0]) > options.instability_factor * n_dof * kT):
                 break
             energies[index, sample] = total

@@ -25,6 +25,7 @@ import openmm.unit as u
 
 from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, run_ensembles
 from .errors import InputError, ModelMismatchError
+from .examples import with_baseline
 from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import create_context
@@ -54,14 +55,23 @@ def hmr_candidate(prepared: PreparedSystem) -> Candidate:
     return verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr_system, HMR_STEP)
 
 
-def model_candidate(system: mm.System, model: ActionMLModel) -> Candidate:
-    """The learned model's row on the force-field ``system`` (its learned force added), named by its scheme and
-    mode, e.g. "T3 learned 8 fs" or "T3 pure ML 12 fs"."""
+def model_system(prepared: PreparedSystem, model: ActionMLModel) -> PreparedSystem:
+    """The force-field System the model's kicks run on: ``prepared`` itself or, for a model with a baseline force
+    field, ``prepared`` with the baseline's forces in place of its own
+    (:func:`~openmm_actionml.examples.with_baseline`)."""
+    return with_baseline(prepared, model.metadata.baseline) if model.metadata.baseline else prepared
+
+
+def model_candidate(prepared: PreparedSystem, model: ActionMLModel) -> Candidate:
+    """The learned model's row on :func:`model_system` (its learned force added), named by its scheme and mode,
+    e.g. "T3 learned 8 fs", "T3 pure ML 12 fs" or "T3 on amber14/tip3pfb.xml + learned 12 fs". Its energy is
+    measured in ``prepared``'s force field, as every other row's is."""
     meta = model.metadata
     label = meta.get_splitting().name if meta.scheme == "A" else "scheme B"
-    mode = "pure ML" if not meta.anchored else "learned"
-    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, add_learned_force(system, model),
-                     lambda: ActionMLIntegrator(model))
+    mode = f"on {' + '.join(meta.baseline)} + learned" if meta.baseline else "learned" if meta.anchored else "pure ML"
+    system = add_learned_force(model_system(prepared, model).system, model)
+    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, system, lambda: ActionMLIntegrator(model),
+                     energy_system=prepared.system if meta.baseline else None)
 
 
 def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,
@@ -90,10 +100,10 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     verlet_steps = verlet_steps or ((0.002,) if constrained else (0.0005, 0.001))
     hmr = constrained if hmr is None else hmr
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
-            model_candidate(system, model)]
+            model_candidate(prepared, model)]
     if meta.scheme == "A":  # pure ML too: the same splitting on the true force field
         splitting = meta.get_splitting()
-        what = "dW = 0" if meta.anchored else "force field"
+        what = "dW = 0" if meta.anchored and not meta.baseline else "force field"
         rows.append(splitting_candidate(f"{splitting.name} classical ({what}) {h * 1000:g} fs", system, splitting, h))
     for step in verlet_steps:
         rows.append(verlet_candidate(f"Verlet {step * 1000:g} fs", system, step))
@@ -107,7 +117,8 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
 def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Starts,
                    platform: Optional[str] = None) -> float:
     """Largest difference (nm/ps) between the velocities after one learned step and one step of the same
-    splitting on the force field alone (for pure ML: with the force field's kicks), from the first start.
+    splitting on the force field alone (the baseline alone for a model with one; for pure ML: with the force
+    field's kicks), from the first start.
 
     Raises
     ------
@@ -117,8 +128,9 @@ def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Start
     meta = model.metadata
     splitting = meta.get_splitting() if meta.scheme == "A" else get_splitting("T3")
     after = []
-    for system, integrator in ((add_learned_force(prepared.system, model), ActionMLIntegrator(model)),
-                               (prepared.system, SplittingIntegrator(splitting, meta.step))):
+    kicks = model_system(prepared, model).system
+    for system, integrator in ((add_learned_force(kicks, model), ActionMLIntegrator(model)),
+                               (kicks, SplittingIntegrator(splitting, meta.step))):
         context = create_context(system, integrator, platform)
         context.setPositions(starts.positions[0])
         context.setVelocities(starts.velocities[0])
@@ -146,7 +158,7 @@ def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOp
     at a time (:func:`~openmm_actionml.ensemble.run_ensembles`); with ``cache_dir``, finished trajectories are
     kept there and an interrupted evaluation resumes (:func:`~openmm_actionml.ensemble.run_ensemble`).
     """
-    model.validate(prepared.system, topology=prepared.topology)
+    model.validate(model_system(prepared, model).system, topology=prepared.topology)
     temperature = temperature or model.metadata.temperature
     candidates = candidates if candidates is not None else standard_candidates(prepared, model)
     if not candidates:

@@ -5,12 +5,12 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import openmm.app as app
 
 from .errors import InputError
-from .systems import PreparedSystem, build_system, water_box
+from .systems import PreparedSystem, build_system, replace_forces, water_box
 
 #: The repository's examples/ folder (present in a source checkout or editable install).
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -89,6 +89,47 @@ def build_training_system(recipe: dict, **overrides: Any) -> PreparedSystem:
     system = recipe.get("system", {})
     if not system.get("input"):
         raise InputError("the model does not record its training system; give a PDB file or example.")
-    recorded = {key: value for key, value in system.get("settings", {}).items()
-                if key in SYSTEM_OPTIONS and value is not None}
-    return build_input(system["input"], **{**recorded, **overrides})
+    return build_input(system["input"], **{**recorded_options(system.get("settings", {})), **overrides})
+
+
+def recorded_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``build_system`` options among a system's recorded ``settings`` (those set)."""
+    return {key: value for key, value in settings.items() if key in SYSTEM_OPTIONS and value is not None}
+
+
+def build_baseline(settings: dict[str, Any], forcefield: Sequence[str], elements: Sequence[str]) -> PreparedSystem:
+    """The system recorded by ``settings`` (a :class:`PreparedSystem`'s, or a dataset's metadata) parametrised with
+    the cheaper ``forcefield`` instead: the donor of a baseline's forces. ``elements`` are the atoms it must
+    reproduce, in order.
+
+    Raises
+    ------
+    InputError
+        If ``settings`` do not say what was built, or the baseline gives other atoms (a water model with more
+        sites, another protonation).
+    """
+    files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
+    if settings.get("pdb"):
+        donor = build_system(settings["pdb"], **{**recorded_options(settings), "forcefield": files})
+    elif settings.get("n_waters"):
+        donor = water_box(**{**recorded_options(settings), "forcefield": files})
+    else:
+        raise InputError("the system's settings record neither its PDB file nor a water box, so its baseline force "
+                         "field cannot be built; build it with openmm_actionml.systems.build_system or water_box.")
+    built = [atom.element.symbol if atom.element is not None else "" for atom in donor.topology.atoms()]
+    if built != list(elements):
+        first = next((i for i, (a, b) in enumerate(zip(built, elements)) if a != b), min(len(built), len(elements)))
+        raise InputError(f"the baseline force field {' + '.join(files)} gives {len(built)} atoms, differing from the "
+                         f"System's {len(elements)} at atom {first}; a baseline must parametrise the same atoms in the "
+                         f"same order (a water model with as many sites).")
+    return donor
+
+
+def with_baseline(prepared: PreparedSystem, forcefield: Sequence[str]) -> PreparedSystem:
+    """``prepared`` with the forces of the cheaper ``forcefield`` in place of its own (same particles, masses,
+    constraints and box; :func:`~openmm_actionml.systems.replace_forces`): the System a model trained with a
+    baseline force field runs on. The baseline is built as ``prepared.settings`` record, with ``forcefield``."""
+    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    donor = build_baseline(prepared.settings, forcefield, elements)
+    return PreparedSystem(prepared.topology, replace_forces(prepared.system, donor.system), prepared.positions,
+                          {**prepared.settings, "baseline_forcefield": list(donor.settings["forcefield"])})

@@ -86,6 +86,9 @@ class ImplicitTrainingOptions(OptimisationOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.baseline is not None:
+            raise InputError("scheme B is trained against the data's own force field; a baseline force field is a "
+                             "scheme-A option (leave --implicit out).")
         get_implicit_scheme(self.scheme)
         self.solver_settings()
         if self.predictor_forces is None:

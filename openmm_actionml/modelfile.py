@@ -23,6 +23,7 @@ import openmmtorch
 from .atomic import atomic_path
 from .errors import ModelFileError, ModelMismatchError
 from .splitting import Splitting
+from .systems import force_classes
 
 FORMAT_VERSION = 1
 METADATA_ENTRY = "actionml.json"
@@ -63,6 +64,13 @@ class ModelMetadata:
         A human name for the training system.
     recipe
         How the model was made: data, training options, seeds, command line, figures.
+    force_field
+        Anchored models: the class names of the force field's forces that every kick adds
+        (:func:`~openmm_actionml.systems.force_classes`), checked against the System; ``None`` in older files.
+    baseline
+        The force-field files of a cheaper baseline that the kicks add in place of the training data's force
+        field (the model runs on a System with those forces, :func:`~openmm_actionml.examples.with_baseline`);
+        ``None`` when the kicks add the data's own force field or none.
     """
 
     scheme: str
@@ -78,6 +86,8 @@ class ModelMetadata:
     system_name: str = ""
     implicit: Optional[dict] = None
     recipe: dict = field(default_factory=dict)
+    force_field: Optional[list[str]] = None
+    baseline: Optional[list[str]] = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -196,6 +206,15 @@ class ActionMLModel:
                 any(abs(a[2] - b[2]) > 1e-6 * b[2] for a, b in zip(constraints, wanted)):
             raise ModelMismatchError(f"{name} was trained with {len(wanted)} constraints; the System has "
                                      f"{len(constraints)} that differ. Use the same constraints= as the training data.")
+        if meta.anchored and meta.force_field is not None and force_classes(system) != meta.force_field:
+            if meta.baseline:
+                anchor = f"the baseline force field {' + '.join(meta.baseline)}"
+                fix = f"build it with openmm_actionml.with_baseline(prepared, {meta.baseline!r})"
+            else:
+                anchor, fix = "its training force field", "build the System with the training data's force field"
+            raise ModelMismatchError(f"{name} adds its learned correction to {anchor} (forces "
+                                     f"{', '.join(meta.force_field)}), but the System has "
+                                     f"{', '.join(force_classes(system)) or 'no forces'}; {fix}.")
         if step is not None and abs(step - meta.step) > 1e-9 * meta.step:
             raise ModelMismatchError(f"{name} takes steps of {meta.step * 1000:g} fs, not {step * 1000:g} fs; "
                                      f"a learned map is only valid at the step it was trained for.")

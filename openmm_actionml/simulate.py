@@ -83,6 +83,7 @@ class RunSummary:
     drift: Optional[EnergyDrift]
     evaluations_per_fs: float
     solver: Optional[ImplicitSolverState] = None
+    drift_note: str = ""
 
     def text(self) -> str:
         lines = [f"{self.steps} steps, {self.simulated_ps:g} ps in {self.wall_seconds:.1f} s "
@@ -96,6 +97,8 @@ class RunSummary:
         if self.drift is not None:
             lines.append(f"energy drift {self.drift.slope_kt_per_dof_per_ns:+.3g} kT/DOF/ns "
                          f"({self.drift.slope_kj_per_ns:+.3g} kJ/mol/ns), RMS about the trend {self.drift.rms_kj:.3g} kJ/mol")
+        if self.drift_note:
+            lines.append(self.drift_note)
         return "\n".join(lines)
 
 
@@ -190,8 +193,12 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
         per_element.update({key: float(values.mean()) for key, values in
                             rigid_molecule_temperatures(velocities, masses, molecules, com_fixed).items()})
     total = float((masses[:, None] * velocities ** 2).sum(-1).mean(0).sum() / (BOLTZMANN * dof.sum()))
-    drift = None
-    if thermostat is None and len(summary.times) >= 3:
+    drift, note = None, ""
+    if thermostat is None and model.metadata.baseline:
+        note = (f"energy drift not measured: the System's energy is its baseline's "
+                f"({' + '.join(model.metadata.baseline)}), which this map does not conserve; `actionml evaluate` "
+                f"measures it in the training force field")
+    elif thermostat is None and len(summary.times) >= 3:
         drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
     return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
-                      evaluations_per_step / (model.metadata.step * 1000.0), solver)
+                      evaluations_per_step / (model.metadata.step * 1000.0), solver, note)

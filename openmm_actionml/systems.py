@@ -276,6 +276,37 @@ def with_hydrogen_mass(system: mm.System, topology: app.Topology, hydrogen_mass:
     return system
 
 
+def replace_forces(system: mm.System, donor: mm.System) -> mm.System:
+    """A copy of ``system`` (its particles, masses, constraints, virtual sites and box) whose forces are ``donor``'s:
+    a cheaper force field on the same particles, for kicks that add a learned correction to it. ``system``'s
+    CMMotionRemover, if any, is kept and ``donor``'s is not taken.
+
+    Raises
+    ------
+    InputError
+        If the two Systems do not have the same number of particles.
+    """
+    if donor.getNumParticles() != system.getNumParticles():
+        raise InputError(f"the baseline force field gives {donor.getNumParticles()} particles where the System has "
+                         f"{system.getNumParticles()}; a baseline must parametrise the same atoms (a water model "
+                         f"with as many sites, no extra virtual sites).")
+    result = copy.deepcopy(system)
+    for index in reversed(range(result.getNumForces())):
+        if not isinstance(result.getForce(index), mm.CMMotionRemover):
+            result.removeForce(index)
+    for force in donor.getForces():
+        if not isinstance(force, mm.CMMotionRemover):
+            result.addForce(copy.deepcopy(force))
+    return result
+
+
+def force_classes(system: mm.System) -> list[str]:
+    """The sorted class names of ``system``'s forces in groups 0-29, CMMotionRemover left out: what a model whose
+    kicks add the System's forces records of the force field it was trained on."""
+    return sorted(type(force).__name__ for force in system.getForces()
+                  if force.getForceGroup() < 30 and not isinstance(force, mm.CMMotionRemover))
+
+
 def particle_masses(system: mm.System) -> np.ndarray:
     """``[N]`` particle masses in amu."""
     return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])

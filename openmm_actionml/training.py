@@ -29,12 +29,14 @@ from .constraints import ConstraintSet
 from .dataset import ReferenceDataset
 from .diagnostics import relative_errors
 from .errors import ActionMLError, InputError, SimulationInstabilityError
+from .examples import build_baseline
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
 from .network import build_network
 from .nve_gate import GateOptions, GateResult, run_gate
 from .openmm_potential import OpenMMPotential
 from .splitting import SplittingStepper, get_splitting
+from .systems import force_classes, replace_forces
 from .units import BOLTZMANN, positive_float
 
 
@@ -52,6 +54,10 @@ class OptimisationOptions:
         The long step h in ps; a multiple of the data's frame spacing.
     anchored
         ``W = V + dW`` (default) or pure ML ``W = dW``.
+    baseline
+        Force-field files of a cheaper baseline ``B`` on the same atoms (anchored only): the kicks are then
+        ``W = B + dW``, with ``dW`` learned against the data's force field ``V`` (its stored forces and
+        trajectories), so that an expensive ``V`` is never called inside the step. Needs ``force_matching > 0``.
     iterations
         Adam iterations per stage (early stopping may end a stage sooner).
     batch_size, learning_rate, final_learning_rate
@@ -77,6 +83,7 @@ class OptimisationOptions:
 
     step: float
     anchored: bool = True
+    baseline: Optional[list[str]] = None
     iterations: int = 150
     batch_size: int = 16
     learning_rate: float = 2e-3
@@ -99,6 +106,11 @@ class OptimisationOptions:
         if not self.anchored and self.force_matching <= 0:
             raise InputError("pure-ML training needs force_matching > 0 to keep each head tied to the force field; "
                              "untied heads drift and heat (DESIGN.md section 3).")
+        if self.baseline is not None:
+            self.baseline = [self.baseline] if isinstance(self.baseline, str) else list(self.baseline)
+            if not self.anchored or self.force_matching <= 0 or not self.baseline:
+                raise InputError("a baseline force field needs anchored kicks (not pure ML), force_matching > 0 to tie "
+                                 "B + dW to the data's forces, and at least one force-field file.")
 
 
 @dataclass
@@ -212,10 +224,14 @@ class Trainer:
         self.box = None if dataset.box is None else torch.as_tensor(dataset.box, dtype=torch.float64)
         # Blown-up configurations give NaN (not an exception), so the NVE gate can count them as unstable.
         self.potential = OpenMMPotential(system, platform=options.force_field_platform, nonfinite="nan")
+        #: The force field every kick adds (anchored models): V itself, or the baseline B in V's place.
+        self.kick_system = system if options.baseline is None else baseline_system(dataset, system, options.baseline)
+        self.kick_potential = self.potential if options.baseline is None else \
+            OpenMMPotential(self.kick_system, platform=options.force_field_platform, nonfinite="nan")
         excluded = None if self.constraints is None else self.constraints.pairs.tolist()
         self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
                                      excluded_pairs=excluded, **options.network).double()
-        self.kicks = KickPotential(self.network, self.reference_forces if options.anchored else None, self.box)
+        self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
         frames, _, _ = self.windows(0, self.train_segments, 256)
         self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
@@ -224,7 +240,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
 
     def reference_forces(self, q: torch.Tensor) -> torch.Tensor:
+        """The data's force field V at ``q``."""
         return self.potential.energy_and_forces(q)[1]
+
+    def kick_forces(self, q: torch.Tensor) -> torch.Tensor:
+        """The force field the kicks add at ``q``: V, or the baseline B."""
+        return self.kick_potential.energy_and_forces(q)[1]
 
     def total_energy(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.potential.energy_and_forces(q)[0] + 0.5 * (self.masses[:, None] * v ** 2).sum((-1, -2))
@@ -253,20 +274,25 @@ class Trainer:
         return loss, penalty
 
     def force_matching_loss(self, q: torch.Tensor, forces: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Mean squared difference between each head's forces and the force field's, relative to |F_V|^2
-        (its square root is the relative force error). The force field's forces are ``forces`` (the dataset's
-        stored ones, so that an expensive force field is not evaluated again) or, if ``None``, computed.
+        """Mean squared difference between each head's kick forces (``dW``, ``V + dW`` or ``B + dW``) and the
+        force field's, relative to |F_V|^2 (its square root is the relative force error). V's forces are ``forces``
+        (the dataset's stored ones, so that an expensive force field is not evaluated again) or, if ``None``,
+        computed. With no network (the classical row) the heads' forces are the baseline's alone.
 
         With constraints only the part of a force that moves the system matters: a kick's velocity change is
         RATTLE-projected, so forces are compared after the same projection of ``F/m`` (components along the
         constraints, which no dynamics sees, are neither fitted nor counted)."""
         reference = self.dynamical_forces(q, (self.reference_forces(q) if forces is None else forces).detach())
         scale = (reference ** 2).mean()
+        if not self.options.anchored:
+            anchor = torch.zeros_like(reference)
+        else:
+            anchor = reference if self.options.baseline is None else self.dynamical_forces(q, self.kick_forces(q))
         loss = torch.zeros((), dtype=torch.float64)
         for head in range(self.n_heads):
-            learned = self.kicks.learned_forces(q, head)
-            predicted = self.dynamical_forces(q, learned) + (reference if self.options.anchored else 0.0)
-            loss = loss + ((predicted - reference) ** 2).mean() / scale
+            learned = 0.0 if self.kicks.network is None else \
+                self.dynamical_forces(q, self.kicks.learned_forces(q, head))
+            loss = loss + ((learned + anchor - reference) ** 2).mean() / scale
         return loss / self.n_heads
 
     def dynamical_forces(self, q: torch.Tensor, forces: torch.Tensor) -> torch.Tensor:
@@ -290,7 +316,7 @@ class Trainer:
             q1, v1, _ = self.stepper.step(q[:, 0], v[:, 0])
         errors = relative_errors(self.masses.numpy(), self.options.step, q[:, 0].numpy(), v[:, 0].numpy(),
                                  q[:, 1].numpy(), v[:, 1].numpy(), q1.numpy(), v1.numpy())
-        if not self.options.anchored:
+        if not self.options.anchored or self.options.baseline is not None:
             with torch.no_grad():
                 errors["force"] = float(self.force_matching_loss(q[:, 0], forces)) ** 0.5
         return {"validation_loss": float(loss), "errors": errors}
@@ -307,6 +333,12 @@ class Trainer:
                                gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
                         self.dataset.temperature, gate, self.dataset.elements)
+
+
+def baseline_system(dataset: ReferenceDataset, system: mm.System, forcefield: list[str]) -> mm.System:
+    """``system`` (the data's) with the forces of the baseline ``forcefield``, built as the dataset's metadata
+    record (:func:`~openmm_actionml.examples.build_baseline`)."""
+    return replace_forces(system, build_baseline(dataset.metadata, forcefield, dataset.elements).system)
 
 
 class EarlyStopping:
@@ -505,6 +537,7 @@ def _metadata(trainer: Trainer, system_name: str, report: TrainingReport, comman
         scheme="A", step=options.step, splitting=trainer.stepper.splitting.to_dict(), anchored=options.anchored,
         elements=list(dataset.elements), masses=[float(m) for m in dataset.masses], constraints=constraints,
         periodic=dataset.box is not None, network=trainer.network.config_dict(), temperature=dataset.temperature,
-        system_name=system_name,
+        system_name=system_name, force_field=force_classes(trainer.kick_system) if options.anchored else None,
+        baseline=options.baseline,
         recipe={**base_recipe(dataset, options, command),
                 "report": {"classical": report.classical, "candidates": report.candidates, "chosen": report.chosen}})

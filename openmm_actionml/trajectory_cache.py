@@ -109,3 +109,8 @@ def _reproducible_xml(system: mm.System) -> str:
         return f'encodedFileContents="sha256:{digest.hexdigest()}"'
 
     return re.sub(r'encodedFileContents="([0-9a-fA-F]*)"', entries_digest, mm.XmlSerializer.serialize(system))
+
+
+def reproducible_xml_digest(system: mm.System) -> str:
+    """A short digest of ``system`` that is the same in every process (see :func:`_reproducible_xml`)."""
+    return hashlib.sha256(_reproducible_xml(system).encode()).hexdigest()[:16]
