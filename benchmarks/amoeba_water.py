@@ -12,15 +12,16 @@ equilibrated starts, NVE ensembles of:
   of those rows are measured in AMOEBA too.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
-are kept in ``--cache-dir``, so that several processes can share the work (``--only`` picks rows by a substring of
-their names) and a last run without ``--only`` writes the table from the cache; the speeds in that table come from
+are kept in ``--cache-dir``, so that several processes can share the work (``--only``, repeatable, picks the rows
+whose names contain one of its texts) and a last run writes the table from the cache (any run whose rows include the
+reference writes the table of its rows); the speeds in that table come from
 one dedicated timed run per row (``--speed-time``), in one process. The side-by-side speed against Verlet is
 ``speed_vs_verlet.py``'s.
 
 Usage::
 
     python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
-        [--time 10] [--sample-interval 48] [--t3-steps 8 12 16] [--only TEXT] [--cache-dir DIR] [--output-dir DIR]
+        [--time 10] [--sample-interval 48] [--t3-steps 8 12 16] [--only TEXT ...] [--cache-dir DIR] [--output-dir DIR]
 """
 from __future__ import annotations
 
@@ -71,7 +72,12 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
                                         f"{meta.step * 1000:g} fs", model_system(prepared, model).system,
                                         meta.get_splitting(), meta.step)
             rows.append(dataclasses.replace(alone, energy_system=system))
-    return rows + [model_candidate(prepared, model) for model in models]
+    for model in models:  # a second model of the same kind is told apart by its file name
+        row = model_candidate(prepared, model)
+        if any(other.name == row.name for other in rows):
+            row = dataclasses.replace(row, name=f"{row.name} ({model.path.stem})")
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -87,7 +93,8 @@ def main() -> None:
     parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of every step")
     parser.add_argument("--speed-time", type=float, default=1.0, help="ps of each row's timed run")
     parser.add_argument("--platform", default="CPU")
-    parser.add_argument("--only", help="run only the rows whose names contain this text, keeping them in the cache")
+    parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
+                        "(repeatable), keeping them in the cache")
     parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
     parser.add_argument("--output-dir", default="results/amoeba-water")
     args = parser.parse_args()
@@ -102,9 +109,9 @@ def main() -> None:
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
     rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
-    chosen = [row for row in rows if args.only is None or args.only in row.name]
+    chosen = [row for row in rows if args.only is None or any(text in row.name for text in args.only)]
     if not chosen:
-        raise SystemExit(f"no row's name contains {args.only!r}; the rows are: {', '.join(r.name for r in rows)}")
+        raise SystemExit(f"no row's name contains any of {args.only}; the rows are: {', '.join(r.name for r in rows)}")
     cache = Path(args.cache_dir)
     log(f"starts: {args.trajectories} at {TEMPERATURE:g} K (kept in {cache})")
     starts = resumable_starts(cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K.npz", lambda: equilibrated_starts(
@@ -115,8 +122,8 @@ def main() -> None:
     for row in chosen:
         log(f"{row.name}: {args.trajectories} x {args.time:g} ps")
         results.append(run_ensemble(row, starts, TEMPERATURE, options, elements, args.platform, log, cache))
-    if args.only is not None:
-        log(f"rows kept in {cache}; run without --only for the table")
+    if chosen[0] is not rows[0]:
+        log(f"rows kept in {cache}; a run with the reference row writes the table")
         return
     title = (f"Rigid AMOEBA water, {args.waters} molecules (PME, cutoff {args.cutoff:g} nm): {args.trajectories} x "
              f"{args.time:g} ps NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs ({args.platform})")

@@ -33,6 +33,7 @@ from .generate import generate_reference_data
 from .platforms import SINGLE_THREAD_BELOW, configure_torch_threads, get_platform
 from .systems import SOLVENTS, PreparedSystem
 from .modelfile import ActionMLModel, load_model
+from .network import NetworkConfig
 from .nve_gate import GateOptions
 from .simulate import run_model, topology_from_elements
 from .implicit_training import ImplicitTrainingOptions, train_implicit
@@ -177,6 +178,11 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hidden", default="64,64", help="MLP hidden widths (default 64,64)")
     parser.add_argument("--switch", default="c2", choices=["c2", "smooth"], help="cutoff switch of the network's "
                         "densities: C^2 polynomial (default) or C-infinity")
+    network = NetworkConfig()
+    parser.add_argument("--network-cutoff", type=float, default=network.cutoff,
+                        help=f"nm, the network's radial neighbour cutoff (default {network.cutoff:g})")
+    parser.add_argument("--angular-cutoff", type=float, default=network.angular_cutoff,
+                        help=f"nm, the cutoff of its angular density (default {network.angular_cutoff:g})")
     parser.add_argument("--force-field-platform", default="Reference",
                         help="OpenMM platform of the force field inside training (default Reference, double "
                              "precision; CPU is faster for hundreds of atoms)")
@@ -204,7 +210,8 @@ def run_train(args: argparse.Namespace) -> int:
                   pretrain_iterations=args.pretrain_iterations, pretrain_batch_size=args.pretrain_batch_size,
                   seed=args.seed, eval_every=args.eval_every,
                   patience=args.patience,
-                  network={"hidden": _integers(args.hidden, "--hidden"), "switch": args.switch},
+                  network={"hidden": _integers(args.hidden, "--hidden"), "switch": args.switch,
+                           "cutoff": args.network_cutoff, "angular_cutoff": args.angular_cutoff},
                   force_field_platform=args.force_field_platform)
     name = args.name or Path(args.dataset[0]).stem
     if args.implicit:

@@ -21,7 +21,8 @@ import openmm.unit as u
 import openmmtorch
 
 from .atomic import atomic_path
-from .errors import ModelFileError, ModelMismatchError
+from .errors import InputError, ModelFileError, ModelMismatchError
+from .network import check_cutoff_fits
 from .splitting import Splitting
 from .systems import force_classes
 
@@ -206,6 +207,12 @@ class ActionMLModel:
                 any(abs(a[2] - b[2]) > 1e-6 * b[2] for a, b in zip(constraints, wanted)):
             raise ModelMismatchError(f"{name} was trained with {len(wanted)} constraints; the System has "
                                      f"{len(constraints)} that differ. Use the same constraints= as the training data.")
+        if meta.periodic and "cutoff" in meta.network:
+            box = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+            try:
+                check_cutoff_fits(meta.network["cutoff"], box)
+            except InputError as error:
+                raise ModelMismatchError(f"{name}: {error}") from None
         if meta.anchored and meta.force_field is not None and force_classes(system) != meta.force_field:
             if meta.baseline:
                 anchor = f"the baseline force field {' + '.join(meta.baseline)}"

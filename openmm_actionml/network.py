@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -417,6 +418,16 @@ class EnergyNetwork(torch.nn.Module):
             d, images = _minimum_image(d, box)
         keep = torch.nonzero((d * d).sum(-1) < self.cutoff ** 2).squeeze(-1)
         return i[keep], j[keep], images[keep]
+
+
+def check_cutoff_fits(cutoff: float, box: np.ndarray) -> None:
+    """Raise :class:`InputError` unless ``cutoff`` (nm) is at most half the shortest edge of the orthorhombic
+    ``box`` ``[3, 3]`` (nm): the minimum-image pair search sees one image of each pair."""
+    shortest = float(np.min(np.diagonal(np.asarray(box, dtype=float))))
+    if cutoff > shortest / 2:
+        raise InputError(f"the network's cutoff {cutoff:g} nm exceeds half the shortest box edge ({shortest:.3f} "
+                         f"nm), where the minimum image would miss pairs; choose a cutoff of at most "
+                         f"{shortest / 2:.3f} nm or a larger box.")
 
 
 def build_network(particle_elements: Sequence[str], n_heads: int = 2, periodic: bool = False,

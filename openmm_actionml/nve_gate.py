@@ -134,8 +134,11 @@ def run_gate(stepper: SplittingStepper, potential_energy: Callable[[Tensor], Ten
     kept = times_arr >= options.burn_in * times_arr[-1]
     drifts = [energy_drift(times_arr[kept], energies_arr[kept, b], n_dof, temperature) for b in np.flatnonzero(stable)]
     if kept.sum() < 3 or not drifts:
+        reason = "no trajectory stayed stable" if not drifts else (
+            f"{int(kept.sum())} energy samples after the burn-in are too few for a drift: lengthen the gate's "
+            f"duration or lower its record_every")
         return GateResult(float(stable.mean()), float("nan"), float("nan"), float("nan"), float("nan"), {}, False,
-                          "no trajectory stayed stable")
+                          reason)
     slopes = np.array([d.slope_kt_per_dof_per_ns for d in drifts])
     mean = float(slopes.mean())
     error = float(slopes.std(ddof=1) / np.sqrt(len(slopes))) if len(slopes) > 1 else float("inf")

@@ -74,3 +74,15 @@ def test_truncated_file_is_reported(exported, tmp_path):
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="corrupt or truncated"):
         load_model(broken)
+
+
+def test_a_box_too_small_for_the_network_cutoff_is_refused():
+    """The shipped water model (cutoff 0.5 nm) runs on its 1.24 nm box and refuses the same waters in a 0.9 nm box."""
+    from openmm_actionml.examples import EXAMPLES_DIR, build_training_system
+    model = load_model(EXAMPLES_DIR.parent / "models" / "water64-t3-8fs.pt")
+    system = build_training_system(model.metadata.recipe).system
+    model.validate(system)
+    squeezed = copy.deepcopy(system)
+    squeezed.setDefaultPeriodicBoxVectors(mm.Vec3(0.9, 0, 0), mm.Vec3(0, 0.9, 0), mm.Vec3(0, 0, 0.9))
+    with pytest.raises(ModelMismatchError, match="exceeds half the shortest box edge"):
+        model.validate(squeezed)

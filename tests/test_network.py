@@ -290,3 +290,13 @@ def test_feature_scale_is_floored():
     assert torch.isfinite(energy_and_forces(network, frames[0])[1]).all()
     hydrogen = network.config.elements.index("H")
     assert torch.allclose(network.feature_mean[hydrogen], network.features(frames[:1], None)[1])
+
+
+def test_cutoff_longer_than_half_the_box_is_refused():
+    """Minimum image finds every pair within the cutoff only while the cutoff is at most half the shortest edge."""
+    import numpy as np
+    from openmm_actionml.network import check_cutoff_fits
+    box = np.diag([1.2, 1.3, 1.4])
+    check_cutoff_fits(0.6, box)
+    with pytest.raises(InputError, match="exceeds half the shortest box edge"):
+        check_cutoff_fits(0.6001, box)

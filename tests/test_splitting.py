@@ -174,3 +174,14 @@ def test_gate_counts_a_failed_constraint_projection_as_unstable():
     result = run_gate(run, toy_energy, q0, v0, 300.0, options, ["C", "H", "N", "O", "H"])
     assert result.stable_fraction == pytest.approx(2 / 3)
     assert np.isfinite(result.drift_mean) and np.isfinite(result.energy_rms)
+
+
+def test_gate_too_short_for_a_drift_says_so():
+    """Stable trajectories with too few energy samples fail the gate with that reason, not as unstable."""
+    q, v, masses, constraints = constrained_toy()
+    run = stepper("T3", masses, constraints)
+    options = GateOptions(n_trajectories=2, duration=4 * H, record_every=2)
+    result = run_gate(run, toy_energy, torch.stack([q, q]), torch.stack([v, -v]), 300.0, options,
+                      ["C", "H", "N", "O", "H"])
+    assert result.stable_fraction == 1.0 and not result.passed
+    assert "too few for a drift" in result.reason
