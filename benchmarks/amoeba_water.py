@@ -71,7 +71,8 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
             alone = splitting_candidate(f"{meta.get_splitting().name} on {' + '.join(meta.baseline)} alone "
                                         f"{meta.step * 1000:g} fs", model_system(prepared, model).system,
                                         meta.get_splitting(), meta.step)
-            rows.append(dataclasses.replace(alone, energy_system=system))
+            if all(row.name != alone.name for row in rows):  # one row per baseline
+                rows.append(dataclasses.replace(alone, energy_system=system))
     for model in models:  # a second model of the same kind is told apart by its file name
         row = model_candidate(prepared, model)
         if any(other.name == row.name for other in rows):
