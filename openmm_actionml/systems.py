@@ -300,11 +300,17 @@ def replace_forces(system: mm.System, donor: mm.System) -> mm.System:
     return result
 
 
+#: Forces that act on the state, not through the potential energy: no kick adds them.
+NOT_POTENTIALS = (mm.CMMotionRemover, mm.AndersenThermostat, mm.MonteCarloBarostat, mm.MonteCarloAnisotropicBarostat,
+                  mm.MonteCarloMembraneBarostat, mm.MonteCarloFlexibleBarostat)
+
+
 def force_classes(system: mm.System) -> list[str]:
-    """The sorted class names of ``system``'s forces in groups 0-29, CMMotionRemover left out: what a model whose
-    kicks add the System's forces records of the force field it was trained on."""
+    """The sorted class names of ``system``'s potential-energy forces in groups 0-29 (thermostats, barostats and
+    the CMMotionRemover left out): what a model whose kicks add the System's forces records of the force field it
+    was trained on."""
     return sorted(type(force).__name__ for force in system.getForces()
-                  if force.getForceGroup() < 30 and not isinstance(force, mm.CMMotionRemover))
+                  if force.getForceGroup() < 30 and not isinstance(force, NOT_POTENTIALS))
 
 
 def particle_masses(system: mm.System) -> np.ndarray:

@@ -62,6 +62,9 @@ def test_replace_forces_keeps_the_particles_and_takes_the_donors_forces(alanine_
         [alanine_hbonds.system.getConstraintParameters(i) for i in range(system.getNumConstraints())]
     assert sum(isinstance(f, mm.CMMotionRemover) for f in system.getForces()) == 1  # the System's, not both
     assert force_classes(system) == force_classes(alanine_hbonds.system)
+    with_barostat = copy.deepcopy(system)  # a barostat or thermostat is no part of the force field a kick adds
+    with_barostat.addForce(mm.MonteCarloBarostat(1.0, 300.0))
+    assert force_classes(with_barostat) == force_classes(system)
     donor = build_example("alanine-dipeptide", forcefield=BASELINE, constraints="HBonds").system
     v, b = energy(alanine_hbonds.system, alanine_hbonds.positions), energy(system, alanine_hbonds.positions)
     assert b == energy(donor, alanine_hbonds.positions) and abs(b - v) > 0.1  # B's energy exactly, not V's
