@@ -106,7 +106,6 @@ def main() -> None:
         if model.metadata.scheme != "A" or (model.metadata.anchored and not model.metadata.baseline):
             raise SystemExit(f"{model.path.name} calls AMOEBA in its kicks; this benchmark compares scheme-A models "
                              f"that do not (pure ML, or a learned correction on a cheaper baseline force field).")
-        model.validate(model_system(prepared, model).system, topology=prepared.topology)
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
     rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)

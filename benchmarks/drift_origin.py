@@ -138,7 +138,7 @@ def main() -> None:
                                  platform=args.platform, seed=args.seed)
     learned_system = add_learned_force(system, model)
     print(f"network is on: one step differs from the classical one by up to "
-          f"{network_effect(prepared, model, starts, args.platform):.3g} nm/ps", flush=True)
+          f"{network_effect(prepared.system, model, starts, args.platform):.3g} nm/ps", flush=True)
     splitting = meta.get_splitting()
     # (NVE candidate, the same map with its Langevin thermostat)
     maps = [(Candidate(f"{splitting.name} learned {h * 1000:g} fs", h, learned_system,

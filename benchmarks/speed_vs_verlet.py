@@ -60,7 +60,8 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
     platform_object = mm.Platform.getPlatformByName(platform)
     t_kick, t_nn, _ = measure(kicks, model, platform_object, properties, seconds, rounds,
                               verlet_step=False)  # Verlet's whole step is a row above
-    t_ff = t_kick if kicks is prepared else force_field_time(prepared, platform_object, properties, seconds, rounds)
+    baseline = model.metadata.baseline
+    t_ff = force_field_time(prepared, platform_object, properties, seconds, rounds) if baseline else t_kick
 
     meta = model.metadata
     splitting = meta.get_splitting()
@@ -76,7 +77,7 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
               f"{best[fastest] / best[classical]:.3g}x its splitting unlearned.", "",
               f"Where a {meta.step * 1000:g} fs {splitting.name} step's time goes ({evaluations} evaluations per step; "
               f"t_FF = {1e3 * t_ff:.3g} ms, "
-              + (f"the baseline's t_B = {1e3 * t_kick:.3g} ms, " if kicks is not prepared else "")
+              + (f"the baseline's t_B = {1e3 * t_kick:.3g} ms, " if baseline else "")
               + f"t_NN = {1e3 * t_nn:.3g} ms per evaluation):", "",
               "| step | measured (ms) | force field | learned force | the rest (integrator) |", "|---|---|---|---|---|",
               _parts(learned, step_time[learned], evaluations * t_kick if meta.anchored else 0.0, evaluations * t_nn),

@@ -30,7 +30,7 @@ from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_for
 from .modelfile import ActionMLModel
 from .platforms import create_context
 from .splitting import Splitting, get_splitting
-from .systems import PreparedSystem, with_hydrogen_mass
+from .systems import PreparedSystem, topology_elements, with_hydrogen_mass
 
 #: OpenMM's recommended hydrogen mass for 4 fs steps (user guide, LangevinMiddleIntegrator).
 HMR_HYDROGEN_MASS = 1.5
@@ -114,11 +114,11 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
     return rows
 
 
-def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Starts,
-                   platform: Optional[str] = None) -> float:
+def network_effect(kicks: mm.System, model: ActionMLModel, starts: Starts, platform: Optional[str] = None) -> float:
     """Largest difference (nm/ps) between the velocities after one learned step and one step of the same
-    splitting on the force field alone (the baseline alone for a model with one; for pure ML: with the force
-    field's kicks), from the first start.
+    splitting on the force field alone (for pure ML: with the force field's kicks), from the first start.
+    ``kicks`` is the force-field System the model runs on (:func:`model_system`'s: the baseline's for a model
+    with one).
 
     Raises
     ------
@@ -128,7 +128,6 @@ def network_effect(prepared: PreparedSystem, model: ActionMLModel, starts: Start
     meta = model.metadata
     splitting = meta.get_splitting() if meta.scheme == "A" else get_splitting("T3")
     after = []
-    kicks = model_system(prepared, model).system
     for system, integrator in ((add_learned_force(kicks, model), ActionMLIntegrator(model)),
                                (kicks, SplittingIntegrator(splitting, meta.step))):
         context = create_context(system, integrator, platform)
@@ -158,7 +157,8 @@ def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOp
     at a time (:func:`~openmm_actionml.ensemble.run_ensembles`); with ``cache_dir``, finished trajectories are
     kept there and an interrupted evaluation resumes (:func:`~openmm_actionml.ensemble.run_ensemble`).
     """
-    model.validate(model_system(prepared, model).system, topology=prepared.topology)
+    kicks = model_system(prepared, model).system
+    model.validate(kicks, topology=prepared.topology)
     temperature = temperature or model.metadata.temperature
     candidates = candidates if candidates is not None else standard_candidates(prepared, model)
     if not candidates:
@@ -168,8 +168,8 @@ def evaluate(prepared: PreparedSystem, model: ActionMLModel, options: EnsembleOp
             progress(f"drawing {options.n_trajectories} equilibrated starts at {temperature:g} K")
         starts = equilibrated_starts(prepared.system, prepared.positions, temperature, options.n_trajectories,
                                      platform=platform, seed=seed)
-    effect = network_effect(prepared, model, starts, platform)
+    effect = network_effect(kicks, model, starts, platform)
     if progress is not None:
         progress(f"the network is on: one learned step and one classical step differ by up to {effect:.3g} nm/ps")
-    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    elements = topology_elements(prepared.topology)
     return run_ensembles(candidates, starts, temperature, options, elements, platform, progress, jobs, cache_dir)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import openmm.app as app
 
 from .errors import InputError
-from .systems import PreparedSystem, build_system, replace_forces, water_box
+from .systems import PreparedSystem, build_system, replace_forces, topology_elements, water_box
 
 #: The repository's examples/ folder (present in a source checkout or editable install).
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -116,7 +116,7 @@ def build_baseline(settings: dict[str, Any], forcefield: Sequence[str], elements
     else:
         raise InputError("the system's settings record neither its PDB file nor a water box, so its baseline force "
                          "field cannot be built; build it with openmm_actionml.systems.build_system or water_box.")
-    built = [atom.element.symbol if atom.element is not None else "" for atom in donor.topology.atoms()]
+    built = topology_elements(donor.topology)
     if built != list(elements):
         first = next((i for i, (a, b) in enumerate(zip(built, elements)) if a != b), min(len(built), len(elements)))
         raise InputError(f"the baseline force field {' + '.join(files)} gives {len(built)} atoms, differing from the "
@@ -129,7 +129,7 @@ def with_baseline(prepared: PreparedSystem, forcefield: Sequence[str]) -> Prepar
     """``prepared`` with the forces of the cheaper ``forcefield`` in place of its own (same particles, masses,
     constraints and box; :func:`~openmm_actionml.systems.replace_forces`): the System a model trained with a
     baseline force field runs on. The baseline is built as ``prepared.settings`` record, with ``forcefield``."""
-    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    elements = topology_elements(prepared.topology)
     donor = build_baseline(prepared.settings, forcefield, elements)
     return PreparedSystem(prepared.topology, replace_forces(prepared.system, donor.system), prepared.positions,
                           {**prepared.settings, "baseline_forcefield": list(donor.settings["forcefield"])})

@@ -30,6 +30,7 @@ from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .errors import InputError, SimulationInstabilityError
 from .platforms import get_platform, platform_properties
+from .systems import topology_elements
 from .units import positive_float, strip_unit
 
 #: Constraint tolerance of the NVE segments and of the projection at their start.
@@ -317,7 +318,7 @@ def _elements(masses: np.ndarray, topology: app.Topology | None) -> list[str]:
     if topology is not None:
         if topology.getNumAtoms() != len(masses):
             raise InputError(f"the topology has {topology.getNumAtoms()} atoms but the System {len(masses)} particles.")
-        return [atom.element.symbol if atom.element is not None else "" for atom in topology.atoms()]
+        return topology_elements(topology)
     elements = [app.element.Element.getByMass(m) for m in masses]
     for index, (mass, element) in enumerate(zip(masses, elements)):
         if abs(element.mass.value_in_unit(u.dalton) - mass) > ELEMENT_MASS_TOLERANCE:

@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .errors import InputError, ModelFileError, ModelMismatchError
 from .network import check_cutoff_fits
 from .splitting import Splitting
-from .systems import force_classes
+from .systems import force_classes, topology_elements
 
 FORMAT_VERSION = 1
 METADATA_ENTRY = "actionml.json"
@@ -192,7 +192,7 @@ class ActionMLModel:
                                      f"{expected[i]:.6g} amu in the model (hydrogen mass repartitioning must match "
                                      f"the training data).")
         if topology is not None:
-            elements = [atom.element.symbol if atom.element is not None else "" for atom in topology.atoms()]
+            elements = topology_elements(topology)
             for i, (have, want) in enumerate(zip(elements, meta.elements)):
                 if have != want:
                     raise ModelMismatchError(f"{name}: particle {i} is {have or 'a virtual site'} in the topology "

@@ -24,7 +24,7 @@ from .ensemble import equilibrated_starts
 from .integrator import ActionMLIntegrator, add_learned_force
 from .modelfile import ActionMLModel
 from .platforms import explain_context_error, get_platform
-from .systems import PreparedSystem, constraint_pairs, particle_masses
+from .systems import PreparedSystem, constraint_pairs, particle_masses, topology_elements
 from .units import BOLTZMANN
 
 
@@ -185,7 +185,7 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     # The centre of mass is fixed by a CMMotionRemover, and carries no thermal motion in NVE (momentum is conserved).
     com_fixed = thermostat is None or any(isinstance(f, mm.CMMotionRemover) for f in system.getForces())
     dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=com_fixed)
-    elements = [atom.element.symbol if atom.element is not None else "" for atom in prepared.topology.atoms()]
+    elements = topology_elements(prepared.topology)
     velocities = np.array(summary.velocities)
     per_element = element_temperatures(velocities, masses, elements, dof)
     molecules = rigid_triatomics(constraints)

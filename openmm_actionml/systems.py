@@ -313,6 +313,11 @@ def force_classes(system: mm.System) -> list[str]:
                   if force.getForceGroup() < 30 and not isinstance(force, NOT_POTENTIALS))
 
 
+def topology_elements(topology: app.Topology) -> list[str]:
+    """Each atom's element symbol, ``""`` for a virtual site or an atom without an element."""
+    return [atom.element.symbol if atom.element is not None else "" for atom in topology.atoms()]
+
+
 def particle_masses(system: mm.System) -> np.ndarray:
     """``[N]`` particle masses in amu."""
     return np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])

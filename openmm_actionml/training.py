@@ -32,7 +32,7 @@ from .errors import ActionMLError, InputError, SimulationInstabilityError
 from .examples import build_baseline
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
-from .network import NetworkConfig, build_network, check_cutoff_fits
+from .network import build_network, check_cutoff_fits
 from .nve_gate import GateOptions, GateResult, run_gate
 from .openmm_potential import OpenMMPotential
 from .splitting import SplittingStepper, get_splitting
@@ -229,10 +229,10 @@ class Trainer:
         self.kick_potential = self.potential if options.baseline is None else \
             OpenMMPotential(self.kick_system, platform=options.force_field_platform, nonfinite="nan")
         excluded = None if self.constraints is None else self.constraints.pairs.tolist()
-        if dataset.box is not None:
-            check_cutoff_fits(NetworkConfig(**options.network).cutoff, dataset.box)
         self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
                                      excluded_pairs=excluded, **options.network).double()
+        if dataset.box is not None:
+            check_cutoff_fits(self.network.config.cutoff, dataset.box)
         self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
         frames, _, _ = self.windows(0, self.train_segments, 256)
