@@ -22,9 +22,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,23 +74,24 @@ def amoeba_water(n_waters: int) -> PreparedSystem:
     return PreparedSystem(modeller.topology, system, modeller.positions, {"forcefield": ["amoeba2018.xml"]})
 
 
+def seconds_per_call(call: Callable[[], object], seconds: float) -> float:
+    """Mean seconds per call of ``call`` over at least ``seconds`` (and three calls)."""
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 3:
+        call()
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
 def time_forces(context: mm.Context, positions: np.ndarray, groups: set[int], seconds: float) -> float:
     """Seconds per force evaluation of ``groups``, moving one atom by 1e-6 nm each time so nothing is cached."""
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 3:
-        positions[0, 0] += 1e-6 * (1 if count % 2 else -1)
+    moves = itertools.cycle((-1e-6, 1e-6))
+
+    def evaluate() -> None:
+        positions[0, 0] += next(moves)
         context.setPositions(positions)
         context.getState(getForces=True, groups=groups)
-        count += 1
-    return (time.perf_counter() - start) / count
-
-
-def time_steps(integrator: mm.Integrator, seconds: float) -> float:
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 3:
-        integrator.step(1)
-        count += 1
-    return (time.perf_counter() - start) / count
+    return seconds_per_call(evaluate, seconds)
 
 
 def default_model(prepared: PreparedSystem, directory: Path) -> ActionMLModel:
@@ -132,7 +135,7 @@ def measure(prepared: PreparedSystem, model: ActionMLModel, platform: mm.Platfor
         best[0] = min(best[0], time_forces(context, positions, set(range(LEARNED_FORCE_GROUP)), seconds))
         best[1] = min(best[1], time_forces(context, positions, {LEARNED_FORCE_GROUP}, seconds))
         if verlet_step:
-            best[2] = min(best[2], time_steps(verlet, seconds))
+            best[2] = min(best[2], seconds_per_call(lambda: verlet.step(1), seconds))
     return best[0], best[1], best[2]
 
 

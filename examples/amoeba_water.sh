@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Long steps that never call the expensive potential: a box of 64 rigid AMOEBA 2018 waters (mutual polarisation,
-# PME with a 0.6 nm cutoff, 192 atoms). Reference data with AMOEBA's forces stored, four T3 models at 12 fs whose
+# PME with a 0.6 nm cutoff, 192 atoms). Reference data with AMOEBA's forces stored, six T3 models at 12 fs whose
 # kicks never call AMOEBA (the shipped amoeba64-pure-t3-12fs.pt, pure ML; amoeba64-tip3pfb-t3-12fs.pt, a learned
-# correction on TIP3P-FB; amoeba64-tip3pfb-wide-/-mid-t3-12fs.pt, the same on wider networks), then the 8 x 5 ps
+# correction on TIP3P-FB; amoeba64-tip3pfb-wide-/-mid-t3-12fs.pt, the same on wider networks;
+# amoeba64-pure-mid-/-wide-t3-12fs.pt, pure ML on those wider networks), then the 8 x 5 ps
 # ensembles with the O-O radial distribution (benchmarks/amoeba_water.py) and the speed side by side
 # (benchmarks/speed_vs_verlet.py).
 # Run it in an empty folder: bash examples/amoeba_water.sh [--train-only].
-# About 20 min of data and four trainings of 17-25 min on one core; the ensembles about 45 min, the speed 12 min.
+# About 30 min of data and six trainings of 17-25 min on one core; the ensembles about 50 min, the speed 15 min.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,7 +23,10 @@ $A train amoeba64.npz --baseline-forcefield amber14/tip3pfb.xml --step 12 --spli
 $A train amoeba64.npz --baseline-forcefield amber14/tip3pfb.xml --network-cutoff 0.6 --angular-cutoff 0.45 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME) on TIP3P-FB, wide network" --output amoeba64-tip3pfb-wide-t3-12fs.pt --checkpoint amoeba-tip3pfb-wide.chk --overwrite
 # Between the two: 0.6 nm radial, 0.4 nm angular cutoffs.
 $A train amoeba64.npz --baseline-forcefield amber14/tip3pfb.xml --network-cutoff 0.6 --angular-cutoff 0.4 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME) on TIP3P-FB, mid network" --output amoeba64-tip3pfb-mid-t3-12fs.pt --checkpoint amoeba-tip3pfb-mid.chk --overwrite
+# Pure ML on the mid and wide networks' reach: is the TIP3P-FB baseline needed at those widths?
+$A train amoeba64.npz --pure-ml --network-cutoff 0.6 --angular-cutoff 0.4 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME), mid network" --output amoeba64-pure-mid-t3-12fs.pt --checkpoint amoeba-pure-mid.chk --overwrite
+$A train amoeba64.npz --pure-ml --network-cutoff 0.6 --angular-cutoff 0.45 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME), wide network" --output amoeba64-pure-wide-t3-12fs.pt --checkpoint amoeba-pure-wide.chk --overwrite
 [ "${1:-}" = "--train-only" ] && exit 0
 
-python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
-python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md
+python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --model amoeba64-pure-mid-t3-12fs.pt --model amoeba64-pure-wide-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
+python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt amoeba64-pure-wide-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md
