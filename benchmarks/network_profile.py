@@ -28,6 +28,7 @@ from cost_model import seconds_per_call
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.systems import default_box
 
 PARTS = ("neighbour search", "features", "energy", "energy and forces")
 
@@ -41,8 +42,7 @@ def profile_model(model: ActionMLModel, seconds: float, rounds: int) -> tuple[di
     positions = torch.tensor(np.array(prepared.positions.value_in_unit(u.nanometer)), dtype=dtype)
     box = None
     if model.metadata.periodic:
-        vectors = prepared.system.getDefaultPeriodicBoxVectors()
-        box = torch.tensor(np.array([v.value_in_unit(u.nanometer) for v in vectors]), dtype=dtype)
+        box = torch.tensor(default_box(prepared.system), dtype=dtype)
     batch_positions, batch_box = positions.unsqueeze(0), None if box is None else box.unsqueeze(0)
     node, active = torch.ones(1), torch.ones(1)
 

@@ -24,7 +24,7 @@ from .diagnostics import (RadialDistribution, degrees_of_freedom_per_atom, eleme
 from .errors import InputError, SimulationInstabilityError
 from .integrator import SplittingIntegrator
 from .platforms import create_context
-from .systems import constraint_pairs, particle_masses
+from .systems import constraint_pairs, default_box, particle_masses
 from .symplecticity import measured_defect
 from .trajectory_cache import CachedTrajectory, TrajectoryCache, reproducible_xml_digest
 from .units import BOLTZMANN
@@ -406,7 +406,7 @@ def _radial_distribution(system: mm.System, elements: Sequence[str],
     if not system.usesPeriodicBoundaryConditions():
         raise InputError(f"the radial distribution {options.rdf} needs a periodic box; this System has none. "
                          f"Leave the RDF out for systems in vacuum or implicit solvent.")
-    box = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    box = default_box(system)
     return RadialDistribution.of_elements(options.rdf, list(elements), box, options.rdf_bin_width)
 
 

@@ -30,7 +30,7 @@ from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .errors import InputError, SimulationInstabilityError
 from .platforms import get_platform, platform_properties
-from .systems import topology_elements
+from .systems import default_box, topology_elements
 from .units import positive_float, strip_unit
 
 #: Constraint tolerance of the NVE segments and of the projection at their start.
@@ -174,7 +174,7 @@ def generate_reference_data(system: mm.System,
 
     box = None
     if system.usesPeriodicBoundaryConditions():
-        box = np.array([vector.value_in_unit(u.nanometer) for vector in system.getDefaultPeriodicBoxVectors()])
+        box = default_box(system)
     pairs = [system.getConstraintParameters(i) for i in range(system.getNumConstraints())]
     extra = dict(metadata or {})
     command = extra.pop("command", " ".join(sys.argv))

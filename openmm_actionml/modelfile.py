@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .errors import InputError, ModelFileError, ModelMismatchError
 from .network import check_cutoff_fits
 from .splitting import Splitting
-from .systems import force_classes, topology_elements
+from .systems import default_box, force_classes, topology_elements
 
 FORMAT_VERSION = 1
 METADATA_ENTRY = "actionml.json"
@@ -208,7 +208,7 @@ class ActionMLModel:
             raise ModelMismatchError(f"{name} was trained with {len(wanted)} constraints; the System has "
                                      f"{len(constraints)} that differ. Use the same constraints= as the training data.")
         if meta.periodic and "cutoff" in meta.network:
-            box = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+            box = default_box(system)
             try:
                 check_cutoff_fits(meta.network["cutoff"], box)
             except InputError as error:

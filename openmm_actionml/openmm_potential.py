@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .errors import InputError, ModelMismatchError, SimulationInstabilityError
 from .platforms import get_platform, platform_properties
+from .systems import default_box
 from .units import positive_float, strip_unit
 
 __all__ = ["OpenMMPotential", "DEFAULT_EPSILON", "FORCE_FIELD_GROUPS"]
@@ -134,8 +135,7 @@ class OpenMMPotential:
         else:
             self.context = mm.Context(self.system, self._integrator, platform_object, props)
         self.platform_name = self.context.getPlatform().getName()
-        self.default_box = np.array([vector.value_in_unit(u.nanometer)
-                                     for vector in self.system.getDefaultPeriodicBoxVectors()], dtype=np.float64)
+        self.default_box = default_box(self.system)
         self._current_box = self.default_box.copy()
 
     def __repr__(self) -> str:

@@ -313,6 +313,11 @@ def force_classes(system: mm.System) -> list[str]:
                   if force.getForceGroup() < 30 and not isinstance(force, NOT_POTENTIALS))
 
 
+def default_box(system: mm.System) -> np.ndarray:
+    """The System's default periodic box vectors as a (3, 3) float64 array in nm, rows a, b, c."""
+    return np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()], dtype=np.float64)
+
+
 def topology_elements(topology: app.Topology) -> list[str]:
     """Each atom's element symbol, ``""`` for a virtual site or an atom without an element."""
     return [atom.element.symbol if atom.element is not None else "" for atom in topology.atoms()]
