@@ -9,7 +9,9 @@ equilibrated starts, NVE ensembles of:
   what a surrogate in its kicks can reach);
 - each ``--model`` given (a model of this box whose kicks never call AMOEBA: pure ML, or a learned correction on a
   cheaper baseline water model), and for a baseline model the same splitting on the baseline alone; the energies
-  of those rows are measured in AMOEBA too.
+  of those rows are measured in AMOEBA too. With ``--thermalise PS`` each model has a second row, from the same
+  starts after PS ps of Langevin dynamics (1/ps) with the model's own integrator: NVE from AMOEBA's starts relaxes
+  into the model's own ensemble at fixed energy, and this row tells that relaxation from a bias of the map.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
 are kept in ``--cache-dir``, so that several processes can share the work (``--only``, repeatable, picks the rows
@@ -22,7 +24,7 @@ Usage::
 
     python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
         [--time 10] [--reference-time PS] [--sample-interval 48] [--t3-steps 8 12 16] [--only TEXT ...]
-        [--cache-dir DIR] [--output-dir DIR]
+        [--thermalise PS] [--cache-dir DIR] [--output-dir DIR]
 """
 from __future__ import annotations
 
@@ -34,10 +36,12 @@ from pathlib import Path
 
 import torch
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble
+from openmm_actionml.ensemble import (Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble,
+                                      thermalised_starts)
 from openmm_actionml.evaluate import (hmr_candidate, model_candidate, model_system, splitting_candidate,
                                       verlet_candidate)
 from openmm_actionml.examples import build_input
+from openmm_actionml.integrator import ActionMLIntegrator
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
 from openmm_actionml.systems import PreparedSystem
@@ -60,8 +64,8 @@ def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
 
 
 def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[float],
-               models: list[ActionMLModel]) -> list[Candidate]:
-    """The rows, reference first (see the module docstring)."""
+               models: list[ActionMLModel]) -> tuple[list[Candidate], dict[str, ActionMLModel]]:
+    """The rows, reference first (see the module docstring), and the model of each model's row by row name."""
     system = prepared.system
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
             verlet_candidate("Verlet 2 fs", system, 0.002), hmr_candidate(prepared)]
@@ -74,12 +78,14 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
                                         meta.get_splitting(), meta.step)
             if all(row.name != alone.name for row in rows):  # one row per baseline
                 rows.append(dataclasses.replace(alone, energy_system=system))
+    model_rows = {}
     for model in models:  # a second model of the same kind is told apart by its file name
         row = model_candidate(prepared, model)
         if any(other.name == row.name for other in rows):
             row = dataclasses.replace(row, name=f"{row.name} ({model.path.stem})")
         rows.append(row)
-    return rows
+        model_rows[row.name] = model
+    return rows, model_rows
 
 
 def main() -> None:
@@ -97,6 +103,8 @@ def main() -> None:
     parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of every step")
     parser.add_argument("--speed-time", type=float, default=1.0, help="ps of each row's timed run")
     parser.add_argument("--platform", default="CPU")
+    parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's own integrator "
+                        "from each start before its NVE row (default: none, the models start from AMOEBA's starts)")
     parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
                         "(repeatable), keeping them in the cache")
     parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
@@ -111,7 +119,12 @@ def main() -> None:
                              f"that do not (pure ML, or a learned correction on a cheaper baseline force field).")
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
-    rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
+    rows, model_rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
+    own_rows = {}  # the model of each row that runs from the model's own thermalised starts, by row name
+    for name, model in model_rows.items() if args.thermalise else ():
+        own_name = f"{name}, own-ensemble starts ({args.thermalise:g} ps)"
+        own_rows[own_name] = model
+        rows.append(dataclasses.replace(next(row for row in rows if row.name == name), name=own_name))
     chosen = [row for row in rows if args.only is None or any(text in row.name for text in args.only)]
     if not chosen:
         raise SystemExit(f"no row's name contains any of {args.only}; the rows are: {', '.join(r.name for r in rows)}")
@@ -125,8 +138,16 @@ def main() -> None:
     results = []
     for row in chosen:
         row_options = dataclasses.replace(options, duration=reference_time) if row is rows[0] else options
+        row_starts = starts
+        if row.name in own_rows:
+            model = own_rows[row.name]
+            log(f"{row.name}: {args.thermalise:g} ps of the model's own Langevin dynamics from each start")
+            row_starts = resumable_starts(
+                cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K-own-{model.path.stem}-{args.thermalise:g}ps.npz",
+                lambda: thermalised_starts(row.system, ActionMLIntegrator(model, temperature=TEMPERATURE), starts,
+                                           args.thermalise, args.platform, seed=2))
         log(f"{row.name}: {args.trajectories} x {row_options.duration:g} ps")
-        results.append(run_ensemble(row, starts, TEMPERATURE, row_options, elements, args.platform, log, cache))
+        results.append(run_ensemble(row, row_starts, TEMPERATURE, row_options, elements, args.platform, log, cache))
     if chosen[0] is not rows[0]:
         log(f"rows kept in {cache}; a run with the reference row writes the table")
         return

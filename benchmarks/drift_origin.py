@@ -35,44 +35,22 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
 import numpy as np
-import openmm as mm
-import openmm.unit as u
 
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.diagnostics import EnergyGrowth, degrees_of_freedom_per_atom, energy_drift, energy_growth
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, \
-    run_ensemble, without_centre_of_mass_velocity
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, equilibrated_starts, \
+    run_ensemble, thermalised_starts
 from openmm_actionml.evaluate import network_effect, splitting_candidate, verlet_candidate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from openmm_actionml.modelfile import load_model
-from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure, write_report
 from openmm_actionml.systems import constraint_pairs
 from openmm_actionml.units import BOLTZMANN
-
-
-def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
-                       platform: Optional[str], seed: int) -> Starts:
-    """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system`` (masses as the
-    starts'), without centre-of-mass velocity, as :func:`equilibrated_starts` gives them."""
-    integrator.setRandomNumberSeed(seed)
-    context = create_context(system, integrator, platform)
-    steps = int(round(duration / integrator.getStepSize().value_in_unit(u.picosecond)))
-    positions, velocities = [], []
-    for index in range(len(starts)):
-        context.setPositions(starts.positions[index])
-        context.setVelocities(starts.velocities[index])
-        integrator.step(steps)
-        state = context.getState(getPositions=True, getVelocities=True)
-        positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
-        velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
-    return Starts(np.array(positions), without_centre_of_mass_velocity(np.array(velocities), starts.masses),
-                  starts.masses)
 
 
 def half_window_drifts(result: EnsembleResult, n_dof: float, temperature: float,

@@ -217,6 +217,25 @@ def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: f
                   without_centre_of_mass_velocity(velocities, masses), masses)
 
 
+def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
+                       platform: Optional[str], seed: int) -> Starts:
+    """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system`` (masses as the
+    starts'), without centre-of-mass velocity, as :func:`equilibrated_starts` gives them."""
+    integrator.setRandomNumberSeed(seed)
+    context = create_context(system, integrator, platform)
+    steps = int(round(duration / integrator.getStepSize().value_in_unit(u.picosecond)))
+    positions, velocities = [], []
+    for index in range(len(starts)):
+        context.setPositions(starts.positions[index])
+        context.setVelocities(starts.velocities[index])
+        integrator.step(steps)
+        state = context.getState(getPositions=True, getVelocities=True)
+        positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+        velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
+    return Starts(np.array(positions), without_centre_of_mass_velocity(np.array(velocities), starts.masses),
+                  starts.masses)
+
+
 def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """The starts kept at ``path``, else ``draw()`` kept there (atomically): a resumed run needs the very same
     starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine.

@@ -10,7 +10,7 @@ import openmm as mm
 import openmm.unit as u
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, resumable_starts, \
-    run_ensemble, run_ensembles, velocity_autocorrelation
+    run_ensemble, run_ensembles, thermalised_starts, velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
@@ -205,6 +205,25 @@ def test_scheme_b_rows_report_their_solver(alanine, elements):
     assert result.stable == 2 and "solver iterations per step, 0 unconverged" in result.notes
     assert result.evaluations_per_fs > 3 * 3 / 2  # at least three iterations of three nodes per 2 fs step
     assert result.notes in markdown_table([result])
+
+
+def test_thermalised_starts_are_states_of_the_thermostatted_integrator(alanine_hbonds, starts):
+    """Each start after Langevin dynamics with the given integrator: moved, on the constraints to the integrator's
+    tolerance, without centre-of-mass motion, and the same for the same seed."""
+    def thermalise(seed):
+        return thermalised_starts(alanine_hbonds.system, SplittingIntegrator("T3", 0.004, temperature=300.0), starts,
+                                  0.04, "Reference", seed)
+    moved, again = thermalise(3), thermalise(3)
+    np.testing.assert_array_equal(moved.positions, again.positions)
+    np.testing.assert_array_equal(moved.masses, starts.masses)
+    assert np.abs(moved.positions - starts.positions).max() > 1e-3  # 10 steps of 4 fs move atoms by ~0.01 nm
+    for index in range(alanine_hbonds.system.getNumConstraints()):
+        i, j, length = alanine_hbonds.system.getConstraintParameters(index)
+        distances = np.linalg.norm(moved.positions[:, i] - moved.positions[:, j], axis=-1)
+        np.testing.assert_allclose(distances, length.value_in_unit(u.nanometer), rtol=1e-10)  # its tolerance
+    atom_momenta = moved.masses[None, :, None] * moved.velocities
+    rounding = 4 * len(moved.masses) * np.finfo(float).eps * np.abs(atom_momenta).sum(1)  # of a sum of n terms
+    assert np.all(np.abs(atom_momenta.sum(1)) <= rounding)
 
 
 def test_starts_are_kept_and_read_back(tmp_path, starts):
