@@ -9,9 +9,11 @@ equilibrated starts, NVE ensembles of:
   what a surrogate in its kicks can reach);
 - each ``--model`` given (a model of this box whose kicks never call AMOEBA: pure ML, or a learned correction on a
   cheaper baseline water model), and for a baseline model the same splitting on the baseline alone; the energies
-  of those rows are measured in AMOEBA too. With ``--thermalise PS`` each model has a second row, from the same
-  starts after PS ps of Langevin dynamics (1/ps) with the model's own integrator: NVE from AMOEBA's starts relaxes
-  into the model's own ensemble at fixed energy, and this row tells that relaxation from a bias of the map.
+  of those rows are measured in AMOEBA too. With ``--thermalise PS`` each model and each T3 on AMOEBA has a
+  second row, from the same starts after PS ps of Langevin dynamics (1/ps) with the row's own integrator: NVE
+  from AMOEBA's starts relaxes into the model's own ensemble at fixed energy, and this row tells that relaxation
+  from a bias of the map; T3 on AMOEBA's twin tells how far Langevin dynamics at that long step biases the
+  ensemble it draws, with AMOEBA's exact forces.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
 are kept in ``--cache-dir``, so that several processes can share the work (``--only``, repeatable, picks the rows
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ from openmm_actionml.ensemble import (Candidate, EnsembleOptions, equilibrated_s
 from openmm_actionml.evaluate import (hmr_candidate, model_candidate, model_system, splitting_candidate,
                                       verlet_candidate)
 from openmm_actionml.examples import build_input
-from openmm_actionml.integrator import ActionMLIntegrator
+from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
 from openmm_actionml.systems import PreparedSystem
@@ -50,6 +53,8 @@ TEMPERATURE = 300.0
 #: ps of Langevin dynamics between starts and before the first: water's structure and velocities decorrelate within
 #: a picosecond, and each ps of AMOEBA at 1 fs costs about 40 s on one core here.
 START_SPACING, START_EQUILIBRATION = 1.0, 5.0
+#: The name of the rows of the classical T3 splitting on AMOEBA itself, before their step.
+T3_ROW = "T3 on AMOEBA"
 
 
 def log(message: str) -> None:
@@ -69,7 +74,7 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
     system = prepared.system
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
             verlet_candidate("Verlet 2 fs", system, 0.002), hmr_candidate(prepared)]
-    rows += [splitting_candidate(f"T3 on AMOEBA {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
+    rows += [splitting_candidate(f"{T3_ROW} {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
     for model in models:
         meta = model.metadata
         if meta.baseline:  # what the learned correction adds to: the baseline alone, its energy measured in AMOEBA
@@ -103,8 +108,8 @@ def main() -> None:
     parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of every step")
     parser.add_argument("--speed-time", type=float, default=1.0, help="ps of each row's timed run")
     parser.add_argument("--platform", default="CPU")
-    parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's own integrator "
-                        "from each start before its NVE row (default: none, the models start from AMOEBA's starts)")
+    parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's (and T3 on "
+                        "AMOEBA's) own integrator from each start before a second NVE row of it (default: none)")
     parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
                         "(repeatable), keeping them in the cache")
     parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
@@ -120,10 +125,14 @@ def main() -> None:
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
     rows, model_rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
-    own_rows = {}  # the model of each row that runs from the model's own thermalised starts, by row name
-    for name, model in model_rows.items() if args.thermalise else ():
+    own_rows = {}  # by row name: (cache tag, thermostatted integrator) of each row run from its own ensemble
+    thermostatted = {name: (model.path.stem, functools.partial(ActionMLIntegrator, model, temperature=TEMPERATURE))
+                     for name, model in model_rows.items()}
+    thermostatted.update({row.name: (f"t3-amoeba-{row.step * 1000:g}fs", functools.partial(
+        SplittingIntegrator, "T3", row.step, temperature=TEMPERATURE)) for row in rows if row.name.startswith(T3_ROW)})
+    for name, own in thermostatted.items() if args.thermalise else ():
         own_name = f"{name}, own-ensemble starts ({args.thermalise:g} ps)"
-        own_rows[own_name] = model
+        own_rows[own_name] = own
         rows.append(dataclasses.replace(next(row for row in rows if row.name == name), name=own_name))
     chosen = [row for row in rows if args.only is None or any(text in row.name for text in args.only)]
     if not chosen:
@@ -140,12 +149,12 @@ def main() -> None:
         row_options = dataclasses.replace(options, duration=reference_time) if row is rows[0] else options
         row_starts = starts
         if row.name in own_rows:
-            model = own_rows[row.name]
-            log(f"{row.name}: {args.thermalise:g} ps of the model's own Langevin dynamics from each start")
+            tag, make_integrator = own_rows[row.name]
+            log(f"{row.name}: {args.thermalise:g} ps of the row's own Langevin dynamics from each start")
             row_starts = resumable_starts(
-                cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K-own-{model.path.stem}-{args.thermalise:g}ps.npz",
-                lambda: thermalised_starts(row.system, ActionMLIntegrator(model, temperature=TEMPERATURE), starts,
-                                           args.thermalise, args.platform, seed=2))
+                cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K-own-{tag}-{args.thermalise:g}ps.npz",
+                lambda: thermalised_starts(row.system, make_integrator(), starts, args.thermalise, args.platform,
+                                           seed=2))
         log(f"{row.name}: {args.trajectories} x {row_options.duration:g} ps")
         results.append(run_ensemble(row, row_starts, TEMPERATURE, row_options, elements, args.platform, log, cache))
     if chosen[0] is not rows[0]:
