@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .diagnostics import energy_drift
-from .ensemble import EnsembleOptions
+from .ensemble import EnsembleOptions, read_starts
 from .evaluate import evaluate, model_system
 from .report import write_report
 from .units import BOLTZMANN
@@ -31,7 +31,7 @@ from .errors import ActionMLError, InputError
 from .examples import EXAMPLES, SYSTEM_OPTIONS, build_input, build_training_system
 from .generate import generate_reference_data
 from .platforms import SINGLE_THREAD_BELOW, configure_torch_threads, get_platform
-from .systems import SOLVENTS, PreparedSystem
+from .systems import SOLVENTS, PreparedSystem, particle_masses
 from .modelfile import ActionMLModel, load_model
 from .network import NetworkConfig
 from .nve_gate import GateOptions
@@ -79,10 +79,14 @@ def add_generate(subcommands: argparse._SubParsersAction) -> None:
     run.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     run.add_argument("--delta", type=float, default=0.25, help="velocity-Verlet step in fs (default 0.25)")
     run.add_argument("--record-every", type=int, default=1, help="store every this many steps (default 1)")
-    run.add_argument("--segments", type=int, default=10, help="number of NVE segments (default 10)")
+    run.add_argument("--segments", type=int, help="number of NVE segments (default 10, or one per start)")
     run.add_argument("--segment-length", type=float, default=1.0, help="segment duration in ps (default 1)")
-    run.add_argument("--decorrelation", type=float, default=1.0, help="Langevin ps before each segment (default 1)")
-    run.add_argument("--equilibration", type=float, default=10.0, help="Langevin ps after minimising (default 10)")
+    run.add_argument("--decorrelation", type=float,
+                     help="Langevin ps before each segment (default 1, or 0 with --starts)")
+    run.add_argument("--equilibration", type=float, help="Langevin ps after minimising (default 10; none with --starts)")
+    run.add_argument("--starts", help="begin the segments at these states instead (an .npz of positions, velocities "
+                     "and masses, e.g. a model's own thermalised starts written by benchmarks/amoeba_water.py "
+                     "--thermalise)")
     run.add_argument("--seed", type=int, help="random seed (default: drawn and recorded)")
     run.add_argument("--platform", help="OpenMM platform: Reference, CPU, OpenCL, CUDA (default: fastest)")
     run.add_argument("--store-forces", action="store_true", help="also store the forces of every frame")
@@ -114,15 +118,28 @@ def run_generate(args: argparse.Namespace) -> int:
     check_writable(output, args.overwrite)  # refuse early, before the (possibly slow) system build
     get_platform(args.platform)
     prepared = _prepare(args)
+    starts = None if args.starts is None else _starts_for(prepared.system, args.starts)
     started = time.monotonic()
     dataset = generate_reference_data(
         prepared.system, prepared.positions, output, topology=prepared.topology,
         temperature=args.temperature, delta=args.delta * u.femtosecond, n_segments=args.segments,
         segment_length=args.segment_length, record_every=args.record_every, decorrelation=args.decorrelation,
-        equilibration=args.equilibration, platform=args.platform, seed=args.seed, store_forces=args.store_forces,
-        metadata={**prepared.settings, "input": args.input, "command": args.command_line}, overwrite=args.overwrite)
+        equilibration=args.equilibration, starts=starts, platform=args.platform, seed=args.seed,
+        store_forces=args.store_forces, overwrite=args.overwrite,
+        metadata={**prepared.settings, "input": args.input, "starts": args.starts, "command": args.command_line})
     _summarise(dataset, output, time.monotonic() - started)
     return 0
+
+
+def _starts_for(system: mm.System, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The positions and velocities of the starts file ``path``, whose masses must be ``system``'s."""
+    starts = read_starts(path, "give a file of positions, velocities and masses, [S, N, 3], [S, N, 3] and [N]")
+    masses = particle_masses(system)
+    if starts.masses.shape != masses.shape or not np.allclose(starts.masses, masses):
+        raise InputError(f"the starts in {path} were drawn on a system with other masses ({starts.masses.shape[0]} "
+                         f"particles) than this one ({masses.shape[0]}); build the same system (atoms, water "
+                         f"model, --hydrogen-mass) that the starts came from.")
+    return starts.positions, starts.velocities
 
 
 def _prepare_for_model(args: argparse.Namespace, model: ActionMLModel) -> PreparedSystem:

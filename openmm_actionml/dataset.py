@@ -296,7 +296,7 @@ class ReferenceDataset:
             if not same:
                 raise DatasetError("datasets to combine must be of the same system with the same atoms, masses, "
                                    "constraints, box, frame spacing and segment length; generate them with the same "
-                                   "options except --temperature and --seed.")
+                                   "options except --temperature, --seed and --starts.")
 
         def joined(name: str) -> np.ndarray | None:
             arrays = [getattr(d, name) for d in datasets]

@@ -236,6 +236,18 @@ def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Sta
                   starts.masses)
 
 
+def read_starts(path: str | Path, remedy: str) -> Starts:
+    """The starts kept at ``path`` (an ``.npz`` of ``positions``, ``velocities`` and ``masses``, as
+    :func:`resumable_starts` writes them).
+
+    Raises
+    ------
+    InputError
+        If the file is not a starts file; the message ends with ``remedy``.
+    """
+    return Starts(**read_arrays(path, ("positions", "velocities", "masses"), "starts file", remedy))
+
+
 def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """The starts kept at ``path``, else ``draw()`` kept there (atomically): a resumed run needs the very same
     starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine.
@@ -247,9 +259,8 @@ def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """
     path = Path(path)
     if path.exists():
-        return Starts(**read_arrays(path, ("positions", "velocities", "masses"), "starts file",
-                                    "delete it and new starts will be drawn (the trajectories cached from the old "
-                                    "ones are then run again)"))
+        return read_starts(path, "delete it and new starts will be drawn (the trajectories cached from the old ones "
+                                 "are then run again)")
     starts = draw()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -4,6 +4,10 @@
 2. For each segment: a Langevin stretch to decorrelate, then an NVE segment with
    :class:`VelocityVerletIntegrator` at the fine step ``delta``, recording synchronous (q, v).
 
+Given ``starts`` (states another simulation visited, e.g. a learned model's own thermostatted ensemble), step 1
+is skipped and segment i begins at start i: the segments then follow the true potential from where that
+simulation went, which is the data a surrogate needs to correct its own ensemble.
+
 Both integrators share one Context through a ``CompoundIntegrator``. It simulates a copy of the System
 without ``CMMotionRemover`` (which would act inside NVE and break its synchronous velocities); instead,
 when the System had one, each segment starts with zero centre-of-mass velocity, which NVE conserves.
@@ -30,7 +34,7 @@ from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .errors import InputError, SimulationInstabilityError
 from .platforms import get_platform, platform_properties
-from .systems import default_box, topology_elements
+from .systems import default_box, particle_masses, topology_elements
 from .units import positive_float, strip_unit
 
 #: Constraint tolerance of the NVE segments and of the projection at their start.
@@ -77,11 +81,12 @@ def generate_reference_data(system: mm.System,
                             topology: app.Topology | None = None,
                             temperature: u.Quantity | float = 300.0 * u.kelvin,
                             delta: u.Quantity | float = 0.25 * u.femtosecond,
-                            n_segments: int = 10,
+                            n_segments: int | None = None,
                             segment_length: u.Quantity | float = 1.0 * u.picosecond,
                             record_every: int = 1,
-                            decorrelation: u.Quantity | float = 1.0 * u.picosecond,
-                            equilibration: u.Quantity | float = 10.0 * u.picosecond,
+                            decorrelation: u.Quantity | float | None = None,
+                            equilibration: u.Quantity | float | None = None,
+                            starts: tuple[Any, Any] | None = None,
                             langevin_step: u.Quantity | float = 1.0 * u.femtosecond,
                             friction: u.Quantity | float = 1.0 / u.picosecond,
                             platform: str | mm.Platform | None = None,
@@ -107,16 +112,19 @@ def generate_reference_data(system: mm.System,
     delta
         Velocity-Verlet step of the NVE segments (0.25 fs flexible, 0.5-1 fs with HBonds).
     n_segments
-        Number of NVE segments.
+        Number of NVE segments (default 10, or one per start).
     segment_length
         Duration of each segment (ps); a whole multiple of ``delta * record_every``.
     record_every
         Record every this many velocity-Verlet steps; the dataset's frame spacing is
         ``delta * record_every``.
     decorrelation
-        Langevin time before each segment (ps).
+        Langevin time before each segment (ps; default 1, or 0 with ``starts`` so that segments begin at them).
     equilibration
-        Langevin time after minimisation (ps).
+        Langevin time after minimisation (ps; default 10; with ``starts`` there is none, and it must be 0).
+    starts
+        ``(positions, velocities)``, each ``[S, N, 3]`` (Quantity, or nm and nm/ps): begin segment i at state i
+        instead of minimising and equilibrating ``positions``, which then only checks the particle count.
     langevin_step, friction
         Step and friction of the Langevin stretches.
     platform, precision
@@ -140,12 +148,14 @@ def generate_reference_data(system: mm.System,
     SimulationInstabilityError
         If a segment produces non-finite positions or velocities.
     """
-    protocol = _Protocol.validate(temperature, delta, n_segments, segment_length, record_every, decorrelation,
-                                  equilibration, langevin_step, friction)
     xyz = np.asarray(strip_unit(positions, u.nanometer, "positions"), dtype=np.float64)
     if xyz.shape != (system.getNumParticles(), 3):
         raise InputError(f"positions have shape {xyz.shape} but the System has {system.getNumParticles()} particles.")
-    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    given = None if starts is None else _given_starts(starts, system.getNumParticles())
+    n_segments, decorrelation, equilibration = _segment_defaults(given, n_segments, decorrelation, equilibration)
+    protocol = _Protocol.validate(temperature, delta, n_segments, segment_length, record_every, decorrelation,
+                                  equilibration, langevin_step, friction)
+    masses = particle_masses(system)
     if (masses <= 0).any():
         raise InputError("the System has massless particles (virtual sites or fixed atoms); velocity-Verlet "
                          "reference data need every particle to move. Use a 3-site water model and no fixed atoms.")
@@ -165,7 +175,7 @@ def generate_reference_data(system: mm.System,
     context, integrator = _make_context(nve_system, protocol, chosen, properties, langevin_seed)
     try:
         arrays = _simulate(context, integrator, xyz, masses, com_removed, protocol, velocity_seed, store_forces,
-                           progress)
+                           progress, given)
     except mm.OpenMMException as error:
         if "nan" not in str(error).lower():
             raise
@@ -184,7 +194,8 @@ def generate_reference_data(system: mm.System,
         constraint_pairs=np.array([(i, j) for i, j, _ in pairs], dtype=np.int64).reshape(-1, 2),
         constraint_distances=np.array([d.value_in_unit(u.nanometer) for _, _, d in pairs]),
         system_xml=mm.XmlSerializer.serialize(system),
-        metadata={**extra, "protocol": protocol.describe(),
+        metadata={**extra, "protocol": {**protocol.describe(),
+                                        "starts": "minimised structure" if given is None else "given states"},
                   "provenance": _provenance(context, properties, seed, command)})
     if output is not None:
         dataset.save(output, overwrite)
@@ -239,6 +250,41 @@ class _Protocol:
                 "constraint_tolerance": CONSTRAINT_TOLERANCE}
 
 
+def _given_starts(starts: tuple[Any, Any], n_particles: int) -> tuple[np.ndarray, np.ndarray]:
+    """``starts`` as float64 arrays in nm and nm/ps, checked for shape and finiteness."""
+    try:
+        positions, velocities = starts
+    except (TypeError, ValueError) as error:
+        raise InputError("starts must be a pair (positions, velocities) of [S, N, 3] arrays.") from error
+    arrays = (np.asarray(strip_unit(positions, u.nanometer, "start positions"), dtype=np.float64),
+              np.asarray(strip_unit(velocities, NM_PER_PS, "start velocities"), dtype=np.float64))
+    for name, array in zip(("positions", "velocities"), arrays):
+        if array.ndim != 3 or array.shape[1:] != (n_particles, 3) or len(array) == 0:
+            raise InputError(f"start {name} have shape {array.shape}, but the System needs [S, {n_particles}, 3] "
+                             f"with S >= 1; the starts come from another system, or are not a list of states.")
+        if not np.isfinite(array).all():
+            raise InputError(f"start {name} hold NaN or infinite values; the simulation that produced them blew up.")
+    if len(arrays[0]) != len(arrays[1]):
+        raise InputError(f"{len(arrays[0])} start positions but {len(arrays[1])} start velocities; give one of each "
+                         f"per state.")
+    return arrays
+
+
+def _segment_defaults(given: tuple[np.ndarray, np.ndarray] | None, n_segments: int | None, decorrelation: Any,
+                      equilibration: Any) -> tuple[int, Any, Any]:
+    """Segments, decorrelation and equilibration, defaulted for a minimised structure or for given starts."""
+    if given is None:
+        return (10 if n_segments is None else n_segments, 1.0 if decorrelation is None else decorrelation,
+                10.0 if equilibration is None else equilibration)
+    if n_segments is not None and n_segments != len(given[0]):
+        raise InputError(f"n_segments is {n_segments} but {len(given[0])} starts are given; each segment begins "
+                         f"at one start, so leave n_segments out or give that many starts.")
+    if equilibration is not None and float(strip_unit(equilibration, u.picosecond, "equilibration")) != 0:
+        raise InputError("equilibration follows the minimisation of a single structure, which given starts skip; "
+                         "leave it out, and use decorrelation to relax each start on this System's potential.")
+    return len(given[0]), 0.0 if decorrelation is None else decorrelation, 0.0
+
+
 def _make_context(system: mm.System, protocol: _Protocol, platform: mm.Platform,
                   properties: dict[str, str], langevin_seed: int) -> tuple[mm.Context, mm.CompoundIntegrator]:
     """A Context whose CompoundIntegrator holds the Langevin (0) and velocity-Verlet (1) integrators."""
@@ -254,16 +300,21 @@ def _make_context(system: mm.System, protocol: _Protocol, platform: mm.Platform,
 
 def _simulate(context: mm.Context, integrator: mm.CompoundIntegrator, positions: np.ndarray, masses: np.ndarray,
               com_removed: bool, protocol: _Protocol, velocity_seed: int, store_forces: bool,
-              progress: bool) -> dict[str, np.ndarray]:
-    """Minimise, equilibrate, and record the segments; return the dataset's per-frame arrays."""
+              progress: bool, starts: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Minimise and equilibrate (unless ``starts`` are given), and record the segments; return the dataset's
+    per-frame arrays."""
     verlet = integrator.getIntegrator(1)
-    context.setPositions(positions)
-    mm.LocalEnergyMinimizer.minimize(context)
-    context.setVelocitiesToTemperature(protocol.temperature, velocity_seed)
     integrator.setCurrentIntegrator(0)
-    _say(progress, f"generate: {len(masses)} atoms on {context.getPlatform().getName()}; "
-                   f"equilibrating {protocol.n_equilibration * protocol.langevin_step:g} ps")
-    integrator.step(protocol.n_equilibration)
+    if starts is None:
+        context.setPositions(positions)
+        mm.LocalEnergyMinimizer.minimize(context)
+        context.setVelocitiesToTemperature(protocol.temperature, velocity_seed)
+        _say(progress, f"generate: {len(masses)} atoms on {context.getPlatform().getName()}; "
+                       f"equilibrating {protocol.n_equilibration * protocol.langevin_step:g} ps")
+        integrator.step(protocol.n_equilibration)
+    else:
+        _say(progress, f"generate: {len(masses)} atoms on {context.getPlatform().getName()}; "
+                       f"{len(starts[0])} segments from the given starts")
 
     shape = (protocol.n_segments, protocol.n_intervals + 1, len(masses), 3)
     arrays = {"positions": np.empty(shape), "velocities": np.empty(shape),
@@ -271,6 +322,9 @@ def _simulate(context: mm.Context, integrator: mm.CompoundIntegrator, positions:
     started = time.monotonic()
     for segment in range(protocol.n_segments):
         integrator.setCurrentIntegrator(0)
+        if starts is not None:
+            context.setPositions(starts[0][segment])
+            context.setVelocities(starts[1][segment])
         integrator.step(protocol.n_decorrelation)
         _start_segment(context, masses, com_removed)
         integrator.setCurrentIntegrator(1)

@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .errors import InputError, ModelFileError, ModelMismatchError
 from .network import check_cutoff_fits
 from .splitting import Splitting
-from .systems import default_box, force_classes, topology_elements
+from .systems import default_box, force_classes, particle_masses, topology_elements
 
 FORMAT_VERSION = 1
 METADATA_ENTRY = "actionml.json"
@@ -183,7 +183,7 @@ class ActionMLModel:
         if system.getNumParticles() != meta.n_particles:
             raise ModelMismatchError(f"{name} has {meta.n_particles} particles but the System has "
                                      f"{system.getNumParticles()}; train a model for this System (actionml train).")
-        masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+        masses = particle_masses(system)
         expected = np.array(meta.masses)
         bad = np.flatnonzero(np.abs(masses - expected) > MASS_TOLERANCE * np.maximum(expected, 1e-12))
         if len(bad):

@@ -1,6 +1,7 @@
 """The ``actionml`` command line: generate, evaluate and demo end to end, and its error handling."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from openmm_actionml.cli import MODELS_DIR, main
@@ -32,6 +33,25 @@ def test_generate_pdb_with_options(tmp_path, alanine_pdb):
     data = ReferenceDataset.load(output)
     assert data.n_constraints == 12 and data.delta == pytest.approx(0.005) and data.n_frames == 2
     assert data.metadata["hydrogen_mass"] == 2.0 and data.metadata["protocol"]["integration_step"] == 0.001
+
+
+def test_generate_from_a_starts_file(tmp_path, capsys):
+    """--starts begins one segment at each state of a starts file (as the benchmark harness writes them) and
+    refuses one drawn on a system with other masses."""
+    data_path, starts_path = tmp_path / "data.npz", tmp_path / "starts.npz"
+    assert main(["generate", "alanine-dipeptide", "--output", str(data_path), *TINY]) == 0
+    data = ReferenceDataset.load(data_path)
+    np.savez(starts_path, positions=data.positions[:, -1], velocities=data.velocities[:, -1], masses=data.masses)
+    output = tmp_path / "from-starts.npz"
+    argv = ["generate", "alanine-dipeptide", "--starts", str(starts_path), "--segment-length", "0.005",
+            "--platform", "Reference", "--output", str(output)]
+    assert main(argv) == 0
+    again = ReferenceDataset.load(output)
+    assert again.n_segments == 2 and again.metadata["starts"] == str(starts_path)
+    np.testing.assert_allclose(again.positions[:, 0], data.positions[:, -1], rtol=0, atol=1e-12)
+    capsys.readouterr()
+    assert main(["generate", "alanine-dipeptide", "--hydrogen-mass", "2", *argv[2:-1], str(tmp_path / "x.npz")]) == 2
+    assert "other masses" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
 
 
 def test_demo_runs_the_shipped_model_beside_verlet(tmp_path, capsys):

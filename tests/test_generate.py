@@ -157,6 +157,45 @@ def test_energy_error_is_second_order_in_delta(alanine):
     assert abs(ratio - 4) <= 4 * next_order
 
 
+def test_segments_begun_at_recorded_frames_retrace_them(alanine):
+    """Given starts skip minimisation and equilibration: a segment begun at a recorded frame (decorrelation 0)
+    is the recorded segment from that frame on.
+
+    Re-projecting an already zero-momentum state changes it by round-off only (~N eps relative); over ten
+    velocity-Verlet steps of 0.5 fs, far below a picosecond's Lyapunov time, that stays at round-off, so the
+    retraced frames agree with the recorded ones to a few hundred eps of the coordinates' size.
+    """
+    recorded = generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
+                                       platform="Reference", delta=0.0005, **{**TINY, "segment_length": 0.01})
+    first, middle = 0, 10
+    starts = (recorded.positions[0, [first, middle]] * u.nanometer, recorded.velocities[0, [first, middle]])
+    retraced = generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
+                                       platform="Reference", delta=0.0005, segment_length=0.005, starts=starts,
+                                       progress=False)
+    assert retraced.n_segments == 2 and retraced.metadata["protocol"]["starts"] == "given states"
+    assert retraced.metadata["protocol"]["equilibration"] == 0 and retraced.metadata["protocol"]["decorrelation"] == 0
+    for segment, begin in enumerate((first, middle)):
+        expected = recorded.positions[0, begin:begin + retraced.n_frames]
+        tolerance = 300 * DOUBLE_EPS * np.abs(expected).max()
+        assert np.abs(retraced.positions[segment] - expected).max() <= tolerance
+
+
+@pytest.mark.parametrize("starts, arguments, message", [
+    ((np.zeros((2, 21, 3)), np.zeros((2, 21, 3))), {}, r"shape \(2, 21, 3\), but the System needs \[S, 22, 3\]"),
+    ((np.zeros((2, 22, 3)), np.zeros((3, 22, 3))), {}, "2 start positions but 3 start velocities"),
+    ((np.full((1, 22, 3), np.nan), np.zeros((1, 22, 3))), {}, "NaN"),
+    ((np.zeros((2, 22, 3)), np.zeros((2, 22, 3))), {"n_segments": 3}, "n_segments is 3 but 2 starts"),
+    ((np.zeros((1, 22, 3)), np.zeros((1, 22, 3))), {"equilibration": 1.0}, "given starts skip"),
+    (np.zeros((3, 22, 3)), {}, r"pair \(positions, velocities\)"),
+])
+def test_invalid_starts(alanine, tmp_path, starts, arguments, message):
+    output = tmp_path / "data.npz"
+    with pytest.raises(InputError, match=message):
+        generate_reference_data(alanine.system, alanine.positions, output, starts=starts,
+                                **{**TINY, "n_segments": None, "equilibration": None, **arguments})
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- bad input: clear errors, before any simulation, and nothing left behind -------------------------------
 @pytest.mark.parametrize("arguments, message", [
     ({"delta": 0.0}, "delta must be positive"),
