@@ -138,7 +138,11 @@ class EnsembleResult:
     equipartition to about a per cent with a few trajectories.
 
     With :attr:`EnsembleOptions.rdf`, ``rdf`` and ``rdf_error`` are the radial distribution function at
-    ``rdf_radii`` (nm) and its standard error over stable trajectories; otherwise they are empty."""
+    ``rdf_radii`` (nm) and its standard error over stable trajectories; otherwise they are empty.
+
+    ``potential_energy`` is the mean potential energy (kJ/mol, in the row's energy System): each sample's total
+    energy minus its ``sum m v^2 / 2``, averaged over the samples of each stable trajectory, then over
+    trajectories. Two rows at one temperature whose potential energies differ sample different configurations."""
 
     name: str
     step_fs: float
@@ -151,6 +155,8 @@ class EnsembleResult:
     energy_rms: float
     temperature: float
     temperature_error: float
+    potential_energy: float
+    potential_energy_error: float
     element_temperatures: dict[str, tuple[float, float]]
     equipartition: dict[str, tuple[float, float]]
     reversibility: float
@@ -463,9 +469,10 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     symbols = sorted(set(elements)) + (["rotation", "translation"] if len(molecules) else [])
     elements_mean = {e: _mean_error([t[e] for t in per_trajectory]) for e in symbols}
     kept = velocities[stable]  # one copy: boolean indexing copies, so never index it per sample
-    twice_kinetic = (masses[:, None] * kept ** 2).sum((-1, -2)).mean(-1) if stable.any() else np.array([])
-    trajectory_temperatures = twice_kinetic / (BOLTZMANN * n_dof)
+    twice_kinetic = (masses[:, None] * kept ** 2).sum((-1, -2))  # [stable trajectories, samples]
+    trajectory_temperatures = twice_kinetic.mean(-1) / (BOLTZMANN * n_dof)
     temperature_mean = _mean_error(list(trajectory_temperatures))
+    potential_mean = _mean_error(list((energies[stable] - twice_kinetic / 2).mean(-1)))
     ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
               for e in symbols}
     series = ({e: np.mean([t[e] for t in series_per_trajectory], axis=0) for e in symbols} if stable.any()
@@ -479,7 +486,8 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
         failure_time=_mean_error([float(times[np.isfinite(energies[b])].max()) for b in np.flatnonzero(~stable)])[0],
         drift=drift, drift_error=drift_error, drift_kj=float(slopes_kj.mean()) if len(slopes_kj) else float("nan"),
         energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
-        temperature=temperature_mean[0], temperature_error=temperature_mean[1], element_temperatures=elements_mean,
+        temperature=temperature_mean[0], temperature_error=temperature_mean[1], potential_energy=potential_mean[0],
+        potential_energy_error=potential_mean[1], element_temperatures=elements_mean,
         equipartition=ratios,
         reversibility=reversibility, symplecticity=symplecticity, evaluations_per_fs=evaluations_per_fs,
         ps_per_second=ps_per_second, times=times, energies=energies - energies[:, :1], element_series=series,

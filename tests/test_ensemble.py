@@ -10,7 +10,7 @@ import openmm as mm
 import openmm.unit as u
 
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, resumable_starts, \
-    run_ensemble, run_ensembles, thermalised_starts, velocity_autocorrelation
+    run_ensemble, run_ensembles, summarise_ensemble, thermalised_starts, velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
@@ -64,6 +64,24 @@ def test_element_temperature_series_averages_to_the_whole_run():
     assert {e: series[e].mean() for e in whole} == pytest.approx(whole, rel=1e-12)
     hydrogen = (masses[1:3, None] * velocities[:, 2, 1:3] ** 2).sum() / 3 / (BOLTZMANN * 4.0)
     assert series["H"][2] == pytest.approx(hydrogen, rel=1e-12)
+
+
+def test_potential_energy_is_total_minus_kinetic_averaged_per_trajectory():
+    """Total energies built as U_b(t) + sum m v^2 / 2 give back U: its mean over each stable trajectory's samples,
+    then the mean and standard error over trajectories; an unstable trajectory (NaN after its failure) is left out."""
+    rng = np.random.default_rng(1)
+    masses = np.array([16.0, 1.0, 1.0])
+    times = np.arange(6) * 0.01
+    velocities = rng.normal(size=(4, 6, 3, 3))
+    potentials = rng.normal(-40.0, 3.0, size=(4, 6))
+    energies = potentials + 0.5 * (masses[:, None] * velocities ** 2).sum((-1, -2))
+    energies[3, 2:] = np.nan
+    stable = np.array([True, True, True, False])
+    result = summarise_ensemble("synthetic", 0.001, times, energies, velocities, stable, masses,
+                                np.zeros((0, 2), dtype=int), ["O", "H", "H"], 300.0, OPTIONS, float("nan"), 1.0, 1.0)
+    per_trajectory = potentials[:3].mean(-1)
+    assert result.potential_energy == pytest.approx(per_trajectory.mean(), rel=1e-12)
+    assert result.potential_energy_error == pytest.approx(per_trajectory.std(ddof=1) / np.sqrt(3), rel=1e-10)
 
 
 def test_ensemble_figures_and_reversibility(alanine_hbonds, starts, elements):
@@ -181,6 +199,7 @@ def test_report_table_json_and_plots(tmp_path, alanine_hbonds, starts, elements)
         np.mean(results[0].vacf_error ** 2))))
     table = markdown_table(results).splitlines()
     assert len(table) == 4 and "| reference |" in table[2] and table[3].startswith("| Verlet 2 fs | 2 | 2/2 |")
+    assert f"| {results[1].potential_energy:.1f} ± {results[1].potential_energy_error:.1f} |" in table[3]
     write_json(results, tmp_path / "r.json", {"note": "test"})
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["settings"] == {"note": "test"} and data["results"][1]["stable"] == 2
