@@ -182,6 +182,7 @@ def water_box(n_waters: int = 256,
     cutoff = positive_float(nonbonded_cutoff, u.nanometer, "nonbonded_cutoff")
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield)
     ff = _load_forcefield(files)
+    _refuse_water_with_extra_sites(ff, files)
     water_file = _add_water_forcefield(ff, water_forcefield)
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(ff, model="tip3p", numAdded=int(n_waters))
@@ -201,6 +202,18 @@ def _load_forcefield(files: list[str]) -> app.ForceField:
                          f"(e.g. amber14-all.xml, charmm36.xml) or paths of existing files.") from error
 
 
+def _refuse_water_with_extra_sites(ff: app.ForceField, files: list[str]) -> None:
+    """Raise an InputError if ``ff`` (loaded from ``files``) defines a water model with extra sites (OPC, TIP4P-Ew)
+    and none with three: a water box is built of three-site waters, and its own water file would clash with it."""
+    if not ff.getUnmatchedResidues(_water_topology()):
+        return
+    for extra in (1, 2):
+        if not ff.getUnmatchedResidues(_water_topology(extra)):
+            raise InputError(f"{' + '.join(files)} define a {3 + extra}-site water model, but the water box is built "
+                             f"of three-site waters; use a three-site water model instead (amber14/tip3p.xml, "
+                             f"amber14/tip3pfb.xml, amber14/spce.xml, amber14/opc3.xml) or amoeba2018.xml.")
+
+
 def _add_water_forcefield(ff: app.ForceField, water_forcefield: str) -> str | None:
     """Load ``water_forcefield`` into ``ff`` unless ``ff`` already has a template for water (as AMOEBA's files
     do); returns the file loaded, or ``None``."""
@@ -214,13 +227,16 @@ def _add_water_forcefield(ff: app.ForceField, water_forcefield: str) -> str | No
     return water_forcefield
 
 
-def _water_topology() -> app.Topology:
-    """One water molecule, to ask a force field whether it has a template for it."""
+def _water_topology(extra_sites: int = 0) -> app.Topology:
+    """One water molecule with ``extra_sites`` massless sites, to ask a force field whether it has a template
+    for it."""
     topology = app.Topology()
     residue = topology.addResidue("HOH", topology.addChain())
     oxygen = topology.addAtom("O", app.element.oxygen, residue)
     for name in ("H1", "H2"):
         topology.addBond(oxygen, topology.addAtom(name, app.element.hydrogen, residue))
+    for index in range(extra_sites):
+        topology.addAtom(f"M{index + 1}", None, residue)
     return topology
 
 

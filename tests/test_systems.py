@@ -74,6 +74,14 @@ def test_water_box_takes_the_force_fields_own_water():
     assert water_box(64, nonbonded_cutoff=0.45).settings["water_forcefield"] == "amber14/tip3p.xml"
 
 
+@pytest.mark.parametrize("forcefield, sites", [("amber14/opc.xml", 4), ("amber14/tip4pew.xml", 4)])
+def test_water_box_refuses_a_water_model_with_extra_sites(forcefield, sites):
+    """The box is built of three-site waters; a four-site model's file is named, not a clash of the TIP3P file
+    loaded beside it."""
+    with pytest.raises(InputError, match=f"{forcefield} define a {sites}-site water model.*three-site water model"):
+        water_box(8, forcefield=forcefield, nonbonded_cutoff=0.3)
+
+
 def test_unknown_residue_is_a_clear_error(alanine_pdb, tmp_path):
     pdb = tmp_path / "with-ligand.pdb"
     pdb.write_text(alanine_pdb.read_text().replace("TER\n", "TER\n" + UNKNOWN_LIGAND))
