@@ -100,9 +100,9 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
     written = []
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    def save(figure, name: str) -> None:
+    def save(figure, name: str, bottom: float = 0.0) -> None:
         figure.suptitle(title, fontsize=10)
-        figure.tight_layout()
+        figure.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
         written.append(save_figure(figure, directory / name))
 
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
@@ -122,7 +122,9 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
     save(figure, "energy.png")
 
     elements = list(results[0].element_temperatures)
-    figure, axes = plt.subplots(2, len(elements), figsize=(3.2 * len(elements), 7.0), squeeze=False)
+    legend_height = 0.2 + 0.17 * len(results)  # inches: one line per row, below the panels
+    figure, axes = plt.subplots(2, len(elements), figsize=(max(3.2 * len(elements), 7.5), 7.0 + legend_height),
+                                squeeze=False)
     for axis, element in zip(axes[1], elements):
         for index, result in enumerate(results):
             series = result.element_series[element]
@@ -141,8 +143,8 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
         axis.set_title(f"{element}")
         axis.set_xticks([])
         axis.set_ylabel("T(element) / T(trajectory) (%), mean ± s.e.")
-    axes[0][0].legend(fontsize=6, loc="lower left")
-    save(figure, "temperature.png")
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", fontsize=7, frameon=False)
+    save(figure, "temperature.png", bottom=legend_height / figure.get_figheight())
 
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
     for index, result in enumerate(results):
