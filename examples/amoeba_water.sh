@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Long steps that never call the expensive potential: a box of 64 rigid AMOEBA 2018 waters (mutual polarisation,
-# PME with a 0.6 nm cutoff, 192 atoms). Reference data with AMOEBA's forces stored, six T3 models at 12 fs whose
+# PME with a 0.6 nm cutoff, 192 atoms). Reference data with AMOEBA's forces stored, seven T3 models at 12 fs whose
 # kicks never call AMOEBA (the shipped amoeba64-pure-t3-12fs.pt, pure ML; amoeba64-tip3pfb-t3-12fs.pt, a learned
 # correction on TIP3P-FB; amoeba64-tip3pfb-wide-/-mid-t3-12fs.pt, the same on wider networks;
-# amoeba64-pure-mid-/-wide-t3-12fs.pt, pure ML on those wider networks), then the 8 x 5 ps
+# amoeba64-pure-mid-/-wide-t3-12fs.pt, pure ML on those wider networks; amoeba64-tip3pfb-mid-own-t3-12fs.pt, the
+# mid model retrained with a second round of AMOEBA data drawn from its own ensemble), then the 8 x 5 ps
 # ensembles with the O-O radial distribution (benchmarks/amoeba_water.py) and the speed side by side
 # (benchmarks/speed_vs_verlet.py).
 # Run it in an empty folder: bash examples/amoeba_water.sh [--train-only].
-# About 30 min of data and six trainings of 17-25 min on one core; the ensembles about 50 min, the speed 15 min.
+# About 30 min of data and six trainings of 17-25 min on one core, then 15 min of the mid model's thermalisation,
+# 19 min of data from its states and a seventh training of 19 min; the ensembles about 50 min, the speed 15 min.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,7 +28,13 @@ $A train amoeba64.npz --baseline-forcefield amber14/tip3pfb.xml --network-cutoff
 # Pure ML on the mid and wide networks' reach: is the TIP3P-FB baseline needed at those widths?
 $A train amoeba64.npz --pure-ml --network-cutoff 0.6 --angular-cutoff 0.4 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME), mid network" --output amoeba64-pure-mid-t3-12fs.pt --checkpoint amoeba-pure-mid.chk --overwrite
 $A train amoeba64.npz --pure-ml --network-cutoff 0.6 --angular-cutoff 0.45 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME), wide network" --output amoeba64-pure-wide-t3-12fs.pt --checkpoint amoeba-pure-wide.chk --overwrite
+# A second round of data from the mid model's own ensemble: 16 starts thermalised by it (5 ps of Langevin dynamics
+# at its 12 fs step from AMOEBA's starts, kept by amoeba_water.py in its cache), each the start of a 2 ps AMOEBA NVE
+# segment; then the mid recipe on both datasets.
+python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-mid-t3-12fs.pt --trajectories 16 --time 5 --thermalise 5 --t3-steps 12 --only "+ learned" --cache-dir trajectories --output-dir results/amoeba-water
+$A generate water-box --waters 64 --rigid-water --forcefield amoeba2018.xml --cutoff 0.6 --delta 1 --record-every 2 --segment-length 2 --seed 22 --store-forces --platform CPU --starts trajectories/starts-16-300K-own-amoeba64-tip3pfb-mid-t3-12fs-5ps.npz --output amoeba64-own-mid.npz --overwrite
+$A train amoeba64.npz amoeba64-own-mid.npz --baseline-forcefield amber14/tip3pfb.xml --network-cutoff 0.6 --angular-cutoff 0.4 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME) on TIP3P-FB, mid network, with AMOEBA data from its own ensemble" --output amoeba64-tip3pfb-mid-own-t3-12fs.pt --checkpoint amoeba-tip3pfb-mid-own.chk --overwrite
 [ "${1:-}" = "--train-only" ] && exit 0
 
-python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --model amoeba64-pure-mid-t3-12fs.pt --model amoeba64-pure-wide-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
-python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt amoeba64-pure-wide-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md
+python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --model amoeba64-pure-mid-t3-12fs.pt --model amoeba64-pure-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-own-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
+python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt amoeba64-pure-wide-t3-12fs.pt amoeba64-tip3pfb-mid-own-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md

@@ -12,5 +12,5 @@ done
 cp alanine-s2-4fs.pt alanine-b-gauss3-2fs.pt alanine-t3-8fs.pt alanine-pure-t3-8fs.pt villin-t3-8fs.pt \
    water64-t3-8fs.pt alanine-amoeba-pure-t3-8fs.pt amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt \
    amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt \
-   amoeba64-pure-wide-t3-12fs.pt "$here/"
+   amoeba64-pure-wide-t3-12fs.pt amoeba64-tip3pfb-mid-own-t3-12fs.pt "$here/"
 echo "models copied to $here; data and logs are in $work"
