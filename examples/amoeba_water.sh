@@ -8,7 +8,7 @@
 # ensembles with the O-O radial distribution (benchmarks/amoeba_water.py) and the speed side by side
 # (benchmarks/speed_vs_verlet.py).
 # Run it in an empty folder: bash examples/amoeba_water.sh [--train-only].
-# About 30 min of data and six trainings of 17-25 min on one core, then 15 min of the mid model's thermalisation,
+# About 30 min of data and six trainings of 17-25 min on one core, then 20 min of the mid model's thermalisation,
 # 19 min of data from its states and a seventh training of 19 min; the ensembles about 50 min, the speed 15 min.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
