@@ -3,8 +3,10 @@ a crash) resumes where it was instead of starting again.
 
 A trajectory's file is named by a fingerprint of everything its samples depend on: the System, the integrator's
 program, the platform, the sampling and instability settings and the start itself. A run with other settings
-therefore never reads it; there is nothing to invalidate. Files are written atomically, so a run stopped
-mid-write leaves the cache as it was.
+therefore never reads it; there is nothing to invalidate. The row's label prefixes the name only to make listings
+readable: a run that labels the same row otherwise (a benchmark names a model's row by its file only when it
+compares several) finds the file by its fingerprint. Files are written atomically, so a run stopped mid-write
+leaves the cache as it was.
 """
 from __future__ import annotations
 
@@ -63,11 +65,15 @@ class TrajectoryCache:
         self._row_digest = digest.copy()
 
     def path(self, positions: np.ndarray, velocities: np.ndarray) -> Path:
-        """The file of the trajectory from this start."""
+        """The file of the trajectory from this start: the one already there under any row's label (the label
+        only makes listings readable, so a row named otherwise in another run still finds it), else a new name
+        from this row's label."""
         digest = self._row_digest.copy()
         for array in (positions, velocities):
             digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-        return self.directory / f"{self._slug}-{digest.hexdigest()[:16]}.npz"
+        fingerprint = digest.hexdigest()[:16]
+        existing = sorted(self.directory.glob(f"*-{fingerprint}.npz"))
+        return existing[0] if existing else self.directory / f"{self._slug}-{fingerprint}.npz"
 
     def load(self, positions: np.ndarray, velocities: np.ndarray) -> Optional[CachedTrajectory]:
         """The cached trajectory from this start, or None if it was never finished.

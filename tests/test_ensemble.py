@@ -145,7 +145,8 @@ def test_parallel_ensembles_equal_serial_ones(alanine_hbonds, starts, elements):
 
 def test_a_cached_run_resumes_with_the_figures_of_an_uninterrupted_one(tmp_path, alanine_hbonds, starts, elements):
     """Trajectories read back from the cache (stable or not) give the figures of the run that wrote them; one
-    missing is run again; other settings get files of their own; a corrupt file is named, not read."""
+    missing is run again; a row labelled otherwise reads them; other settings get files of their own; a corrupt
+    file is named, not read."""
     options = replace(OPTIONS, duration=1.0, sample_interval=0.008)
     for step in (0.002, 0.008):  # Verlet at 8 fs is unstable here
         candidate = verlet_candidate(f"Verlet {step * 1000:g} fs", alanine_hbonds.system, step)
@@ -162,6 +163,10 @@ def test_a_cached_run_resumes_with_the_figures_of_an_uninterrupted_one(tmp_path,
         for key in ("drift", "energy_rms", "temperature", "equipartition", "reversibility"):
             np.testing.assert_equal(getattr(resumed, key), getattr(fresh, key), err_msg=key)
     assert fresh.stable == 0 and resumed.stable == 0
+    messages = []  # the same row labelled otherwise reads the same files
+    run_ensemble(replace(candidate, name="Verlet, labelled otherwise"), starts, 300.0, options, elements, "Reference",
+                 messages.append, directory)
+    assert sum("read from" in line for line in messages) == len(starts)
     run_ensemble(candidate, starts, 300.0, replace(options, duration=0.5), elements, "Reference", cache_dir=directory)
     assert len(list(directory.glob("*.npz"))) == 2 * len(starts)
     files[1].write_bytes(b"not an npz file")
