@@ -84,10 +84,9 @@ def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[f
             if all(row.name != alone.name for row in rows):  # one row per baseline
                 rows.append(dataclasses.replace(alone, energy_system=system))
     model_rows = {}
-    for model in models:  # a second model of the same kind is told apart by its file name
+    for model in models:  # named by its file too, so a row's name (and --only) is the same whatever it is run beside
         row = model_candidate(prepared, model)
-        if any(other.name == row.name for other in rows):
-            row = dataclasses.replace(row, name=f"{row.name} ({model.path.stem})")
+        row = dataclasses.replace(row, name=f"{row.name} ({model.path.stem})")
         rows.append(row)
         model_rows[row.name] = model
     return rows, model_rows

@@ -4,9 +4,8 @@ a crash) resumes where it was instead of starting again.
 A trajectory's file is named by a fingerprint of everything its samples depend on: the System, the integrator's
 program, the platform, the sampling and instability settings and the start itself. A run with other settings
 therefore never reads it; there is nothing to invalidate. The row's label prefixes the name only to make listings
-readable: a run that labels the same row otherwise (a benchmark names a model's row by its file only when it
-compares several) finds the file by its fingerprint. Files are written atomically, so a run stopped mid-write
-leaves the cache as it was.
+readable: a run that labels the same row otherwise (a table that names its rows differently) finds the file by
+its fingerprint. Files are written atomically, so a run stopped mid-write leaves the cache as it was.
 """
 from __future__ import annotations
 
