@@ -186,6 +186,9 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--energy-penalty", type=float, default=0.3, help="lambda_E in kT units (default 0.3)")
     parser.add_argument("--force-matching", type=float, default=0.0, help="weight tying heads to the force field")
+    parser.add_argument("--energy-matching", type=float, default=0.0,
+                        help="weight, relative to --force-matching's term, of tying the heads' energies to the force "
+                             "field's up to a constant (variance of W - V relative to V's; default 0, off)")
     parser.add_argument("--pretrain-iterations", type=int, default=0, help="force-matching iterations first")
     parser.add_argument("--pretrain-batch-size", type=int, default=128, help="frames per force-matching iteration "
                         "(default 128)")
@@ -224,6 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
                   iterations=args.iterations,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   final_learning_rate=args.learning_rate / 10.0, force_matching=args.force_matching,
+                  energy_matching=args.energy_matching,
                   pretrain_iterations=args.pretrain_iterations, pretrain_batch_size=args.pretrain_batch_size,
                   seed=args.seed, eval_every=args.eval_every,
                   patience=args.patience,

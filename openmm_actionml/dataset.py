@@ -212,8 +212,28 @@ class ReferenceDataset:
         """
         if self.forces is None:
             raise DatasetError("this dataset stores no forces; generate it with store_forces=True (--store-forces).")
+        return self._at_window_starts(self.forces, lag, k, segments, stride, select)
+
+    def start_energies(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None = None,
+                       stride: int = 1, select: np.ndarray | None = None) -> np.ndarray:
+        """The stored force-field potential energies at the first frame of each window :meth:`windows` returns,
+        ``[M]``.
+
+        Raises
+        ------
+        DatasetError
+            If the dataset stores no potential energies.
+        """
+        if self.potential_energies is None:
+            raise DatasetError("this dataset stores no potential energies; generate it again with `actionml "
+                               "generate`, which records them.")
+        return self._at_window_starts(self.potential_energies, lag, k, segments, stride, select)
+
+    def _at_window_starts(self, values: np.ndarray, lag: u.Quantity | float, k: int, segments: Sequence[int] | None,
+                          stride: int, select: np.ndarray | None) -> np.ndarray:
+        """``values[segment, frame]`` at the first frame of each window :meth:`windows` returns."""
         segment, frames = self._window_index(lag, k, segments, stride, select)
-        return self.forces[segment[:, 0], frames[:, 0]]
+        return values[segment[:, 0], frames[:, 0]]
 
     def _window_index(self, lag: u.Quantity | float, k: int, segments: Sequence[int] | None, stride: int,
                       select: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -139,7 +139,7 @@ class ImplicitTrainingReport:
 class ImplicitTrainer(Trainer):
     """Owns the data, the network, the force field and the optimiser of a scheme-B run.
 
-    It reuses :class:`training.Trainer`'s ``windows``, ``reference_forces`` and ``force_matching_loss``; its
+    It reuses :class:`training.Trainer`'s ``windows``, ``reference_forces`` and ``tie_loss``; its
     set-up differs in the number of heads (the implicit scheme's) and in having no splitting stepper to train.
     """
 
@@ -150,7 +150,7 @@ class ImplicitTrainer(Trainer):
         self.predictor = predictor_splitting(options.predictor, self.scheme)
         self.setup(dataset, system, options, self.scheme.n_heads, options.pretrain_iterations + options.iterations)
         self.classical_kicks = KickPotential(None, self.reference_forces, self.box)
-        q, v, _ = self.windows(1, self.validation_segments, options.validation_pairs)
+        q, v, _, _ = self.windows(1, self.validation_segments, options.validation_pairs)
         self.validation = (q[:, 0], v[:, 0], q[:, 1], v[:, 1])
         self.solve_set = tuple(x[:options.solve_pairs] for x in self.validation)
 
@@ -194,7 +194,8 @@ class ImplicitTrainer(Trainer):
         solver = self.options.solver_settings()
         errors, stats = self.solve(kicks, solver)
         if kicks.network is not None and not self.options.anchored:
-            errors["force"] = self.validation_force_loss() ** 0.5  # relative force error of the heads
+            q, _, forces, energies = self.windows(0, self.validation_segments, 128)
+            errors.update(self.surrogate_errors(q[:, 0], forces, energies))
         result = {"validation_loss": self.validation_loss(kicks), "errors": errors, "solver": stats}
         if plain:
             plain_solver = FixedPointSolver("plain", tolerance=solver.tolerance, max_iterations=solver.max_iterations,
@@ -270,10 +271,10 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
         stopping = EarlyStopping(options.patience)
         line = ProgressLine(phase, total, progress)
         for iteration in range(1, total + 1):
-            q, v, forces = trainer.windows(1, trainer.train_segments,
-                                           options.pretrain_batch_size if phase == "pretrain" else options.batch_size)
+            q, v, forces, energies = trainer.windows(1, trainer.train_segments, options.pretrain_batch_size
+                                                     if phase == "pretrain" else options.batch_size)
             trainer.optimizer.zero_grad()
-            tie = trainer.force_matching_loss(q[:, 0], forces) if options.force_matching > 0 or phase == "pretrain" \
+            tie = trainer.tie_loss(q[:, 0], forces, energies) if options.force_matching > 0 or phase == "pretrain" \
                 else torch.zeros((), dtype=torch.float64)
             if phase == "pretrain":
                 loss = tie
@@ -289,7 +290,7 @@ def train_implicit(dataset: ReferenceDataset, system: Optional[mm.System], optio
             trainer.scheduler.step()
             line.update(iteration, loss=loss.item(), force_tie=tie.item())
             if iteration % options.eval_every == 0 or iteration == total:
-                score = trainer.validation_force_loss() if phase == "pretrain" else trainer.validation_loss()
+                score = trainer.validation_tie_loss() if phase == "pretrain" else trainer.validation_loss()
                 history.append({"phase": phase, "iteration": iteration, "train_loss": loss.item(),
                                 "validation_loss": score})
                 if stopping.update(score, trainer.network):

@@ -64,9 +64,12 @@ class OptimisationOptions:
         Adam with a geometric decay over the whole run.
     force_matching
         Weight of a term tying each head's forces to the force field's (required in pure-ML mode).
+    energy_matching
+        Weight, relative to the force term, of tying each head's potential energy to the force field's up to a
+        constant (``Trainer.energy_matching_loss``); needs ``force_matching > 0`` and data with potential energies.
     pretrain_iterations, pretrain_batch_size
         Force-matching iterations (and frames per batch) before the main training: pure ML starts from a
-        surrogate of V. Early stopping in this phase uses the force error on validation frames.
+        surrogate of V. Early stopping in this phase uses the tie (force and, if matched, energy) on validation frames.
     validation_fraction
         Fraction of segments held out.
     eval_every, patience
@@ -89,6 +92,7 @@ class OptimisationOptions:
     learning_rate: float = 2e-3
     final_learning_rate: float = 2e-4
     force_matching: float = 0.0
+    energy_matching: float = 0.0
     pretrain_iterations: int = 0
     pretrain_batch_size: int = 128
     validation_fraction: float = 0.2
@@ -111,6 +115,12 @@ class OptimisationOptions:
             if not self.anchored or self.force_matching <= 0 or not self.baseline:
                 raise InputError("a baseline force field needs anchored kicks (not pure ML), force_matching > 0 to tie "
                                  "B + dW to the data's forces, and at least one force-field file.")
+        if self.energy_matching < 0 or (self.energy_matching > 0 and self.force_matching <= 0):
+            raise InputError(f"energy_matching ({self.energy_matching}) must be zero or positive, and positive only "
+                             f"with force_matching > 0: it weights the energy part of the tie to the force field.")
+        if self.energy_matching > 0 and min(self.batch_size, self.pretrain_batch_size) < 2:
+            raise InputError("energy matching compares energy differences within a batch; use batch sizes of at "
+                             "least 2.")
 
 
 @dataclass
@@ -160,6 +170,7 @@ class TrainingReport:
         for index, c in enumerate([self.classical] + self.candidates):
             mark = "*" if index - 1 == self.chosen else " "
             force = f"  force error {c['errors']['force']:.2%}" if "force" in c["errors"] else ""
+            force += f", energy error {c['errors']['energy']:.2%}" if "energy" in c["errors"] else ""
             lines.append(f"{mark}{c['name']:<9} {c.get('unroll', 0):>6}  {c['validation_loss']:.3e}  "
                          f"{c['errors']['dv']:.3%}  {c['errors']['dq']:.3%}   {c['gate']['summary']}{force}")
         lines.append(f"wall time {self.wall_seconds / 60:.1f} min")
@@ -235,7 +246,14 @@ class Trainer:
             check_cutoff_fits(self.network.config.cutoff, dataset.box)
         self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
-        frames, _, _ = self.windows(0, self.train_segments, 256)
+        #: Variance of V over the training frames (kJ/mol)^2: the energy-matching loss's unit, or None without
+        #: stored energies.
+        self.energy_scale = None if dataset.potential_energies is None else \
+            float(dataset.potential_energies[self.train_segments].var())
+        if options.energy_matching > 0 and not self.energy_scale:
+            raise InputError("energy matching needs a dataset with potential energies of several distinct values; "
+                             "generate the data with `actionml generate`, which records them.")
+        frames = self.windows(0, self.train_segments, 256)[0]
         self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
         decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total_iterations, 1))
@@ -252,19 +270,21 @@ class Trainer:
     def total_energy(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.potential.energy_and_forces(q)[0] + 0.5 * (self.masses[:, None] * v ** 2).sum((-1, -2))
 
-    def windows(self, k: int, segments: np.ndarray,
-                count: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def windows(self, k: int, segments: np.ndarray, count: Optional[int]
+                ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """``count`` random reference windows of ``k`` steps (``k = 0``: single frames): positions and velocities
-        ``[M, k + 1, N, 3]``, and the force-field forces at their first frames ``[M, N, 3]`` when the dataset
-        stores forces (else ``None``)."""
+        ``[M, k + 1, N, 3]``, and the force-field forces ``[M, N, 3]`` and potential energies ``[M]`` at their
+        first frames when the dataset stores them (else ``None``)."""
         lag, steps = self.options.step, max(k, 1)
         total = self.dataset.count_windows(lag, steps, segments)
         pick = self.rng.choice(total, count, replace=False) if count is not None and count < total else None
         q, v = self.dataset.windows(lag, steps, segments, select=pick)
         forces = None if self.dataset.forces is None else \
             torch.as_tensor(self.dataset.start_forces(lag, steps, segments, select=pick), dtype=torch.float64)
+        energies = None if self.dataset.potential_energies is None else \
+            torch.as_tensor(self.dataset.start_energies(lag, steps, segments, select=pick), dtype=torch.float64)
         return (torch.as_tensor(q[:, :k + 1], dtype=torch.float64),
-                torch.as_tensor(v[:, :k + 1], dtype=torch.float64), forces)
+                torch.as_tensor(v[:, :k + 1], dtype=torch.float64), forces, energies)
 
     def unroll_loss(self, q_ref: torch.Tensor, v_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trajectory loss (thermal units, averaged over the unroll) and the energy penalty term."""
@@ -297,6 +317,36 @@ class Trainer:
             loss = loss + ((learned + anchor - reference) ** 2).mean() / scale
         return loss / self.n_heads
 
+    def energy_matching_loss(self, q: torch.Tensor, energies: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Variance over the batch of each head's kick potential (``dW``, ``V + dW`` or ``B + dW``) minus the force
+        field's energy V, relative to V's variance over the training frames (:attr:`energy_scale`), averaged over
+        the heads; its square root is the relative energy error. A constant offset is free, as it moves no atom.
+
+        Why it matters for a surrogate: to second order in ``W - V`` the relative entropy between V's Boltzmann
+        ensemble and W's is var_V(W - V) / 2 kT^2, and to first order W's ensemble shifts an observable A by
+        -cov_V(A, W - V) / kT. Forces fix W only locally; this term ties its energy between configurations.
+        V's energies are ``energies`` (the dataset's stored ones) or, if ``None``, computed."""
+        reference = (self.potential.energy_and_forces(q)[0] if energies is None else energies).detach()
+        if not self.options.anchored:
+            anchor = torch.zeros_like(reference)
+        else:
+            anchor = reference if self.options.baseline is None else self.kick_potential.energy_and_forces(q)[0]
+        loss = torch.zeros((), dtype=torch.float64)
+        for head in range(self.n_heads):
+            learned = 0.0 if self.kicks.network is None else self.kicks.learned_energy(q, head)
+            difference = learned + anchor - reference
+            loss = loss + ((difference - difference.mean()) ** 2).mean() / self.energy_scale
+        return loss / self.n_heads
+
+    def tie_loss(self, q: torch.Tensor, forces: Optional[torch.Tensor] = None,
+                 energies: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The tie of the heads to the force field: :meth:`force_matching_loss`, plus ``energy_matching`` times
+        :meth:`energy_matching_loss` when that weight is set."""
+        loss = self.force_matching_loss(q, forces)
+        if self.options.energy_matching > 0:
+            loss = loss + self.options.energy_matching * self.energy_matching_loss(q, energies)
+        return loss
+
     def dynamical_forces(self, q: torch.Tensor, forces: torch.Tensor) -> torch.Tensor:
         """``forces`` with the parts along the constraints removed (mass-weighted, as RATTLE removes them)."""
         if self.constraints is None:
@@ -304,23 +354,31 @@ class Trainer:
         masses = self.masses.to(forces.dtype)[:, None]
         return masses * self.constraints.project_velocities(q, forces / masses)
 
-    def validation_force_loss(self) -> float:
-        """:meth:`force_matching_loss` on validation frames."""
-        q, _, forces = self.windows(0, self.validation_segments, 128)
+    def validation_tie_loss(self) -> float:
+        """:meth:`tie_loss` on validation frames."""
+        q, _, forces, energies = self.windows(0, self.validation_segments, 128)
         with torch.no_grad():
-            return float(self.force_matching_loss(q[:, 0], forces))
+            return float(self.tie_loss(q[:, 0], forces, energies))
+
+    def surrogate_errors(self, q: torch.Tensor, forces: Optional[torch.Tensor],
+                         energies: Optional[torch.Tensor]) -> dict:
+        """The heads' relative force error and, when the data has energies, relative energy error at ``q``."""
+        with torch.no_grad():
+            errors = {"force": float(self.force_matching_loss(q, forces)) ** 0.5}
+            if self.energy_scale:
+                errors["energy"] = float(self.energy_matching_loss(q, energies)) ** 0.5
+        return errors
 
     def validate(self) -> dict:
         """Validation loss at the first curriculum unroll and one-step relative errors."""
-        q, v, forces = self.windows(1, self.validation_segments, 64)
+        q, v, forces, energies = self.windows(1, self.validation_segments, 64)
         with torch.no_grad():
             loss, _ = self.unroll_loss(q, v)
             q1, v1, _ = self.stepper.step(q[:, 0], v[:, 0])
         errors = relative_errors(self.masses.numpy(), self.options.step, q[:, 0].numpy(), v[:, 0].numpy(),
                                  q[:, 1].numpy(), v[:, 1].numpy(), q1.numpy(), v1.numpy())
         if not self.options.anchored or self.options.baseline is not None:
-            with torch.no_grad():
-                errors["force"] = float(self.force_matching_loss(q[:, 0], forces)) ** 0.5
+            errors.update(self.surrogate_errors(q[:, 0], forces, energies))
         return {"validation_loss": float(loss), "errors": errors}
 
     def gate(self) -> GateResult:
@@ -331,7 +389,7 @@ class Trainer:
         temperatures = self.dataset.segment_temperatures
         at_temperature = np.array([s for s in self.validation_segments
                                    if temperatures[s] == self.dataset.temperature])
-        q, v, _ = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
+        q, v, _, _ = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
                                gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
                         self.dataset.temperature, gate, self.dataset.elements)
@@ -467,15 +525,15 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         stopping = EarlyStopping(options.patience)
         line = ProgressLine(phase, total, progress, done=state["iteration"])
         while state["iteration"] < total:
-            q, v, forces = trainer.windows(k, trainer.train_segments,
-                                           options.pretrain_batch_size if pretrain else options.batch_size)
+            q, v, forces, energies = trainer.windows(k, trainer.train_segments,
+                                                     options.pretrain_batch_size if pretrain else options.batch_size)
             trainer.optimizer.zero_grad()
             if pretrain:
-                loss, penalty = trainer.force_matching_loss(q[:, 0], forces), torch.zeros(())
+                loss, penalty = trainer.tie_loss(q[:, 0], forces, energies), torch.zeros(())
             else:
                 loss, penalty = trainer.unroll_loss(q, v)
                 if options.force_matching > 0:
-                    loss = loss + options.force_matching * trainer.force_matching_loss(q[:, 0], forces)
+                    loss = loss + options.force_matching * trainer.tie_loss(q[:, 0], forces, energies)
             if not bool(torch.isfinite(loss + penalty)):
                 raise SimulationInstabilityError(
                     f"training loss became {float(loss + penalty)} in {phase}: the learned map blew up on a training "
@@ -486,7 +544,7 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
             state["iteration"] += 1
             line.update(state["iteration"], loss=loss.item(), energy_penalty=penalty.item())
             if state["iteration"] % options.eval_every == 0 or state["iteration"] == total:
-                score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_force_loss()
+                score = trainer.validate()["validation_loss"] if not pretrain else trainer.validation_tie_loss()
                 if stopping.update(score, trainer.network):
                     break
             if state["iteration"] % options.checkpoint_every == 0:

@@ -91,7 +91,7 @@ def test_options_that_cannot_take_a_baseline_are_refused():
 
 def test_kicks_use_the_baseline_and_force_matching_measures_against_the_data(dataset, alanine):
     trainer = Trainer(dataset, dataset.system(), options())
-    q, _, forces = trainer.windows(0, trainer.train_segments, 4)
+    q, _, forces, _ = trainer.windows(0, trainer.train_segments, 4)
     q = q[:, 0]
     baseline = OpenMMPotential(with_baseline(alanine, BASELINE).system)
     expected_b = torch.as_tensor(baseline.energy_and_forces(q)[1])

@@ -150,6 +150,16 @@ def test_start_forces_are_those_of_each_windows_first_frame():
         data.start_forces(1 * u.femtosecond, 3)
 
 
+def test_start_energies_are_those_of_each_windows_first_frame():
+    data = make_dataset()
+    pick = np.array([7, 1, 4])
+    energies = data.start_energies(1 * u.femtosecond, 3, select=pick)
+    np.testing.assert_array_equal(energies, data.potential_energies[[2, 0, 1], [1, 1, 1]])
+    data.potential_energies = None
+    with pytest.raises(DatasetError, match="stores no potential energies"):
+        data.start_energies(1 * u.femtosecond, 3)
+
+
 def test_split_by_segment():
     data = make_dataset(n_segments=10)
     train, validation = data.split(0.2, seed=5)

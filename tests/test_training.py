@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny alanine-dipeptide dataset: export, gate, checkpoint and resume."""
 from __future__ import annotations
 
+import dataclasses
 import pytest
 import torch
 
@@ -170,7 +171,7 @@ def test_stored_forces_replace_force_field_calls_in_force_matching(alanine, tmp_
     options = tiny_options(anchored=False, force_matching=1.0, pretrain_iterations=2, curriculum=(1,),
                            energy_penalty=0.0)
     trainer = Trainer(dataset, dataset.system(), options)
-    q, _, forces = trainer.windows(0, trainer.train_segments, 8)
+    q, _, forces, _ = trainer.windows(0, trainer.train_segments, 8)
     with torch.no_grad():  # both are the Reference platform's double-precision forces at the same positions
         assert trainer.force_matching_loss(q[:, 0], forces).item() == pytest.approx(
             trainer.force_matching_loss(q[:, 0]).item(), rel=1e-12)
@@ -183,3 +184,42 @@ def test_stored_forces_replace_force_field_calls_in_force_matching(alanine, tmp_
         train(dataset, None, options, tmp_path / "pure.pt", progress=False)
     except GateFailedError:
         pass
+
+
+def test_energy_matching_ties_energy_differences_only(alanine, tmp_path):
+    """The energy tie is var(W - V) over the batch relative to V's variance over the training frames: blind to a
+    constant offset of V, equal with the dataset's stored energies and the force field's own, zero for the
+    unlearned anchored kicks (W = V), and reported beside the force error."""
+    dataset = generate_reference_data(alanine.system, alanine.positions, topology=alanine.topology,
+                                      delta=0.5 * u.femtosecond, record_every=2, n_segments=4, segment_length=0.05,
+                                      decorrelation=0.05, equilibration=0.1, platform="Reference", seed=5,
+                                      store_forces=True, progress=False)
+    options = tiny_options(anchored=False, force_matching=1.0, energy_matching=2.0, pretrain_iterations=2,
+                           curriculum=(1,), energy_penalty=0.0)
+    trainer = Trainer(dataset, dataset.system(), options)
+    assert trainer.energy_scale == pytest.approx(dataset.potential_energies[trainer.train_segments].var(), rel=1e-12)
+    q, _, forces, energies = trainer.windows(0, trainer.train_segments, 8)
+    with torch.no_grad():
+        loss = trainer.energy_matching_loss(q[:, 0], energies).item()
+        assert loss > 0
+        assert trainer.energy_matching_loss(q[:, 0], energies + 123.4).item() == pytest.approx(loss, rel=1e-9)
+        assert trainer.energy_matching_loss(q[:, 0]).item() == pytest.approx(loss, rel=1e-9)
+        assert trainer.tie_loss(q[:, 0], forces, energies).item() == pytest.approx(
+            trainer.force_matching_loss(q[:, 0], forces).item() + 2.0 * loss, rel=1e-12)
+        trainer.options, trainer.kicks.network = dataclasses.replace(options, anchored=True), None
+        assert trainer.energy_matching_loss(q[:, 0], energies).item() == 0.0
+    try:  # a poor surrogate may fail the gate, which is not the point
+        summary = train(dataset, None, options, tmp_path / "pure.pt", progress=False).summary()
+    except GateFailedError as error:
+        summary = str(error)
+    assert "energy error" in summary
+
+
+@pytest.mark.parametrize("changes, problem", [
+    (dict(energy_matching=1.0), "force_matching > 0"),
+    (dict(energy_matching=-1.0, force_matching=1.0), "zero or positive"),
+    (dict(energy_matching=1.0, force_matching=1.0, batch_size=1), "at least 2"),
+])
+def test_energy_matching_options_are_checked(changes, problem):
+    with pytest.raises(InputError, match=problem):
+        tiny_options(**changes)
