@@ -24,6 +24,7 @@ from .atomic import check_writable
 from .dataset import ReferenceDataset
 from .diagnostics import energy_drift
 from .ensemble import EnsembleOptions, read_starts
+from .ensemble_check import check_model
 from .evaluate import evaluate, model_system
 from .report import write_report
 from .units import BOLTZMANN
@@ -413,6 +414,30 @@ def _print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+# -- check -------------------------------------------------------------------------------------------
+def add_check(subcommands: argparse._SubParsersAction) -> None:
+    """``actionml check``: where a model's kick potential puts its ensemble, from reference frames."""
+    parser = subcommands.add_parser(
+        "check", help="a model's ensemble against the force field's, read off reference data (no simulation)",
+        description="Energy error of the model's kick potential W against the data's force field V, and the "
+                    "first-order shift of V's mean in W's Boltzmann ensemble, -cov(V, W - V)/kT, on frames of "
+                    "reference data (at best held out from training) with a bootstrap error over segments.")
+    parser.add_argument("model", help="model file (.pt), scheme A")
+    parser.add_argument("dataset", nargs="+", help="reference data (.npz) of the model's system, with energies")
+    parser.add_argument("--stride", type=int, default=50, help="use every n-th frame of each segment (default 50)")
+    parser.add_argument("--platform", default="CPU", help="OpenMM platform of a baseline force field (default CPU)")
+    parser.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Load, check and print."""
+    model = load_model(args.model)
+    dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
+    check = check_model(model, dataset, stride=args.stride, platform=args.platform)
+    print(f"{model.path.name} on {', '.join(Path(p).name for p in args.dataset)}: {check.summary()}")
+    return 0
+
+
 # -- demo --------------------------------------------------------------------------------------------
 #: The demo: the shipped 8 fs T3 model of alanine dipeptide with HBonds, beside Verlet, HMR and classical T3.
 DEMO_MODEL = MODELS_DIR / "alanine-t3-8fs.pt"
@@ -466,4 +491,4 @@ def _standard_error(values: np.ndarray) -> float:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_train, add_run, add_evaluate,
-                                                                add_demo]
+                                                                add_check, add_demo]
