@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
@@ -61,11 +62,16 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    names = [p[0] for p in points]
+    prefix = len(os.path.commonprefix(names)) if len(names) > 1 else 0
+    suffix = len(os.path.commonprefix([n[::-1] for n in names])) if len(names) > 1 else 0
     for name, x, dx, y, dy in points:
         axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
-        axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        axes.annotate(name[prefix:len(name) - suffix] or name, (x, y), fontsize=7, xytext=(4, -3),
+                      textcoords="offset points")
+    low = min(min(p[1] - p[2], p[3] - p[4]) for p in points)
     top = max(max(p[1] + p[2], p[3] + p[4]) for p in points)
-    axes.plot([0, top], [0, top], "k:", lw=1, label="measured = predicted")
+    axes.plot([low, top], [low, top], "k:", lw=1, label="measured = predicted")
     axes.set_xlabel("first-order shift from held-out frames, -cov(V, W - V)/kT (kJ/mol)")
     axes.set_ylabel("measured: own ensemble's V minus reference's (kJ/mol)")
     axes.legend(fontsize=8)
