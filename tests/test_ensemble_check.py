@@ -30,8 +30,10 @@ def test_first_order_shift_of_a_stiffened_harmonic_well():
     shift, error = boltzmann_shift(V, eps * V, kT, np.repeat(np.arange(groups), per_group))
     exact = 0.5 * d * kT * (1.0 / (1.0 + eps) - 1.0)
     second_order = 0.5 * d * kT * eps ** 2 / (1.0 + eps)
-    # var(V) from M Gaussian-like samples has relative error sqrt(2 / M) (V is chi-square with 50 dof, close to it)
-    assert error == pytest.approx(abs(shift) * np.sqrt(2.0 / len(V)), rel=0.3)
+    # The shift is -eps var(V) / kT; a sample variance of M independent values has relative error
+    # sqrt((2 + excess kurtosis) / M), and V (kT/2 times a chi-square of d) has excess kurtosis 12 / d. The bootstrap
+    # over 100 groups and 200 resamples estimates that error to about 9 %; allow three times that.
+    assert error == pytest.approx(abs(shift) * np.sqrt((2.0 + 12.0 / d) / len(V)), rel=0.27)
     assert abs(shift - exact) < second_order + 4 * error
     assert boltzmann_shift(V, np.zeros_like(V), kT, np.zeros(len(V)))[0] == 0.0
 
@@ -76,7 +78,7 @@ def test_check_reads_the_kick_weighted_potential_against_the_data_energies(data,
     assert np.isfinite(check.energy_shift_error) and check.energy_shift_error > 0
 
 
-def test_check_refuses_data_it_cannot_read(data, alanine_hbonds, tmp_path, capsys):
+def test_check_command_and_its_refusals(data, alanine_hbonds, tmp_path, capsys):
     model, _ = toy_model(tmp_path / "toy.pt", data)
     with pytest.raises(ModelMismatchError, match="constraints"):
         check_model(model, data, system=alanine_hbonds.system)

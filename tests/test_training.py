@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import pytest
 import torch
 
