@@ -390,7 +390,7 @@ class Trainer:
         at_temperature = np.array([s for s in self.validation_segments
                                    if temperatures[s] == self.dataset.temperature])
         q, v, _, _ = self.windows(0, at_temperature if len(at_temperature) else self.validation_segments,
-                               gate.n_trajectories)
+                                  gate.n_trajectories)
         return run_gate(self.stepper, lambda x: self.potential.energy_and_forces(x)[0], q[:, 0], v[:, 0],
                         self.dataset.temperature, gate, self.dataset.elements)
 
