@@ -6,7 +6,9 @@ mean, from held-out reference frames, against the shift measured on each model's
 
 ``--results`` is the ``results.json`` of a table (``amoeba_water.py`` or ``actionml evaluate``) holding a reference
 row and, for each model, a row named "... (MODEL-STEM), own-ensemble starts ..." (``--thermalise``). The measured
-shift is that row's mean potential energy (in V) minus the reference row's. Writes ``check.md`` and ``check.png``.
+shift is that row's potential energy (in V) at the bath's temperature minus the reference row's (each the line
+through its trajectories' temperature and potential-energy means, which removes the spread of the NVE starts'
+energies; see ``EnsembleResult``). Writes ``check.md`` and ``check.png``.
 """
 from __future__ import annotations
 
@@ -25,13 +27,15 @@ from openmm_actionml.report import save_figure
 
 
 def measured_shift(rows: list[dict], stem: str) -> tuple[float, float]:
-    """Own-ensemble potential energy of model ``stem`` minus the reference's, with the combined standard error."""
+    """Own-ensemble potential energy of model ``stem`` at the bath's temperature minus the reference's, with the
+    combined standard error."""
     reference = next(row for row in rows if row["name"].startswith("reference"))
     own = [row for row in rows if f"({stem}), own" in row["name"]]
     if not own:
         raise SystemExit(f"no own-ensemble row of {stem} in the results; run amoeba_water.py with --thermalise.")
-    return (own[0]["potential_energy"] - reference["potential_energy"],
-            float(np.hypot(own[0]["potential_energy_error"], reference["potential_energy_error"])))
+    return (own[0]["potential_energy_at_temperature"] - reference["potential_energy_at_temperature"],
+            float(np.hypot(own[0]["potential_energy_at_temperature_error"],
+                           reference["potential_energy_at_temperature_error"])))
 
 
 def main() -> None:
@@ -73,7 +77,7 @@ def main() -> None:
     top = max(max(p[1] + p[2], p[3] + p[4]) for p in points)
     axes.plot([low, top], [low, top], "k:", lw=1, label="measured = predicted")
     axes.set_xlabel("first-order shift from held-out frames, -cov(V, W - V)/kT (kJ/mol)")
-    axes.set_ylabel("measured: own ensemble's V minus reference's (kJ/mol)")
+    axes.set_ylabel("measured: own ensemble's V minus reference's, at the bath's T (kJ/mol)", fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, output / "check.png", dpi=130)

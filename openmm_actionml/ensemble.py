@@ -142,7 +142,12 @@ class EnsembleResult:
 
     ``potential_energy`` is the mean potential energy (kJ/mol, in the row's energy System): each sample's total
     energy minus its ``sum m v^2 / 2``, averaged over the samples of each stable trajectory, then over
-    trajectories. Two rows at one temperature whose potential energies differ sample different configurations."""
+    trajectories. Two rows at one temperature whose potential energies differ sample different configurations.
+    Each NVE trajectory keeps its start's total energy, so its mean potential energy scatters from start to start
+    with its temperature (by the configurational heat capacity); ``potential_energy_at_temperature`` is the value at
+    the bath's temperature of the straight line through the stable trajectories' (temperature, potential energy)
+    means, with its standard error. It removes that scatter, so two rows' configurations compare at one temperature
+    with an error set by each trajectory's finite length rather than by the spread of the start energies."""
 
     name: str
     step_fs: float
@@ -157,6 +162,8 @@ class EnsembleResult:
     temperature_error: float
     potential_energy: float
     potential_energy_error: float
+    potential_energy_at_temperature: float
+    potential_energy_at_temperature_error: float
     element_temperatures: dict[str, tuple[float, float]]
     equipartition: dict[str, tuple[float, float]]
     reversibility: float
@@ -472,7 +479,9 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     twice_kinetic = (masses[:, None] * kept ** 2).sum((-1, -2))  # [stable trajectories, samples]
     trajectory_temperatures = twice_kinetic.mean(-1) / (BOLTZMANN * n_dof)
     temperature_mean = _mean_error(list(trajectory_temperatures))
-    potential_mean = _mean_error(list((energies[stable] - twice_kinetic / 2).mean(-1)))
+    trajectory_potentials = (energies[stable] - twice_kinetic / 2).mean(-1)
+    potential_mean = _mean_error(list(trajectory_potentials))
+    potential_at_temperature = _line_value_at(trajectory_temperatures, trajectory_potentials, temperature)
     ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
               for e in symbols}
     series = ({e: np.mean([t[e] for t in series_per_trajectory], axis=0) for e in symbols} if stable.any()
@@ -487,7 +496,8 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
         drift=drift, drift_error=drift_error, drift_kj=float(slopes_kj.mean()) if len(slopes_kj) else float("nan"),
         energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
         temperature=temperature_mean[0], temperature_error=temperature_mean[1], potential_energy=potential_mean[0],
-        potential_energy_error=potential_mean[1], element_temperatures=elements_mean,
+        potential_energy_error=potential_mean[1], potential_energy_at_temperature=potential_at_temperature[0],
+        potential_energy_at_temperature_error=potential_at_temperature[1], element_temperatures=elements_mean,
         equipartition=ratios,
         reversibility=reversibility, symplecticity=symplecticity, evaluations_per_fs=evaluations_per_fs,
         ps_per_second=ps_per_second, times=times, energies=energies - energies[:, :1], element_series=series,
@@ -529,6 +539,19 @@ def _mean_error(values: list[float]) -> tuple[float, float]:
     values_array = np.asarray(values, dtype=float)
     error = float(values_array.std(ddof=1) / np.sqrt(len(values_array))) if len(values_array) > 1 else float("nan")
     return float(values_array.mean()), error
+
+
+def _line_value_at(x: np.ndarray, y: np.ndarray, x0: float) -> tuple[float, float]:
+    """The least-squares straight line through the points ``(x, y)``, evaluated at ``x0``, and its standard error
+    (from the residuals, n - 2 degrees of freedom); NaN for fewer than three points or equal ``x``."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    spread = float(((x - x.mean()) ** 2).sum()) if len(x) else 0.0
+    if len(x) < 3 or spread == 0.0:
+        return float("nan"), float("nan")
+    slope = float(((x - x.mean()) * (y - y.mean())).sum()) / spread
+    value = float(y.mean() + slope * (x0 - x.mean()))
+    residual_variance = float(((y - y.mean() - slope * (x - x.mean())) ** 2).sum()) / (len(x) - 2)
+    return value, float(np.sqrt(residual_variance * (1.0 / len(x) + (x0 - x.mean()) ** 2 / spread)))
 
 
 def _whole_steps(interval: float, step: float, what: str, name: str) -> int:

@@ -36,15 +36,16 @@ def rdf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[fl
 
 
 def markdown_table(results: Sequence[EnsembleResult]) -> str:
-    """One row per result: stable fraction, drift, E RMS, T, the potential energy and each element's T over its
-    trajectory's (mean ± s.e. over trajectories),
+    """One row per result: stable fraction, drift, E RMS, T, the potential energy (and its value at the bath's
+    temperature, see :class:`EnsembleResult`) and each element's T over its trajectory's (mean ± s.e. over
+    trajectories),
     reversibility, VACF deviation from the first (reference) row, the RDF's deviation when measured, cost and speed;
     then any row's notes (the scheme-B solver's statistics)."""
     reference = results[0]
     with_rdf = bool(reference.rdf.size)
     rdf_header = f" g({reference.rdf_label}) deviation (noise) |" if with_rdf else ""
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
-              "potential energy (kJ/mol) | per-element T / T (%) | reversibility (nm) | symplecticity defect | "
+              "potential energy (kJ/mol) | at the bath's T (kJ/mol) | per-element T / T (%) | reversibility (nm) | symplecticity defect | "
               "VACF deviation (noise) |"
               f"{rdf_header} evaluations/fs | ps/s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -62,7 +63,9 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
         lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
                      f"{result.drift:+.3f} ± {result.drift_error:.3f} | {result.drift_kj:+.3g} | "
                      f"{result.energy_rms:.3f} | {result.temperature:.1f} ± {result.temperature_error:.1f} | "
-                     f"{result.potential_energy:.1f} ± {result.potential_energy_error:.1f} | {elements} | "
+                     f"{result.potential_energy:.1f} ± {result.potential_energy_error:.1f} | "
+                     f"{result.potential_energy_at_temperature:.1f} ± "
+                     f"{result.potential_energy_at_temperature_error:.1f} | {elements} | "
                      f"{result.reversibility:.2e} | {symplecticity} | {vacf} |{rdf_cell} "
                      f"{result.evaluations_per_fs:.3g} | "
                      f"{result.ps_per_second:.3g} |")

@@ -84,6 +84,32 @@ def test_potential_energy_is_total_minus_kinetic_averaged_per_trajectory():
     assert result.potential_energy_error == pytest.approx(per_trajectory.std(ddof=1) / np.sqrt(3), rel=1e-10)
 
 
+def test_potential_energy_at_the_bath_temperature_follows_the_virial_theorem():
+    """Independent harmonic oscillators in NVE, started from a canonical draw at 300 K and sampled over many
+    periods: by the virial theorem each trajectory's mean U equals its mean K = n_dof k T_b / 2 up to the
+    finite-time average, so the line through the (T_b, U_b) means reads n_dof k T / 2 at 300 K within its standard
+    error (4 s.e.), an error below the plain mean's, which carries the spread of the start energies (here by
+    9x)."""
+    rng = np.random.default_rng(7)
+    n_trajectories, n_atoms, temperature = 16, 8, 300.0
+    masses = rng.uniform(1.0, 16.0, n_atoms)
+    omega = rng.uniform(50.0, 300.0, (n_atoms, 3))  # rad/ps
+    times = np.sort(rng.uniform(0.0, 2.0, 400))
+    kt = BOLTZMANN * temperature
+    x0 = rng.normal(size=(n_trajectories, n_atoms, 3)) * np.sqrt(kt / masses[:, None]) / omega
+    v0 = rng.normal(size=(n_trajectories, n_atoms, 3)) * np.sqrt(kt / masses[:, None])
+    phase = omega * times[:, None, None]  # [T, N, 3]
+    velocities = -x0[:, None] * omega * np.sin(phase) + v0[:, None] * np.cos(phase)
+    energies = 0.5 * (masses[:, None] * (v0 ** 2 + (omega * x0) ** 2)).sum((-1, -2))[:, None].repeat(len(times), 1)
+    options = replace(OPTIONS, n_trajectories=n_trajectories)
+    result = summarise_ensemble("oscillators", 0.001, times, energies, velocities, np.ones(n_trajectories, bool),
+                                masses, np.zeros((0, 2), dtype=int), ["C"] * n_atoms, temperature, options,
+                                float("nan"), 1.0, 1.0)
+    expected = (3 * n_atoms - 3) * kt / 2  # the summary's n_dof leaves out the centre of mass's three
+    assert abs(result.potential_energy_at_temperature - expected) < 4 * result.potential_energy_at_temperature_error
+    assert result.potential_energy_at_temperature_error < result.potential_energy_error
+
+
 def test_ensemble_figures_and_reversibility(alanine_hbonds, starts, elements):
     """T3 at 4 fs with HBonds on Reference: stable; reversible to round-off amplified over 25 steps (measured
     ~1e-12 nm; the bound 1e-8 nm sits far below what an irreversible map gives, checked with Langevin
@@ -204,7 +230,8 @@ def test_report_table_json_and_plots(tmp_path, alanine_hbonds, starts, elements)
         np.mean(results[0].vacf_error ** 2))))
     table = markdown_table(results).splitlines()
     assert len(table) == 4 and "| reference |" in table[2] and table[3].startswith("| Verlet 2 fs | 2 | 2/2 |")
-    assert f"| {results[1].potential_energy:.1f} ± {results[1].potential_energy_error:.1f} |" in table[3]
+    assert (f"| {results[1].potential_energy:.1f} ± {results[1].potential_energy_error:.1f} | nan ± nan |"
+            in table[3])  # two trajectories draw no line through their (T, U) means
     write_json(results, tmp_path / "r.json", {"note": "test"})
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["settings"] == {"note": "test"} and data["results"][1]["stable"] == 2
