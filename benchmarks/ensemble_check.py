@@ -77,7 +77,7 @@ def main() -> None:
     top = max(max(p[1] + p[2], p[3] + p[4]) for p in points)
     axes.plot([low, top], [low, top], "k:", lw=1, label="measured = predicted")
     axes.set_xlabel("first-order shift from held-out frames, -cov(V, W - V)/kT (kJ/mol)")
-    axes.set_ylabel("measured: own ensemble's V minus reference's, at the bath's T (kJ/mol)", fontsize=9)
+    axes.set_ylabel("measured shift of V at the bath's T (kJ/mol)")
     axes.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, output / "check.png", dpi=130)
