@@ -45,8 +45,8 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
     with_rdf = bool(reference.rdf.size)
     rdf_header = f" g({reference.rdf_label}) deviation (noise) |" if with_rdf else ""
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
-              "potential energy (kJ/mol) | at the bath's T (kJ/mol) | per-element T / T (%) | reversibility (nm) | symplecticity defect | "
-              "VACF deviation (noise) |"
+              "potential energy (kJ/mol) | at the bath's T (kJ/mol) | per-element T / T (%) | reversibility (nm) | "
+              "symplecticity defect | VACF deviation (noise) |"
               f"{rdf_header} evaluations/fs | ps/s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
