@@ -20,6 +20,7 @@ from pathlib import Path
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
 import numpy as np
 
+from openmm_actionml.atomic import atomic_path
 from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.ensemble_check import check_model
 from openmm_actionml.modelfile import load_model
@@ -60,8 +61,9 @@ def main() -> None:
         print(lines[-1], flush=True)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "check.md").write_text(f"{check.n_frames} held-out frames of {check.n_segments} segments "
-                                     f"({', '.join(Path(p).name for p in args.data)})\n\n" + "\n".join(lines) + "\n")
+    with atomic_path(output / "check.md", overwrite=True) as tmp:
+        tmp.write_text(f"{check.n_frames} held-out frames of {check.n_segments} segments "
+                       f"({', '.join(Path(p).name for p in args.data)})\n\n" + "\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

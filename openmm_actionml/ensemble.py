@@ -545,13 +545,10 @@ def _line_value_at(x: np.ndarray, y: np.ndarray, x0: float) -> tuple[float, floa
     """The least-squares straight line through the points ``(x, y)``, evaluated at ``x0``, and its standard error
     (from the residuals, n - 2 degrees of freedom); NaN for fewer than three points or equal ``x``."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    spread = float(((x - x.mean()) ** 2).sum()) if len(x) else 0.0
-    if len(x) < 3 or spread == 0.0:
+    if len(x) < 3 or np.ptp(x) == 0.0:
         return float("nan"), float("nan")
-    slope = float(((x - x.mean()) * (y - y.mean())).sum()) / spread
-    value = float(y.mean() + slope * (x0 - x.mean()))
-    residual_variance = float(((y - y.mean() - slope * (x - x.mean())) ** 2).sum()) / (len(x) - 2)
-    return value, float(np.sqrt(residual_variance * (1.0 / len(x) + (x0 - x.mean()) ** 2 / spread)))
+    (_, value), covariance = np.polyfit(x - x0, y, 1, cov=True)  # the intercept of the shifted line is its value at x0
+    return float(value), float(np.sqrt(covariance[1, 1]))
 
 
 def _whole_steps(interval: float, step: float, what: str, name: str) -> int:
