@@ -44,7 +44,7 @@ import numpy as np
 import openmm.unit as u
 
 from openmm_actionml.dataset import ReferenceDataset
-from openmm_actionml.ensemble import read_starts
+from openmm_actionml.ensemble import Starts, read_starts
 from openmm_actionml.ensemble_check import kick_weights
 from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
@@ -77,7 +77,7 @@ def force_error(trainer: Trainer, q: torch.Tensor, forces: torch.Tensor) -> floa
         return float(trainer.force_matching_loss(q, forces)) ** 0.5
 
 
-def own_samples(model: ActionMLModel, trainer: Trainer, starts, first: int, args: argparse.Namespace,
+def own_samples(model: ActionMLModel, trainer: Trainer, starts: Starts, first: int, args: argparse.Namespace,
                 seed: int) -> np.ndarray:
     """Positions ``[M, N, 3]`` (nm) of the model's own Langevin ensemble at the data's temperature, from starts
     ``first, first + 1, ...`` (cyclically)."""
@@ -86,6 +86,9 @@ def own_samples(model: ActionMLModel, trainer: Trainer, starts, first: int, args
     context = create_context(add_learned_force(trainer.kick_system, model), integrator, args.platform)
     h = model.metadata.step
     every = int(round(args.sample_interval / 1000.0 / h))
+    if every < 1 or abs(every * h - args.sample_interval / 1000.0) > 1e-9:
+        raise SystemExit(f"--sample-interval {args.sample_interval:g} fs is not a multiple of the model's step "
+                         f"({h * 1000:g} fs).")
     frames = []
     for index in range(args.trajectories):
         start = (first + index) % len(starts.positions)
@@ -126,6 +129,8 @@ def main() -> None:
     data = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.data])
     reference = ReferenceDataset.concatenate([ReferenceDataset.load(path)
                                               for path in (args.reference_data or args.data[:1])])
+    if reference.potential_energies is None:
+        raise SystemExit("the reference data store no potential energies; generate them with `actionml generate`.")
     trainer = trainer_from_model(model, data, args.learning_rate)
     starts = read_starts(args.starts, "give a starts file written by amoeba_water.py.")
     weights = torch.as_tensor(kick_weights(model))
@@ -163,11 +168,12 @@ def main() -> None:
         own_q, own_e, own_f = (torch.cat(parts) for parts in zip(*pool))
         with torch.no_grad():
             sampled_with = kick_energy(frames)
-        for iteration in range(args.iterations):
+        for _ in range(args.iterations):
             q, _, data_forces, data_energies = trainer.windows(0, trainer.train_segments, args.batch_size)
             pick = batch(args.batch_size, len(own_q))
             loss = trainer.force_matching_loss(q[:, 0], data_forces)
-            loss = loss + args.own_force_matching * trainer.force_matching_loss(own_q[pick], own_f[pick])
+            if args.own_force_matching > 0:
+                loss = loss + args.own_force_matching * trainer.force_matching_loss(own_q[pick], own_f[pick])
             if args.energy_matching > 0:
                 loss = loss + args.energy_matching * trainer.energy_matching_loss(
                     torch.cat([q[:, 0], own_q[pick]]), torch.cat([data_energies, own_e[pick]]))
