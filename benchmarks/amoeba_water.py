@@ -34,11 +34,11 @@ import argparse
 import dataclasses
 import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from benchmark_log import log
 from openmm_actionml.ensemble import (Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble,
                                       thermalised_starts)
 from openmm_actionml.evaluate import (hmr_candidate, model_candidate, model_system, splitting_candidate,
@@ -55,10 +55,6 @@ TEMPERATURE = 300.0
 START_SPACING, START_EQUILIBRATION = 1.0, 5.0
 #: The name of the rows of the classical T3 splitting on AMOEBA itself, before their step.
 T3_ROW = "T3 on AMOEBA"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:

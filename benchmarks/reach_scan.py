@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import openmm as mm
 
+from benchmark_log import log
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, run_ensembles
 from openmm_actionml.evaluate import splitting_candidate, verlet_candidate
 from openmm_actionml.examples import build_training_system
@@ -43,10 +43,6 @@ GROUPS = {
     0.016: ((0.002, 0.004, 0.016 / 3), (0.008, 0.016), (0.004, 0.016 / 3), (0.016,)),
     0.012: ((0.003,), (0.012,), (0.003,), (0.012,)),
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def candidates(system: mm.System, hmr_systems: dict[float, mm.System], reference_step: float,

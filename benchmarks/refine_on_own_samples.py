@@ -36,13 +36,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
 import numpy as np
 import openmm.unit as u
 
+from benchmark_log import log
 from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.ensemble import Starts, read_starts
 from openmm_actionml.ensemble_check import kick_weights
@@ -57,10 +57,6 @@ from openmm_actionml.units import BOLTZMANN
 BINDING_BUFFERS = ("species", "excluded_keys")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def trainer_from_model(model: ActionMLModel, data: ReferenceDataset, learning_rate: float) -> Trainer:
     """A :class:`Trainer` with the model's recipe on ``data``, its network holding the model's parameters, and Adam
     at a constant ``learning_rate``."""
@@ -71,10 +67,9 @@ def trainer_from_model(model: ActionMLModel, data: ReferenceDataset, learning_ra
     return trainer
 
 
-def force_error(trainer: Trainer, q: torch.Tensor, forces: torch.Tensor) -> float:
-    """The heads' relative force error against V's ``forces`` at ``q``."""
-    with torch.no_grad():
-        return float(trainer.force_matching_loss(q, forces)) ** 0.5
+def errors_text(errors: dict) -> str:
+    """:meth:`Trainer.surrogate_errors` as text: "force error 0.1530, energy error 0.1120"."""
+    return ", ".join(f"{name} error {value:.4f}" for name, value in errors.items())
 
 
 def own_samples(model: ActionMLModel, trainer: Trainer, starts: Starts, first: int, args: argparse.Namespace,
@@ -161,7 +156,7 @@ def main() -> None:
         per_run = energies.reshape(args.trajectories, -1).mean(1).numpy()
         log(f"round {round_index}: {len(frames)} own frames, V's excess over the reference data "
             f"{float(energies.mean()) - reference_energy:+.1f} ± {per_run.std(ddof=1) / np.sqrt(len(per_run)):.1f} "
-            f"kJ/mol, own-frame force error {force_error(trainer, frames, forces):.4f}")
+            f"kJ/mol, on them {errors_text(trainer.surrogate_errors(frames, forces, energies))}")
         if round_index == args.rounds:
             break
         pool.append((frames, energies, forces))
@@ -188,8 +183,9 @@ def main() -> None:
             trainer.optimizer.zero_grad()
             loss.backward()
             trainer.optimizer.step()
-        q, _, data_forces, _ = trainer.windows(0, trainer.validation_segments, 64)
-        log(f"round {round_index}: validation force error {force_error(trainer, q[:, 0], data_forces):.4f}")
+        q, _, data_forces, data_energies = trainer.windows(0, trainer.validation_segments, 64)
+        errors = trainer.surrogate_errors(q[:, 0], data_forces, data_energies)
+        log(f"round {round_index}: validation {errors_text(errors)}")
         path = export_model(trainer.network, meta, f"{stem}-r{round_index + 1}.pt", overwrite=True)
         current = load_model(path)
     log(f"done: {current.path}")

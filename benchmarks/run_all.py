@@ -18,12 +18,12 @@ import dataclasses
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from benchmark_log import log
 from direct_predictor import load_predictor, run_direct_ensemble, save_predictor, train_direct_predictor
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.cli import MODELS_DIR
@@ -40,10 +40,6 @@ from openmm_actionml.systems import PreparedSystem, constraint_pairs
 
 #: The direct predictor's data: the model's protocol, more and shorter segments (one-step pairs are all it needs).
 DIRECT_DATA = {"n_segments": 32, "segment_length": 0.5, "decorrelation": 1.0, "equilibration": 10.0, "seed": 99}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def benchmark(model: ActionMLModel, options: EnsembleOptions, platform: str, directory: Path,
