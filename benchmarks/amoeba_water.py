@@ -6,13 +6,14 @@ equilibrated starts, NVE ensembles of:
 - the fine-step reference (velocity Verlet at ``--reference-step``, default 1 fs);
 - Verlet at 2 fs (rigid water's usual step) and at 4 fs with hydrogen-mass repartitioning (1.5 amu);
 - the classical T3 splitting on AMOEBA itself at each of ``--t3-steps`` (how far the splitting reaches bounds
-  what a surrogate in its kicks can reach);
+  what a surrogate in its kicks can reach), and likewise the two-stage S2 at ``--s2-steps`` and velocity Verlet as
+  a splitting at ``--vv-steps`` (both make one evaluation fewer per step than T3, none by default);
 - each ``--model`` given (a model of this box whose kicks never call AMOEBA: pure ML, or a learned correction on a
   cheaper baseline water model), and for a baseline model the same splitting on the baseline alone; the energies
-  of those rows are measured in AMOEBA too. With ``--thermalise PS`` each model and each T3 on AMOEBA has a
+  of those rows are measured in AMOEBA too. With ``--thermalise PS`` each model and each splitting on AMOEBA has a
   second row, from the same starts after PS ps of Langevin dynamics (1/ps) with the row's own integrator: NVE
   from AMOEBA's starts relaxes into the model's own ensemble at fixed energy, and this row tells that relaxation
-  from a bias of the map; T3 on AMOEBA's twin tells how far Langevin dynamics at that long step biases the
+  from a bias of the map; a splitting on AMOEBA's twin tells how far Langevin dynamics at that long step biases the
   ensemble it draws, with AMOEBA's exact forces.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
@@ -25,7 +26,8 @@ one dedicated timed run per row (``--speed-time``), in one process. The side-by-
 Usage::
 
     python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
-        [--time 10] [--reference-time PS] [--sample-interval 48] [--t3-steps 8 12 16] [--only TEXT ...]
+        [--time 10] [--reference-time PS] [--sample-interval 48] [--t3-steps 8 12 16] [--s2-steps FS ...]
+        [--vv-steps FS ...] [--only TEXT ...]
         [--thermalise PS] [--cache-dir DIR] [--output-dir DIR]
 """
 from __future__ import annotations
@@ -53,8 +55,8 @@ TEMPERATURE = 300.0
 #: ps of Langevin dynamics between starts and before the first: water's structure and velocities decorrelate within
 #: a picosecond, and each ps of AMOEBA at 1 fs costs about 40 s on one core here.
 START_SPACING, START_EQUILIBRATION = 1.0, 5.0
-#: The name of the rows of the classical T3 splitting on AMOEBA itself, before their step.
-T3_ROW = "T3 on AMOEBA"
+#: The classical splittings run on AMOEBA itself, each with its option of steps.
+CLASSICAL_SPLITTINGS = ("T3", "S2", "VV")
 
 
 def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
@@ -64,13 +66,20 @@ def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
                        nonbonded_cutoff=cutoff)
 
 
-def candidates(prepared: PreparedSystem, reference_step: float, t3_steps: list[float],
+def classical_row_name(splitting: str, step: float) -> str:
+    """The name of the row of a classical ``splitting`` on AMOEBA itself at ``step`` ps."""
+    return f"{splitting} on AMOEBA {step * 1000:g} fs"
+
+
+def candidates(prepared: PreparedSystem, reference_step: float, classical_steps: dict[str, list[float]],
                models: list[ActionMLModel]) -> tuple[list[Candidate], dict[str, ActionMLModel]]:
-    """The rows, reference first (see the module docstring), and the model of each model's row by row name."""
+    """The rows, reference first (see the module docstring), and the model of each model's row by row name;
+    ``classical_steps`` gives the steps (ps) of each classical splitting on AMOEBA."""
     system = prepared.system
     rows = [verlet_candidate(f"reference: Verlet {reference_step * 1000:g} fs", system, reference_step),
             verlet_candidate("Verlet 2 fs", system, 0.002), hmr_candidate(prepared)]
-    rows += [splitting_candidate(f"{T3_ROW} {h * 1000:g} fs", system, "T3", h) for h in t3_steps]
+    rows += [splitting_candidate(classical_row_name(name, h), system, name, h)
+             for name, steps in classical_steps.items() for h in steps]
     for model in models:
         meta = model.metadata
         if meta.baseline:  # what the learned correction adds to: the baseline alone, its energy measured in AMOEBA
@@ -96,6 +105,8 @@ def main() -> None:
     parser.add_argument("--cutoff", type=float, default=0.6, help="nm")
     parser.add_argument("--reference-step", type=float, default=1.0, help="fs")
     parser.add_argument("--t3-steps", type=float, nargs="*", default=[8.0, 12.0, 16.0], help="fs")
+    parser.add_argument("--s2-steps", type=float, nargs="*", default=[], help="fs")
+    parser.add_argument("--vv-steps", type=float, nargs="*", default=[], help="fs")
     parser.add_argument("--trajectories", type=int, default=8)
     parser.add_argument("--time", type=float, default=10.0, help="ps per trajectory")
     parser.add_argument("--reference-time", type=float, help="ps per trajectory of the reference row (default "
@@ -103,8 +114,9 @@ def main() -> None:
     parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of every step")
     parser.add_argument("--speed-time", type=float, default=1.0, help="ps of each row's timed run")
     parser.add_argument("--platform", default="CPU")
-    parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's (and T3 on "
-                        "AMOEBA's) own integrator from each start before a second NVE row of it (default: none)")
+    parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's (and each "
+                        "splitting on AMOEBA's) own integrator from each start before a second NVE row of it "
+                        "(default: none)")
     parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
                         "(repeatable), keeping them in the cache")
     parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
@@ -119,12 +131,15 @@ def main() -> None:
                              f"that do not (pure ML, or a learned correction on a cheaper baseline force field).")
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                               sample_interval=args.sample_interval / 1000.0, speed_time=args.speed_time, rdf="O-O")
-    rows, model_rows = candidates(prepared, args.reference_step / 1000.0, [h / 1000.0 for h in args.t3_steps], models)
+    classical_steps = {name: [h / 1000.0 for h in getattr(args, f"{name.lower()}_steps")]
+                       for name in CLASSICAL_SPLITTINGS}
+    rows, model_rows = candidates(prepared, args.reference_step / 1000.0, classical_steps, models)
     own_rows = {}  # by row name: (cache tag, thermostatted integrator) of each row run from its own ensemble
     thermostatted = {name: (model.path.stem, functools.partial(ActionMLIntegrator, model, temperature=TEMPERATURE))
                      for name, model in model_rows.items()}
-    thermostatted.update({row.name: (f"t3-amoeba-{row.step * 1000:g}fs", functools.partial(
-        SplittingIntegrator, "T3", row.step, temperature=TEMPERATURE)) for row in rows if row.name.startswith(T3_ROW)})
+    thermostatted.update({classical_row_name(name, h): (f"{name.lower()}-amoeba-{h * 1000:g}fs", functools.partial(
+        SplittingIntegrator, name, h, temperature=TEMPERATURE))
+        for name, steps in classical_steps.items() for h in steps})
     for name, own in thermostatted.items() if args.thermalise else ():
         own_name = f"{name}, own-ensemble starts ({args.thermalise:g} ps)"
         own_rows[own_name] = own

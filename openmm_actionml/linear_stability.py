@@ -8,6 +8,11 @@ modes decouple and mode ``w`` is stable while ``h w`` stays inside the splitting
 2`` of its 2x2 transfer matrix), advancing its phase by ``theta(h w)`` per step instead of ``h w``: ``theta / h``
 is the frequency the integrator plays. A learned model's heads add their own Hessians, so its step matrix is built
 in full and its eigenphases are compared with the exact ``h w`` in order of frequency.
+
+A stable palindromic step conserves a quadratic form of its own (its modified energy), and a thermostat that keeps
+the on-step velocities at ``kT`` then samples positions from that form: for a mode of frequency ``w`` with
+``h w = x`` the position variance is ``kT / w^2`` times :func:`sampled_variance_ratio` (``1 / (1 - x^2 / 4)`` for
+velocity Verlet), so each mode's mean potential energy is ``kT / 2`` times that ratio.
 """
 from __future__ import annotations
 
@@ -155,3 +160,14 @@ def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.nd
     values = np.linalg.eigvals(step_matrix(splitting, h, kick_hessians))
     phases = np.sort(np.abs(np.angle(values)))[::2] / h
     return phases if np.abs(values).max() < 1.0 + 1e-6 else np.full_like(phases, np.nan)
+
+
+def sampled_variance_ratio(splitting: Splitting, x: float) -> float:
+    """The on-step position variance of a harmonic mode with ``h w = x`` in the step's invariant Gaussian whose
+    velocity variance is ``kT / m``, over the exact ``kT / (m w^2)``; NaN where the step is unstable.
+
+    With ``w = 1`` the step is ``[[A, B], [C, A]]`` (a palindrome's diagonal entries are equal, by reversibility),
+    which conserves ``-C q^2 + B v^2``: positions spread ``B / -C`` times as far as velocities.
+    """
+    (a, b), (c, _) = step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads)
+    return float(b / -c) if abs(2.0 * a) < 2.0 else float("nan")

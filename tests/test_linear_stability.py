@@ -6,7 +6,7 @@ import openmm as mm
 import pytest
 
 from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
-    played_frequencies, projected, stability_interval, step_matrix, vibration_basis
+    played_frequencies, projected, sampled_variance_ratio, stability_interval, step_matrix, vibration_basis
 from openmm_actionml.platforms import create_context
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses
@@ -21,6 +21,26 @@ def test_verlet_stability_interval_and_phase_are_the_textbook_ones():
     played = played_frequencies(SPLITTINGS["VV"], h, [np.diag(omega ** 2)])
     expected = np.arccos(1 - (h * omega[:3]) ** 2 / 2) / h
     assert np.allclose(played[:3], expected, rtol=1e-12) and np.isnan(played[3])
+
+
+def test_verlet_samples_positions_wider_by_the_textbook_factor():
+    """Velocity Verlet conserves v^2 + w^2 (1 - (h w)^2 / 4) q^2, so at on-step velocity variance kT its positions
+    spread 1 / (1 - (h w)^2 / 4) times the exact kT / w^2; unstable steps give NaN."""
+    for x in (0.1, 0.8, 1.14, 1.9):
+        assert sampled_variance_ratio(SPLITTINGS["VV"], x) == pytest.approx(1.0 / (1.0 - x * x / 4.0), rel=1e-12)
+    assert np.isnan(sampled_variance_ratio(SPLITTINGS["VV"], 2.1))
+
+
+def test_every_splitting_keeps_its_sampled_gaussian_and_is_exact_for_short_steps():
+    """The Gaussian with covariance diag(ratio, 1) (w = 1, kT = 1) is invariant under each stable step,
+    M S M^T = S, and the ratio tends to 1 as h w -> 0 at second order at most."""
+    for splitting in SPLITTINGS.values():
+        for x in (0.05, 0.5, 1.5):
+            ratio = sampled_variance_ratio(splitting, x)
+            matrix = step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads)
+            covariance = np.diag([ratio, 1.0])
+            assert np.allclose(matrix @ covariance @ matrix.T, covariance, rtol=1e-12, atol=1e-12)
+        assert abs(sampled_variance_ratio(splitting, 1e-3) - 1.0) < 1e-6
 
 
 def test_every_splitting_step_is_symplectic_and_at_least_as_stable_as_verlet():
