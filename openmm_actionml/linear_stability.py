@@ -137,10 +137,15 @@ def step_matrix(splitting: Splitting, h: float, kick_hessians: list[np.ndarray])
     return matrix
 
 
+def harmonic_step(splitting: Splitting, x: float) -> np.ndarray:
+    """The step [2, 2] of ``splitting`` on the unit harmonic oscillator (``w = 1``, every kick) at ``h w = x``."""
+    return step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads)
+
+
 def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
     """The largest ``x`` with every ``h w`` in ``(0, x)`` stable (``|trace| < 2`` of the harmonic transfer)."""
     for x in np.arange(resolution, 20.0, resolution):
-        if abs(np.trace(step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads))) >= 2.0:
+        if abs(np.trace(harmonic_step(splitting, x))) >= 2.0:
             return float(x - resolution)
     return 20.0
 
@@ -154,8 +159,7 @@ def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.nd
     """
     if all(np.array_equal(k, kick_hessians[0]) for k in kick_hessians):
         omega = np.sqrt(np.clip(np.linalg.eigvalsh(kick_hessians[0]), 0.0, None))
-        unit = [np.ones((1, 1))] * splitting.n_heads
-        traces = np.array([np.trace(step_matrix(splitting, h * w, unit)) for w in omega])
+        traces = np.array([np.trace(harmonic_step(splitting, h * w)) for w in omega])
         return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)) / h, np.nan)
     values = np.linalg.eigvals(step_matrix(splitting, h, kick_hessians))
     phases = np.sort(np.abs(np.angle(values)))[::2] / h
@@ -169,5 +173,5 @@ def sampled_variance_ratio(splitting: Splitting, x: float) -> float:
     With ``w = 1`` the step is ``[[A, B], [C, A]]`` (a palindrome's diagonal entries are equal, by reversibility),
     which conserves ``-C q^2 + B v^2``: positions spread ``B / -C`` times as far as velocities.
     """
-    (a, b), (c, _) = step_matrix(splitting, x, [np.ones((1, 1))] * splitting.n_heads)
+    (a, b), (c, _) = harmonic_step(splitting, x)
     return float(b / -c) if abs(a) < 1.0 else float("nan")  # stable while |trace| = |2 A| < 2
