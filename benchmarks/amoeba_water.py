@@ -18,7 +18,8 @@ equilibrated starts, NVE ensembles of:
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
 are kept in ``--cache-dir``, so that several processes can share the work (``--only``, repeatable, picks the rows
-whose names contain one of its texts) and a last run writes the table from the cache (any run whose rows include the
+whose names contain one of its texts; ``--reverse`` runs them from the last start, so that two processes meet in
+the middle of one row) and a last run writes the table from the cache (any run whose rows include the
 reference writes the table of its rows); the speeds in that table come from
 one dedicated timed run per row (``--speed-time``), in one process. The side-by-side speed against Verlet is
 ``speed_vs_verlet.py``'s.
@@ -28,7 +29,7 @@ Usage::
     python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
         [--time 10] [--reference-time PS] [--sample-interval 48] [--t3-steps 8 12 16] [--s2-steps FS ...]
         [--vv-steps FS ...] [--only TEXT ...]
-        [--thermalise PS] [--cache-dir DIR] [--output-dir DIR]
+        [--thermalise PS] [--reverse] [--cache-dir DIR] [--output-dir DIR]
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ from pathlib import Path
 import torch
 
 from benchmark_log import log
-from openmm_actionml.ensemble import (Candidate, EnsembleOptions, equilibrated_starts, resumable_starts, run_ensemble,
-                                      thermalised_starts)
+from openmm_actionml.ensemble import (Candidate, EnsembleOptions, Starts, equilibrated_starts, resumable_starts,
+                                      run_ensemble, thermalised_starts)
 from openmm_actionml.evaluate import (hmr_candidate, model_candidate, model_system, splitting_candidate,
                                       verlet_candidate)
 from openmm_actionml.examples import build_input
@@ -119,6 +120,9 @@ def main() -> None:
                         "(default: none)")
     parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
                         "(repeatable), keeping them in the cache")
+    parser.add_argument("--reverse", action="store_true", help="run each row's trajectories from the last start to "
+                        "the first, so that this process shares the rows with one running them forwards through "
+                        "--cache-dir (give --only, without the reference row; the forward run writes the table)")
     parser.add_argument("--cache-dir", default="results/amoeba-water/trajectories")
     parser.add_argument("--output-dir", default="results/amoeba-water")
     args = parser.parse_args()
@@ -147,6 +151,9 @@ def main() -> None:
     chosen = [row for row in rows if args.only is None or any(text in row.name for text in args.only)]
     if not chosen:
         raise SystemExit(f"no row's name contains any of {args.only}; the rows are: {', '.join(r.name for r in rows)}")
+    if args.reverse and rows[0] in chosen:
+        raise SystemExit("--reverse is for a second process sharing rows other than the reference (pick them with "
+                         "--only); the forward run reads its trajectories from the cache and writes the table.")
     cache = Path(args.cache_dir)
     log(f"starts: {args.trajectories} at {TEMPERATURE:g} K (kept in {cache})")
     starts = resumable_starts(cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K.npz", lambda: equilibrated_starts(
@@ -165,6 +172,8 @@ def main() -> None:
                 cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K-own-{tag}-{args.thermalise:g}ps.npz",
                 lambda: thermalised_starts(row.system, make_integrator(), starts, args.thermalise, args.platform,
                                            seed=2))
+        if args.reverse:
+            row_starts = Starts(row_starts.positions[::-1], row_starts.velocities[::-1], row_starts.masses)
         log(f"{row.name}: {args.trajectories} x {row_options.duration:g} ps")
         results.append(run_ensemble(row, row_starts, TEMPERATURE, row_options, elements, args.platform, log, cache))
     if chosen[0] is not rows[0]:

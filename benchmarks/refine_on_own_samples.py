@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
 import numpy as np
+import openmm as mm
 import openmm.unit as u
 
 from benchmark_log import log
@@ -72,13 +73,14 @@ def errors_text(errors: dict) -> str:
     return ", ".join(f"{name} error {value:.4f}" for name, value in errors.items())
 
 
-def own_samples(model: ActionMLModel, trainer: Trainer, starts: Starts, first: int, args: argparse.Namespace,
-                seed: int) -> np.ndarray:
-    """Positions ``[M, N, 3]`` (nm) of the model's own Langevin ensemble at the data's temperature, from starts
-    ``first, first + 1, ...`` (cyclically)."""
-    integrator = ActionMLIntegrator(model, temperature=trainer.dataset.temperature)
+def own_samples(model: ActionMLModel, kick_system: mm.System, temperature: float, starts: Starts, first: int,
+                args: argparse.Namespace, seed: int) -> np.ndarray:
+    """Positions ``[M, N, 3]`` (nm) of the model's own Langevin ensemble at ``temperature`` (K) on ``kick_system``
+    (the force field its kicks add), ``args.trajectories`` runs from starts ``first, first + 1, ...``
+    (cyclically); the frames of each run are consecutive."""
+    integrator = ActionMLIntegrator(model, temperature=temperature)
     integrator.setRandomNumberSeed(seed)
-    context = create_context(add_learned_force(trainer.kick_system, model), integrator, args.platform)
+    context = create_context(add_learned_force(kick_system, model), integrator, args.platform)
     h = model.metadata.step
     every = int(round(args.sample_interval / 1000.0 / h))
     if every < 1 or abs(every * h - args.sample_interval / 1000.0) > 1e-9:
@@ -150,8 +152,8 @@ def main() -> None:
     current = model
     for round_index in range(args.rounds + 1):
         log(f"round {round_index}: sampling {args.trajectories} x {args.time:g} ps of {current.path.name}")
-        frames = torch.as_tensor(own_samples(current, trainer, starts, round_index * args.trajectories, args,
-                                             seed=100 + round_index))
+        frames = torch.as_tensor(own_samples(current, trainer.kick_system, data.temperature, starts,
+                                             round_index * args.trajectories, args, seed=100 + round_index))
         energies, forces = trainer.potential.energy_and_forces(frames)
         per_run = energies.reshape(args.trajectories, -1).mean(1).numpy()
         log(f"round {round_index}: {len(frames)} own frames, V's excess over the reference data "

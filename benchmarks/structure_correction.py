@@ -1,0 +1,211 @@
+"""Correct a surrogate's liquid structure with pair potentials fitted by iterative Boltzmann inversion.
+
+A baseline or pure-ML model samples its kick potential W's ensemble, and on AMOEBA water every surrogate tried so
+far samples a less structured liquid than AMOEBA's (docs/frontier.md, goal 3). This experiment adds a smooth pair
+term U(r) for each element pair of ``--pairs`` (default O-O; intramolecular constrained pairs left out) to every
+head of the model (:mod:`openmm_actionml.pair_correction`) and fits them in rounds:
+
+1. sample the current model's own Langevin ensemble (its integrator with a thermostat, 1/ps) from ``--starts``:
+   ``--trajectories`` runs of ``--time`` ps after ``--burn-in`` ps, a frame every ``--sample-interval`` fs, on
+   ``--jobs`` processes;
+2. measure g(r) of every element pair (O-O, O-H, H-H) on those frames, against the force field's own g(r)
+   from ``--target-data`` (datasets of its NVE segments, e.g. the training data; not the reference ensemble the
+   model is judged against);
+3. update each U by ``--damping`` kT ln(g_model / g_target) where both exceed 0.05, and refit its Gaussians
+   (``--spacing`` apart, from just inside the target's first populated radius to ``--cutoff``; ridge ``--ridge``)
+   with weights g_target r^2.
+
+Each round's model is ``OUT-i1.pt``, ...; ``OUT.md`` tables the deviation of each pair's g(r) from the target (RMS
+over bins, with its statistical floor) per round, and ``OUT.png`` plots each fitted pair's g(r) less the target's,
+and U. The pairs not fitted test whether the terms move the liquid's structure or only the fitted curves. Judge the
+models with ``amoeba_water.py --thermalise``, as every surrogate.
+
+Usage::
+
+    python benchmarks/structure_correction.py MODEL --target-data D1.npz [D2.npz ...] --starts STARTS.npz
+        [--pairs O-O [O-H]] [--rounds 4] [--trajectories 16] [--time 10] [--burn-in 2] [--sample-interval 48]
+        [--jobs 2] [--damping 0.7] [--spacing 0.03] [--cutoff 0.6] [--ridge 1e-3] [--platform CPU]
+        --output OUT.pt
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from pathlib import Path
+
+import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
+import numpy as np
+import openmm as mm
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmark_log import log  # noqa: E402
+from refine_on_own_samples import own_samples  # noqa: E402
+from openmm_actionml.atomic import atomic_path  # noqa: E402
+from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
+from openmm_actionml.diagnostics import RadialDistribution  # noqa: E402
+from openmm_actionml.ensemble import read_starts  # noqa: E402
+from openmm_actionml.modelfile import load_model  # noqa: E402
+from openmm_actionml.pair_correction import (PairPotential, element_pairs, fit_coefficients,  # noqa: E402
+                                             inversion_target, with_pair_correction)
+from openmm_actionml.report import curve_deviation  # noqa: E402
+from openmm_actionml.training import baseline_system  # noqa: E402
+from openmm_actionml.units import BOLTZMANN  # noqa: E402
+
+#: Every frame-th frame of the target data's segments enters its g(r).
+TARGET_STRIDE = 10
+#: g below this is too sparse to invert.
+TRUSTED_G = 0.05
+#: nm within which pairs are bonded within a molecule (rigid water's O-H 0.1 nm, H-H 0.15 nm): never fitted.
+INTRAMOLECULAR_RANGE = 0.16
+
+
+def sample_share(model_path: str, kick_xml: str, temperature: float, starts_path: str, first: int,
+                 args: argparse.Namespace, seed: int) -> np.ndarray:
+    """:func:`own_samples` in a worker process: ``[runs, frames, N, 3]`` positions (nm)."""
+    torch.set_num_threads(1)
+    starts = read_starts(starts_path, "give a starts file written by amoeba_water.py.")
+    frames = own_samples(load_model(model_path), mm.XmlSerializer.deserialize(kick_xml), temperature, starts, first,
+                         args, seed)
+    return frames.reshape(args.trajectories, -1, *frames.shape[1:])
+
+
+def sample(model_path: Path, kick_xml: str, temperature: float, args: argparse.Namespace, round_index: int
+           ) -> np.ndarray:
+    """The round's own frames, ``[trajectories, frames, N, 3]``, from ``args.jobs`` processes."""
+    shares = np.array_split(np.arange(args.trajectories), args.jobs)
+    tasks = [(str(model_path), kick_xml, temperature, args.starts, int(share[0]) + round_index * args.trajectories,
+              argparse.Namespace(**{**vars(args), "trajectories": len(share)}), 1000 * round_index + k)
+             for k, share in enumerate(shares) if len(share)]
+    with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:
+        return np.concatenate(pool.starmap(sample_share, tasks))
+
+
+def radial_curves(rdf: RadialDistribution, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """g(r) averaged over ``runs [R, M, N, 3]`` and its standard error over the runs."""
+    curves = np.array([rdf.normalise(sum(rdf.counts(frame) for frame in run), len(run)) for run in runs])
+    return curves.mean(0), curves.std(0, ddof=1) / np.sqrt(len(curves))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--target-data", nargs="+", required=True, help="datasets of the force field's own ensemble")
+    parser.add_argument("--starts", required=True, help="starts file of the sampling runs")
+    parser.add_argument("--pairs", nargs="+", default=["O-O"], help="element pairs to correct")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--trajectories", type=int, default=16, help="sampling runs per round")
+    parser.add_argument("--time", type=float, default=10.0, help="ps sampled per run")
+    parser.add_argument("--burn-in", type=float, default=2.0, help="ps of each run before sampling")
+    parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of the model's step")
+    parser.add_argument("--jobs", type=int, default=2, help="sampling processes (one thread each)")
+    parser.add_argument("--damping", type=float, default=0.7, help="fraction of kT ln(g / g_target) applied")
+    parser.add_argument("--spacing", type=float, default=0.03, help="nm between U's Gaussians (and their width)")
+    parser.add_argument("--cutoff", type=float, default=0.6, help="U's cutoff, nm")
+    parser.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty of the fit, per kJ/mol squared")
+    parser.add_argument("--platform", default="CPU")
+    parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-i1.pt, ...")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    data = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.target_data])
+    system = data.system()
+    kick_system = baseline_system(data, system, model.metadata.baseline) if model.metadata.baseline else system
+    model.validate(kick_system)
+    kick_xml = mm.XmlSerializer.serialize(kick_system)
+    kT = BOLTZMANN * data.temperature
+    elements = list(model.metadata.elements)
+    labels = list(args.pairs) + [p for p in ("O-O", "O-H", "H-H")
+                                 if p not in args.pairs and set(p.split("-")) <= set(elements)]
+    rdfs = {label: RadialDistribution.of_elements(label, elements, data.box) for label in labels}
+    targets = {label: radial_curves(rdf, data.positions[:, ::TARGET_STRIDE]) for label, rdf in rdfs.items()}
+    bonded = [c[:2] for c in model.metadata.constraints]
+    corrections = {}
+    for pair in args.pairs:
+        radii, g_target = rdfs[pair].radii, targets[pair][0]
+        intermolecular = radii > INTRAMOLECULAR_RANGE
+        first = radii[intermolecular][np.argmax(g_target[intermolecular] > TRUSTED_G)]
+        centres = np.arange(first - args.spacing, args.cutoff + 1e-9, args.spacing)
+        corrections[pair] = PairPotential(element_pairs(elements, pair, bonded), centres, args.spacing,
+                                          np.zeros(len(centres)), args.cutoff, torch.float64)
+    dtype = next(model.network.parameters()).dtype
+    stem = Path(args.output).with_suffix("")
+    rows, curves, potentials = [], [], []
+    current = model.path
+    for round_index in range(args.rounds + 1):
+        log(f"round {round_index}: sampling {args.trajectories} x {args.time:g} ps of {current.name}")
+        runs = sample(current, kick_xml, data.temperature, args, round_index)
+        measured = {label: radial_curves(rdf, runs) for label, rdf in rdfs.items()}
+        rows.append({label: curve_deviation(*measured[label], *targets[label]) for label in labels})
+        curves.append({pair: measured[pair][0] for pair in args.pairs})
+        log(f"round {round_index}: {runs.shape[0] * runs.shape[1]} frames; deviation from the target (floor) "
+            + ", ".join(f"g({label}) {d:.4f} ({f:.4f})" for label, (d, f) in rows[-1].items()))
+        if round_index == args.rounds:
+            break
+        recipe = {"command": " ".join(sys.argv), "from": model.path.name, "round": round_index + 1, "terms": {}}
+        for pair, correction in corrections.items():
+            radii, g_target = rdfs[pair].radii, targets[pair][0]
+            with torch.no_grad():
+                now = correction.pair_energy(torch.as_tensor(radii)).numpy()
+            target, trusted = inversion_target(radii, now, measured[pair][0], g_target, kT, args.damping,
+                                               TRUSTED_G)
+            trusted &= radii > INTRAMOLECULAR_RANGE
+            centres = correction.centres.numpy()
+            coefficients = fit_coefficients(radii, target, np.where(trusted, g_target * radii ** 2, 0.0), centres,
+                                            args.spacing, args.cutoff, args.ridge)
+            correction.coefficients.copy_(torch.as_tensor(coefficients))
+            recipe["terms"][pair] = {"centres": centres.tolist(), "width": args.spacing, "cutoff": args.cutoff,
+                                     "coefficients": coefficients.tolist()}
+            log(f"round {round_index}: U({pair}) from {now[trusted].min():+.3f}..{now[trusted].max():+.3f} to "
+                f"{correction.pair_energy(torch.as_tensor(radii))[trusted].min():+.3f}.."
+                f"{correction.pair_energy(torch.as_tensor(radii))[trusted].max():+.3f} kJ/mol over the trusted radii")
+        with torch.no_grad():
+            potentials.append({pair: c.pair_energy(torch.as_tensor(rdfs[pair].radii)).numpy()
+                               for pair, c in corrections.items()})
+        written = [PairPotential(np.stack([c.first.numpy(), c.second.numpy()], 1), c.centres.numpy(), c.width,
+                                 c.coefficients.numpy(), c.cutoff, dtype) for c in corrections.values()]
+        current = with_pair_correction(model, written, f"{stem}-i{round_index + 1}.pt", recipe, box=data.box,
+                                       overwrite=True)
+        log(f"round {round_index}: wrote {current.name}")
+    write_report(stem, args, rows, rdfs, targets, curves, potentials)
+
+
+def write_report(stem: Path, args: argparse.Namespace, rows: list[dict], rdfs: dict, targets: dict,
+                 curves: list[dict], potentials: list[dict]) -> None:
+    """``stem.md`` (deviations per round) and ``stem.png`` (each fitted pair's g(r) less the target's, and U, per
+    round)."""
+    labels = list(rows[0])
+    lines = [f"Structure correction of {Path(args.model).name} ({', '.join(args.pairs)}); deviation of each g(r) "
+             f"from the target data's, RMS over bins (statistical floor)", "",
+             "| round | " + " | ".join(f"g({label})" for label in labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for index, row in enumerate(rows):
+        lines.append(f"| {index} | " + " | ".join(f"{d:.4f} ({f:.4f})" for d, f in row.values()) + " |")
+    with atomic_path(stem.with_suffix(".md"), overwrite=True) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    figure, axes = plt.subplots(2, len(args.pairs), figsize=(6 * len(args.pairs), 7), sharex="col", squeeze=False)
+    for column, pair in enumerate(args.pairs):
+        top, bottom = axes[0, column], axes[1, column]
+        radii = rdfs[pair].radii
+        g_target, g_error = targets[pair]
+        top.fill_between(radii, -g_error, g_error, color="grey", alpha=0.4, label="target's standard error")
+        for index, curve in enumerate(curves):
+            top.plot(radii, curve[pair] - g_target, lw=1, label=f"round {index}")
+        for index, potential in enumerate(potentials):
+            bottom.plot(radii, potential[pair], lw=1, label=f"U after round {index}")
+        top.set_ylabel(f"g({pair}) - target")
+        top.legend(fontsize=8)
+        bottom.set_ylabel(f"U({pair}) (kJ/mol)")
+        bottom.set_xlabel("r (nm)")
+        bottom.legend(fontsize=8)
+        top.set_xlim(INTRAMOLECULAR_RANGE, radii[-1])
+    with atomic_path(stem.with_suffix(".png"), overwrite=True) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()

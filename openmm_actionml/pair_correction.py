@@ -1,0 +1,152 @@
+"""A smooth pair potential added to every head of a model's kick potential, and its fit by Boltzmann inversion.
+
+A surrogate's kick potential W samples its own ensemble under a thermostat, and a force error of a few per cent
+can shift that ensemble's structure (a less structured liquid) while the one-step error stays small. A pair term
+``U(r) = f(r / cutoff) sum_k a_k exp(-((r - c_k) / width)^2)`` over the pairs of two elements (e.g. O-O, or O-H
+between molecules), with the network's cutoff switch f, moves the pair structure directly: iterative Boltzmann
+inversion updates U by ``kT ln(g_W(r) / g_V(r))`` until the model's g(r) is the force field's. U is added to every
+head, so the step's kick potential gains U itself (the kick coefficients sum to one) and the map stays symplectic
+and reversible; it is part of the TorchScript model, so it runs wherever the model runs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .modelfile import ActionMLModel, export_model
+from .network import check_cutoff_fits, cutoff_switch, minimum_image
+
+
+class PairPotential(torch.nn.Module):
+    """``U = sum over pairs of u(r)``: ``forward(positions[B, N, 3] nm, box[B, 3, 3] or None) -> [B]`` kJ/mol.
+
+    Parameters
+    ----------
+    pairs
+        ``[P, 2]`` particle indices, each pair once.
+    centres, width
+        Gaussian centres and their common width, nm.
+    coefficients
+        ``a_k`` in kJ/mol, one per centre.
+    cutoff
+        nm; u and its first two derivatives vanish there (the network's C^2 switch).
+    """
+
+    def __init__(self, pairs: np.ndarray, centres: np.ndarray, width: float, coefficients: np.ndarray,
+                 cutoff: float, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if len(np.asarray(centres)) != len(np.asarray(coefficients)):
+            raise InputError(f"a pair potential needs one coefficient per centre, got {len(coefficients)} for "
+                             f"{len(centres)}.")
+        self.register_buffer("first", torch.as_tensor(pairs[:, 0]))
+        self.register_buffer("second", torch.as_tensor(pairs[:, 1]))
+        self.register_buffer("centres", torch.as_tensor(np.asarray(centres), dtype=dtype))
+        self.register_buffer("coefficients", torch.as_tensor(np.asarray(coefficients), dtype=dtype))
+        self.width = float(width)
+        self.cutoff = float(cutoff)
+
+    def basis(self, r: Tensor) -> Tensor:
+        """The switched Gaussians at distances ``r`` (any shape): ``[..., centres]``."""
+        x = (r / self.cutoff).clamp(max=1.0)
+        gaussians = torch.exp(-(((r.unsqueeze(-1) - self.centres) / self.width) ** 2))
+        return cutoff_switch(x, False).unsqueeze(-1) * gaussians
+
+    def pair_energy(self, r: Tensor) -> Tensor:
+        """u(r) at distances ``r`` (any shape), kJ/mol; zero beyond the cutoff."""
+        return torch.matmul(self.basis(r), self.coefficients)
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        d = positions[:, self.second] - positions[:, self.first]
+        if box is not None:
+            d = minimum_image(d, box.to(d.dtype).unsqueeze(1))[0]
+        return self.pair_energy(torch.sqrt((d * d).sum(-1))).sum(1)
+
+
+class PairCorrectedNetwork(torch.nn.Module):
+    """A model's network with :class:`PairPotential` terms added to every head: ``forward(q, box) -> [B, heads]``."""
+
+    def __init__(self, network: torch.nn.Module, corrections: Sequence[PairPotential]) -> None:
+        super().__init__()
+        self.network = network
+        self.corrections = torch.nn.ModuleList(corrections)
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        energy = self.network(positions, box)
+        for correction in self.corrections:
+            energy = energy + correction(positions, box).unsqueeze(-1)
+        return energy
+
+
+def element_pairs(elements: Sequence[str], pair: str, excluded: Sequence[Sequence[int]] = ()) -> np.ndarray:
+    """``[P, 2]`` index pairs between the atoms of the two elements of ``pair`` (``"O-O"``, ``"O-H"``), each pair
+    once, leaving out ``excluded`` pairs (e.g. the constrained bonds within a molecule).
+
+    Raises
+    ------
+    InputError
+        If ``pair`` is malformed or names an element the system lacks.
+    """
+    symbols = pair.split("-")
+    elements = np.asarray(elements)
+    if len(symbols) != 2 or not all(symbols):
+        raise InputError(f"a pair is named by two elements joined by '-', such as O-O; got {pair!r}.")
+    for symbol in symbols:
+        if not np.any(elements == symbol):
+            raise InputError(f"pair {pair}: the system has no {symbol} atom (its elements are "
+                             f"{', '.join(sorted(set(elements.tolist())))}).")
+    first, second = (np.flatnonzero(elements == symbol) for symbol in symbols)
+    skip = {(min(int(i), int(j)), max(int(i), int(j))) for i, j in excluded}
+    found = sorted({(min(i, j), max(i, j)) for i in first.tolist() for j in second.tolist() if i != j} - skip)
+    return np.array(found, dtype=np.int64).reshape(-1, 2)
+
+
+def fit_coefficients(radii: np.ndarray, target: np.ndarray, weights: np.ndarray, centres: np.ndarray, width: float,
+                     cutoff: float, ridge: float) -> np.ndarray:
+    """Least-squares coefficients of u on ``target(radii)`` (kJ/mol), with per-radius ``weights`` and a ridge
+    penalty ``ridge * sum_k a_k^2``."""
+    shape = PairPotential(np.zeros((0, 2)), centres, width, np.zeros(len(centres)), cutoff, torch.float64)
+    with torch.no_grad():
+        design = shape.basis(torch.as_tensor(np.asarray(radii), dtype=torch.float64)).numpy()
+    root = np.sqrt(np.asarray(weights, dtype=float))
+    lhs = np.vstack([design * root[:, None], np.sqrt(ridge) * np.eye(len(centres))])
+    rhs = np.concatenate([np.asarray(target, dtype=float) * root, np.zeros(len(centres))])
+    return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+
+
+def inversion_target(radii: np.ndarray, current: np.ndarray, g_model: np.ndarray, g_target: np.ndarray, kT: float,
+                     damping: float, floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """One damped Boltzmann-inversion update, ``u + damping kT ln(g_model / g_target)``, and the radii it is
+    trusted at (both g above ``floor``); elsewhere the current u is kept."""
+    trusted = (np.asarray(g_model) > floor) & (np.asarray(g_target) > floor)
+    update = np.zeros_like(np.asarray(current, dtype=float))
+    update[trusted] = damping * kT * np.log(g_model[trusted] / g_target[trusted])
+    return current + update, trusted
+
+
+def with_pair_correction(model: ActionMLModel, corrections: Sequence[PairPotential], path: str | Path, recipe: dict,
+                         box: Optional[np.ndarray] = None, overwrite: bool = False) -> Path:
+    """Write ``model`` with ``corrections`` added to every head, its recipe extended by ``recipe`` under
+    ``"pair_correction"``.
+
+    Raises
+    ------
+    InputError
+        If a correction's cutoff does not fit the periodic ``box`` (minimum image) or the model is not scheme A.
+    """
+    meta = model.metadata
+    if meta.scheme != "A":
+        raise InputError(f"{model.path.name} is a scheme-B model; a pair correction is added to scheme-A kicks.")
+    if meta.periodic:
+        if box is None:
+            raise InputError("a periodic model's pair correction needs the box to check its cutoff against.")
+        for correction in corrections:
+            check_cutoff_fits(correction.cutoff, box)
+    metadata = replace(meta, recipe=dict(meta.recipe, pair_correction=recipe))
+    return export_model(PairCorrectedNetwork(model.network, corrections), metadata, path, overwrite=overwrite)

@@ -1,0 +1,171 @@
+"""The pair-potential correction of a model's kick potential: its energy over minimum-image pairs, its smooth cutoff,
+the Boltzmann-inversion fit, and its agreement between torch and OpenMM once written into a model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import openmm as mm
+import openmm.unit as u
+from conftest import platform_params
+from openmm_actionml.errors import InputError
+from openmm_actionml.examples import build_example
+from openmm_actionml.modelfile import NODE_PARAMETER, ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, ModelMetadata, \
+    export_model, load_model
+from openmm_actionml.pair_correction import (PairPotential, element_pairs, fit_coefficients, inversion_target,
+                                             with_pair_correction)
+from openmm_actionml.splitting import get_splitting
+from openmm_actionml.systems import particle_masses
+from openmm_actionml.units import BOLTZMANN
+from toy_systems import ToyNetwork
+
+CENTRES = np.linspace(0.24, 0.45, 8)
+WIDTH = float(CENTRES[1] - CENTRES[0])
+CUTOFF = 0.45
+
+
+def reference_pair_energy(r: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """u(r) written out in numpy: the C^2 switch times the Gaussians, zero beyond the cutoff."""
+    x = np.minimum(r / CUTOFF, 1.0)
+    switch = (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
+    return switch * (np.exp(-(((r[..., None] - CENTRES) / WIDTH) ** 2)) @ coefficients)
+
+
+def test_energy_is_the_sum_of_u_over_the_minimum_image_pairs():
+    rng = np.random.default_rng(0)
+    box = np.diag([1.0, 1.1, 1.2])
+    q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
+    pairs = np.array([(i, j) for i in range(12) for j in range(i + 1, 12) if (i + j) % 3])
+    coefficients = rng.normal(size=len(CENTRES))
+    potential = PairPotential(pairs, CENTRES, WIDTH, coefficients, CUTOFF, torch.float64)
+    boxes = torch.as_tensor(box).expand(2, 3, 3)
+    energy = potential(torch.as_tensor(q), boxes).numpy()
+    d = q[:, pairs[:, 1]] - q[:, pairs[:, 0]]
+    d -= np.diag(box) * np.round(d / np.diag(box))
+    expected = reference_pair_energy(np.linalg.norm(d, axis=-1), coefficients).sum(1)
+    assert energy == pytest.approx(expected, rel=1e-12)
+    moved = q.copy()
+    moved[:, 3] += box[1] - 2.0 * box[2]  # a lattice vector: the same periodic configuration
+    assert potential(torch.as_tensor(moved), boxes).numpy() == pytest.approx(energy, rel=1e-12)
+
+
+def test_u_and_its_first_two_derivatives_vanish_at_the_cutoff():
+    potential = PairPotential(np.zeros((0, 2)), CENTRES, WIDTH, np.ones(len(CENTRES)), CUTOFF, torch.float64)
+    for r0 in (CUTOFF, 1.2 * CUTOFF):
+        r = torch.tensor(r0, dtype=torch.float64, requires_grad=True)
+        u0 = potential.pair_energy(r)
+        (first,) = torch.autograd.grad(u0, r, create_graph=True)
+        (second,) = torch.autograd.grad(first, r)
+        assert (float(u0.detach()), float(first.detach()), float(second)) == (0.0, 0.0, 0.0)
+    inside = torch.tensor(0.3, dtype=torch.float64)
+    assert float(potential.pair_energy(inside)) == pytest.approx(reference_pair_energy(np.array(0.3),
+                                                                                      np.ones(len(CENTRES))))
+
+
+def test_fit_recovers_a_potential_in_its_span_and_the_ridge_shrinks_it():
+    rng = np.random.default_rng(1)
+    coefficients = rng.normal(size=len(CENTRES))
+    radii = np.linspace(0.2, CUTOFF, 200)
+    target = reference_pair_energy(radii, coefficients)
+    fitted = fit_coefficients(radii, target, np.ones_like(radii), CENTRES, WIDTH, CUTOFF, ridge=0.0)
+    assert fitted == pytest.approx(coefficients, rel=1e-6, abs=1e-6)
+    shrunk = fit_coefficients(radii, target, np.ones_like(radii), CENTRES, WIDTH, CUTOFF, ridge=10.0)
+    assert np.linalg.norm(shrunk) < np.linalg.norm(fitted)
+    ignored = fit_coefficients(radii, target + np.where(radii > 0.4, 50.0, 0.0), np.where(radii > 0.4, 0.0, 1.0),
+                               CENTRES, WIDTH, CUTOFF, ridge=0.0)  # zero weight: the shifted radii do not count
+    assert reference_pair_energy(radii[radii < 0.4], ignored) == pytest.approx(target[radii < 0.4], abs=1e-6)
+
+
+def test_inversion_raises_u_where_the_model_has_too_many_pairs_and_trusts_only_populated_radii():
+    kT = BOLTZMANN * 300.0
+    g_target = np.array([0.0, 0.5, 1.0, 2.0, 1.0])
+    g_model = np.array([0.01, 1.0, 1.0, 1.0, 1.0])
+    current = np.array([5.0, 1.0, 2.0, 3.0, 4.0])
+    target, trusted = inversion_target(np.arange(5.0), current, g_model, g_target, kT, damping=0.5)
+    assert trusted.tolist() == [False, True, True, True, True]
+    assert target == pytest.approx(current + 0.5 * kT * np.array([0.0, np.log(2.0), 0.0, -np.log(2.0), 0.0]))
+    same, _ = inversion_target(np.arange(5.0), current, g_target, g_target, kT, damping=1.0)
+    assert same == pytest.approx(current)
+
+
+def test_element_pairs_counts_each_pair_once_and_leaves_out_exclusions():
+    elements = ["O", "H", "H"] * 4
+    bonds = [(3 * k, 3 * k + m) for k in range(4) for m in (1, 2)]
+    assert len(element_pairs(elements, "O-O")) == 6
+    between = element_pairs(elements, "O-H", bonds)
+    assert len(between) == 4 * 8 - 8 and not {tuple(p) for p in between} & set(bonds)
+    assert np.all(between[:, 0] < between[:, 1])
+    with pytest.raises(InputError, match="two elements joined"):
+        element_pairs(elements, "O")
+    with pytest.raises(InputError, match="no N atom"):
+        element_pairs(elements, "N-O")
+
+
+@pytest.fixture(scope="module")
+def water():
+    return build_example("water-box", n_waters=32, nonbonded_cutoff=0.4)
+
+
+def periodic_toy_model(path, water, scheme="A"):
+    elements = [atom.element.symbol for atom in water.topology.atoms()]
+    metadata = ModelMetadata(scheme=scheme, step=0.004, splitting=get_splitting("T3").to_dict(), anchored=True,
+                             elements=elements, masses=particle_masses(water.system).tolist(), constraints=[],
+                             periodic=True, network={"kind": "toy"}, temperature=300.0, system_name="water")
+    export_model(ToyNetwork(len(elements)), metadata, path)
+    return load_model(path)
+
+
+@pytest.mark.parametrize("platform", platform_params())
+def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platform):
+    """The written model's TorchForce, on each platform, gives every head's energy and forces plus both U's, as torch
+    does (float64 model; OpenMM's single-precision platforms pass float32 positions)."""
+    model = periodic_toy_model(tmp_path / "toy.pt", water)
+    box = water.system.getDefaultPeriodicBoxVectors()
+    box = np.array([v.value_in_unit(u.nanometer) for v in box])
+    rng = np.random.default_rng(2)
+    corrections = [PairPotential(element_pairs(model.metadata.elements, pair), centres, WIDTH,
+                                 rng.normal(scale=3.0, size=len(CENTRES)), CUTOFF, torch.float64)
+                   for pair, centres in (("O-O", CENTRES), ("O-H", CENTRES - 0.08))]
+    path = with_pair_correction(model, corrections, tmp_path / "corrected.pt", {"pair": "O-O"}, box=box)
+    corrected = load_model(path)
+    assert corrected.metadata.recipe["pair_correction"] == {"pair": "O-O"}
+    system = mm.System()
+    for mass in corrected.metadata.masses:
+        system.addParticle(mass)
+    system.setDefaultPeriodicBoxVectors(*water.system.getDefaultPeriodicBoxVectors())
+    system.addForce(corrected.create_force())
+    context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(platform))
+    context.setPositions(water.positions)
+    context.setParameter(ACTIVE_PARAMETER, 1.0)
+    q = torch.as_tensor(np.array(water.positions.value_in_unit(u.nanometer)))[None].requires_grad_(True)
+    boxes = torch.as_tensor(box)[None]
+    added = sum(correction(q, boxes) for correction in corrections)
+    heads = model.network(q, boxes) + added[:, None]
+    tolerance = 1e-9 if platform == "Reference" else 1e-5
+    for head in range(heads.shape[1]):
+        context.setParameter(NODE_PARAMETER, float(head))
+        state = context.getState(getEnergy=True, getForces=True, groups={LEARNED_FORCE_GROUP})
+        (gradient,) = torch.autograd.grad(heads[0, head], q, retain_graph=True)
+        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        forces = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+        assert energy == pytest.approx(float(heads[0, head].detach()), rel=tolerance)
+        scale = float(gradient.abs().max())
+        assert np.abs(forces + gradient[0].numpy()).max() < 10 * tolerance * scale
+    assert all(float(correction(q, boxes).detach()) != 0.0 for correction in corrections)  # both were there to be seen
+
+
+def test_a_correction_that_does_not_fit_the_box_or_a_scheme_b_model_is_refused(tmp_path, water):
+    model = periodic_toy_model(tmp_path / "toy.pt", water)
+    box = np.array([v.value_in_unit(u.nanometer) for v in water.system.getDefaultPeriodicBoxVectors()])
+    pairs = element_pairs(model.metadata.elements, "O-O")
+    fits = PairPotential(pairs, CENTRES, WIDTH, np.ones(len(CENTRES)), CUTOFF, torch.float64)
+    too_long = PairPotential(pairs, CENTRES, WIDTH, np.ones(len(CENTRES)), 0.6 * box[0, 0], torch.float64)
+    with pytest.raises(InputError, match="cutoff"):
+        with_pair_correction(model, [fits, too_long], tmp_path / "c.pt", {}, box=box)
+    with pytest.raises(InputError, match="needs the box"):
+        with_pair_correction(model, [fits], tmp_path / "c.pt", {})
+    scheme_b = periodic_toy_model(tmp_path / "b.pt", water, scheme="B")
+    with pytest.raises(InputError, match="scheme-B"):
+        with_pair_correction(scheme_b, [fits], tmp_path / "c.pt", {}, box=box)
+    assert not (tmp_path / "c.pt").exists()
