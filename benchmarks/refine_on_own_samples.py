@@ -73,6 +73,17 @@ def errors_text(errors: dict) -> str:
     return ", ".join(f"{name} error {value:.4f}" for name, value in errors.items())
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser, trajectories: int, sample_interval: float) -> None:
+    """The options :func:`own_samples` reads (``--trajectories``, ``--time``, ``--burn-in``, ``--sample-interval``,
+    ``--platform``), with these defaults for the first and the fourth."""
+    parser.add_argument("--trajectories", type=int, default=trajectories, help="sampling runs per round")
+    parser.add_argument("--time", type=float, default=10.0, help="ps sampled per run")
+    parser.add_argument("--burn-in", type=float, default=2.0, help="ps of each run before sampling")
+    parser.add_argument("--sample-interval", type=float, default=sample_interval,
+                        help="fs, a multiple of the model's step")
+    parser.add_argument("--platform", default="CPU")
+
+
 def own_samples(model: ActionMLModel, kick_system: mm.System, temperature: float, starts: Starts, first: int,
                 args: argparse.Namespace, seed: int) -> np.ndarray:
     """Positions ``[M, N, 3]`` (nm) of the model's own Langevin ensemble at ``temperature`` (K) on ``kick_system``
@@ -111,12 +122,8 @@ def main() -> None:
     parser.add_argument("--own-force-matching", type=float, default=1.0)
     parser.add_argument("--energy-matching", type=float, default=0.0)
     parser.add_argument("--relative-entropy", type=float, default=0.0)
-    parser.add_argument("--trajectories", type=int, default=4, help="sampling runs per round")
-    parser.add_argument("--time", type=float, default=10.0, help="ps sampled per run")
-    parser.add_argument("--burn-in", type=float, default=2.0, help="ps of each run before sampling")
-    parser.add_argument("--sample-interval", type=float, default=240.0, help="fs, a multiple of the model's step")
+    add_sampling_arguments(parser, trajectories=4, sample_interval=240.0)
     parser.add_argument("--batch-size", type=int, default=8, help="frames per batch of each term")
-    parser.add_argument("--platform", default="CPU")
     parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-r1.pt, ...")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmark_log import log  # noqa: E402
-from refine_on_own_samples import own_samples  # noqa: E402
+from refine_on_own_samples import add_sampling_arguments, own_samples  # noqa: E402
 from openmm_actionml.atomic import atomic_path  # noqa: E402
 from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution  # noqa: E402
@@ -97,16 +97,12 @@ def main() -> None:
     parser.add_argument("--starts", required=True, help="starts file of the sampling runs")
     parser.add_argument("--pairs", nargs="+", default=["O-O"], help="element pairs to correct")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--trajectories", type=int, default=16, help="sampling runs per round")
-    parser.add_argument("--time", type=float, default=10.0, help="ps sampled per run")
-    parser.add_argument("--burn-in", type=float, default=2.0, help="ps of each run before sampling")
-    parser.add_argument("--sample-interval", type=float, default=48.0, help="fs, a multiple of the model's step")
+    add_sampling_arguments(parser, trajectories=16, sample_interval=48.0)
     parser.add_argument("--jobs", type=int, default=2, help="sampling processes (one thread each)")
     parser.add_argument("--damping", type=float, default=0.7, help="fraction of kT ln(g / g_target) applied")
     parser.add_argument("--spacing", type=float, default=0.03, help="nm between U's Gaussians (and their width)")
     parser.add_argument("--cutoff", type=float, default=0.6, help="U's cutoff, nm")
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty of the fit, per kJ/mol squared")
-    parser.add_argument("--platform", default="CPU")
     parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-i1.pt, ...")
     args = parser.parse_args()
     torch.set_num_threads(1)
