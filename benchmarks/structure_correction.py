@@ -11,9 +11,9 @@ head of the model (:mod:`openmm_actionml.pair_correction`) and fits them in roun
 2. measure g(r) of every element pair (O-O, O-H, H-H) on those frames, against the force field's own g(r)
    from ``--target-data`` (datasets of its NVE segments, e.g. the training data; not the reference ensemble the
    model is judged against);
-3. update each U by ``--damping`` kT ln(g_model / g_target) where both exceed 0.05, and refit its Gaussians
-   (``--spacing`` apart, from just inside the target's first populated radius to ``--cutoff``; ridge ``--ridge``)
-   with weights g_target r^2.
+3. update each U by ``--damping`` kT ln(g_model / g_target) where both exceed 0.05, and refit its cubic spline
+   (knots ``--spacing`` apart, from two knots inside the target's first populated radius to ``--cutoff``; ridge
+   ``--ridge``) with weights g_target r^2.
 
 Each round's model is ``OUT-i1.pt``, ...; ``OUT.md`` tables the deviation of each pair's g(r) from the target (RMS
 over bins, with its statistical floor) per round, and ``OUT.png`` plots each fitted pair's g(r) less the target's,
@@ -100,7 +100,7 @@ def main() -> None:
     add_sampling_arguments(parser, trajectories=16, sample_interval=48.0)
     parser.add_argument("--jobs", type=int, default=2, help="sampling processes (one thread each)")
     parser.add_argument("--damping", type=float, default=0.7, help="fraction of kT ln(g / g_target) applied")
-    parser.add_argument("--spacing", type=float, default=0.03, help="nm between U's Gaussians (and their width)")
+    parser.add_argument("--spacing", type=float, default=0.03, help="nm between U's spline knots")
     parser.add_argument("--cutoff", type=float, default=0.6, help="U's cutoff, nm")
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty of the fit, per kJ/mol squared")
     parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-i1.pt, ...")
@@ -119,14 +119,23 @@ def main() -> None:
     rdfs = {label: RadialDistribution.of_elements(label, elements, data.box) for label in labels}
     targets = {label: radial_curves(rdf, data.positions[:, ::TARGET_STRIDE]) for label, rdf in rdfs.items()}
     bonded = [c[:2] for c in model.metadata.constraints]
-    corrections = {}
+    terms = {}  # per fitted pair: its particle pairs, spline start and intervals, and free coefficients
     for pair in args.pairs:
         radii, g_target = rdfs[pair].radii, targets[pair][0]
         intermolecular = radii > INTRAMOLECULAR_RANGE
-        first = radii[intermolecular][np.argmax(g_target[intermolecular] > TRUSTED_G)]
-        centres = np.arange(first - args.spacing, args.cutoff + 1e-9, args.spacing)
-        corrections[pair] = PairPotential(element_pairs(elements, pair, bonded), centres, args.spacing,
-                                          np.zeros(len(centres)), args.cutoff, torch.float64)
+        start = radii[intermolecular][np.argmax(g_target[intermolecular] > TRUSTED_G)] - 2 * args.spacing
+        n_intervals = int(round((args.cutoff - start) / args.spacing))
+        terms[pair] = {"pairs": element_pairs(elements, pair, bonded), "start": float(start),
+                       "n_intervals": n_intervals, "coefficients": np.zeros(n_intervals - 3)}
+
+    def potential(pair: str, dtype: torch.dtype = torch.float64) -> PairPotential:
+        term = terms[pair]
+        return PairPotential(term["pairs"], term["start"], args.cutoff, term["coefficients"], dtype)
+
+    def on_radii(pair: str) -> np.ndarray:
+        with torch.no_grad():
+            return potential(pair).pair_energy(torch.as_tensor(rdfs[pair].radii)).numpy()
+
     dtype = next(model.network.parameters()).dtype
     stem = Path(args.output).with_suffix("")
     rows, curves, potentials = [], [], []
@@ -142,29 +151,22 @@ def main() -> None:
         if round_index == args.rounds:
             break
         recipe = {"command": " ".join(sys.argv), "from": model.path.name, "round": round_index + 1, "terms": {}}
-        for pair, correction in corrections.items():
+        for pair, term in terms.items():
             radii, g_target = rdfs[pair].radii, targets[pair][0]
-            with torch.no_grad():
-                now = correction.pair_energy(torch.as_tensor(radii)).numpy()
+            now = on_radii(pair)
             target, trusted = inversion_target(radii, now, measured[pair][0], g_target, kT, args.damping,
                                                TRUSTED_G)
             trusted &= radii > INTRAMOLECULAR_RANGE
-            centres = correction.centres.numpy()
-            coefficients = fit_coefficients(radii, target, np.where(trusted, g_target * radii ** 2, 0.0), centres,
-                                            args.spacing, args.cutoff, args.ridge)
-            correction.coefficients.copy_(torch.as_tensor(coefficients))
-            recipe["terms"][pair] = {"centres": centres.tolist(), "width": args.spacing, "cutoff": args.cutoff,
-                                     "coefficients": coefficients.tolist()}
+            term["coefficients"] = fit_coefficients(radii, target, np.where(trusted, g_target * radii ** 2, 0.0),
+                                                    term["start"], args.cutoff, term["n_intervals"], args.ridge)
+            recipe["terms"][pair] = {"start": term["start"], "cutoff": args.cutoff,
+                                     "coefficients": term["coefficients"].tolist()}
+            after = on_radii(pair)
             log(f"round {round_index}: U({pair}) from {now[trusted].min():+.3f}..{now[trusted].max():+.3f} to "
-                f"{correction.pair_energy(torch.as_tensor(radii))[trusted].min():+.3f}.."
-                f"{correction.pair_energy(torch.as_tensor(radii))[trusted].max():+.3f} kJ/mol over the trusted radii")
-        with torch.no_grad():
-            potentials.append({pair: c.pair_energy(torch.as_tensor(rdfs[pair].radii)).numpy()
-                               for pair, c in corrections.items()})
-        written = [PairPotential(np.stack([c.first.numpy(), c.second.numpy()], 1), c.centres.numpy(), c.width,
-                                 c.coefficients.numpy(), c.cutoff, dtype) for c in corrections.values()]
-        current = with_pair_correction(model, written, f"{stem}-i{round_index + 1}.pt", recipe, box=data.box,
-                                       overwrite=True)
+                f"{after[trusted].min():+.3f}..{after[trusted].max():+.3f} kJ/mol over the trusted radii")
+        potentials.append({pair: on_radii(pair) for pair in terms})
+        current = with_pair_correction(model, [potential(pair, dtype) for pair in terms],
+                                       f"{stem}-i{round_index + 1}.pt", recipe, box=data.box, overwrite=True)
         log(f"round {round_index}: wrote {current.name}")
     write_report(stem, args, rows, rdfs, targets, curves, potentials)
 

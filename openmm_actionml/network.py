@@ -128,14 +128,6 @@ class NetworkConfig:
         return cls(**data)
 
 
-def cutoff_switch(x: Tensor, smooth: bool) -> Tensor:
-    """The cutoff switch at ``x = r / cutoff`` in [0, 1]: the C^2 polynomial ``(1 - x)^3 (1 + 3x + 6x^2)`` or, if
-    ``smooth``, the C-infinity ``exp(1 - 1 / (1 - x^2))`` (see the module docstring)."""
-    if smooth:  # the clamp keeps x = 1 finite, with value and gradient 0
-        return torch.exp(1.0 - 1.0 / (1.0 - x * x).clamp_min(1e-6))
-    return (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
-
-
 def minimum_image(d: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
     """Reduce displacements ``d[..., 3]`` by OpenMM's reduced (triclinic) box ``box[..., 3, 3]`` (rows a, b, c).
 
@@ -320,7 +312,11 @@ class EnergyNetwork(torch.nn.Module):
 
     def _basis(self, r: Tensor, cutoff: float, count: int) -> Tensor:
         """Gaussians from ``radial_min`` to ``cutoff`` times the cutoff switch: ``[P, count]``."""
-        switch = cutoff_switch(r / cutoff, self.smooth_switch)
+        x = r / cutoff
+        if self.smooth_switch:  # pairs are within the cutoff; the clamp keeps r = cutoff finite, value and gradient 0
+            switch = torch.exp(1.0 - 1.0 / (1.0 - x * x).clamp_min(1e-6))
+        else:
+            switch = (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
         centres = torch.linspace(self.radial_min, cutoff, count, dtype=r.dtype, device=r.device)
         width = (cutoff - self.radial_min) / (count - 1)
         return torch.exp(-(((r.unsqueeze(-1) - centres) / width) ** 2)) * switch.unsqueeze(-1)

@@ -2,11 +2,11 @@
 
 A surrogate's kick potential W samples its own ensemble under a thermostat, and a force error of a few per cent
 can shift that ensemble's structure (a less structured liquid) while the one-step error stays small. A pair term
-``U(r) = f(r / cutoff) sum_k a_k exp(-((r - c_k) / width)^2)`` over the pairs of two elements (e.g. O-O, or O-H
-between molecules), with the network's cutoff switch f, moves the pair structure directly: iterative Boltzmann
-inversion updates U by ``kT ln(g_W(r) / g_V(r))`` until the model's g(r) is the force field's. U is added to every
-head, so the step's kick potential gains U itself (the kick coefficients sum to one) and the map stays symplectic
-and reversible; it is part of the TorchScript model, so it runs wherever the model runs.
+U(r), a cubic spline over the pairs of two elements (e.g. O-O, or O-H between molecules) that vanishes with its
+first two derivatives at the cutoff, moves the pair structure directly: iterative Boltzmann inversion updates U by
+``kT ln(g_W(r) / g_V(r))`` until the model's g(r) is the force field's. U is added to every head, so the step's
+kick potential gains U itself (the kick coefficients sum to one) and the map stays symplectic and reversible; it is
+part of the TorchScript model, so it runs wherever the model runs.
 """
 from __future__ import annotations
 
@@ -20,47 +20,66 @@ from torch import Tensor
 
 from .errors import InputError
 from .modelfile import ActionMLModel, export_model
-from .network import check_cutoff_fits, cutoff_switch, minimum_image
+from .network import check_cutoff_fits, minimum_image
 
 
 class PairPotential(torch.nn.Module):
     """``U = sum over pairs of u(r)``: ``forward(positions[B, N, 3] nm, box[B, 3, 3] or None) -> [B]`` kJ/mol.
 
+    u is a uniform cubic B-spline from ``start`` to ``cutoff``, C^2 everywhere, whose first three and last three
+    coefficients are zero: u and its first two derivatives vanish at both ends, and u is zero outside. Each pair
+    costs a few operations whatever the number of knots.
+
     Parameters
     ----------
     pairs
         ``[P, 2]`` particle indices, each pair once.
-    centres, width
-        Gaussian centres and their common width, nm.
+    start, cutoff
+        The spline's range, nm.
     coefficients
-        ``a_k`` in kJ/mol, one per centre.
-    cutoff
-        nm; u and its first two derivatives vanish there (the network's C^2 switch).
+        The free B-spline coefficients in kJ/mol: ``n - 3`` for ``n`` intervals of width ``(cutoff - start) / n``.
     """
 
-    def __init__(self, pairs: np.ndarray, centres: np.ndarray, width: float, coefficients: np.ndarray,
-                 cutoff: float, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, pairs: np.ndarray, start: float, cutoff: float, coefficients: np.ndarray,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        if len(np.asarray(centres)) != len(np.asarray(coefficients)):
-            raise InputError(f"a pair potential needs one coefficient per centre, got {len(coefficients)} for "
-                             f"{len(centres)}.")
+        coefficients = np.asarray(coefficients, dtype=float).reshape(-1)
+        if not 0.0 <= start < cutoff or len(coefficients) < 1:
+            raise InputError(f"a pair potential needs 0 <= start < cutoff and at least one coefficient, got "
+                             f"{start}, {cutoff} and {len(coefficients)}.")
         self.register_buffer("first", torch.as_tensor(pairs[:, 0]))
         self.register_buffer("second", torch.as_tensor(pairs[:, 1]))
-        self.register_buffer("centres", torch.as_tensor(np.asarray(centres), dtype=dtype))
-        self.register_buffer("coefficients", torch.as_tensor(np.asarray(coefficients), dtype=dtype))
-        self.width = float(width)
+        padded = np.concatenate([np.zeros(3), coefficients, np.zeros(3)])
+        self.register_buffer("spline", torch.as_tensor(padded, dtype=dtype))
+        self.register_buffer("offsets", torch.arange(4))
+        self.start = float(start)
         self.cutoff = float(cutoff)
+        self.n_intervals = len(coefficients) + 3
+        self.spacing = (self.cutoff - self.start) / self.n_intervals
+
+    def _weights(self, r: Tensor) -> tuple[Tensor, Tensor]:
+        """Each distance's interval index ``[...]`` and the weights of its four coefficients ``[..., 4]``."""
+        t = ((r - self.start) / self.spacing).clamp(0.0, float(self.n_intervals))
+        interval = torch.floor(t.detach()).clamp(max=self.n_intervals - 1)
+        f = t - interval
+        f2 = f * f
+        f3 = f2 * f
+        weights = torch.stack([(1.0 - f) ** 3, 3.0 * f3 - 6.0 * f2 + 4.0, -3.0 * f3 + 3.0 * f2 + 3.0 * f + 1.0, f3],
+                              -1) / 6.0
+        return interval.long(), weights
 
     def basis(self, r: Tensor) -> Tensor:
-        """The switched Gaussians at distances ``r`` (any shape): ``[..., centres]``."""
-        x = (r / self.cutoff).clamp(max=1.0)
-        gaussians = torch.exp(-(((r.unsqueeze(-1) - self.centres) / self.width) ** 2))
-        return cutoff_switch(x, False).unsqueeze(-1) * gaussians
+        """The free coefficients' B-splines at distances ``r`` (any shape): ``[..., coefficients]``."""
+        interval, weights = self._weights(r)
+        full = torch.zeros(r.shape + (self.n_intervals + 3,), dtype=weights.dtype, device=r.device)
+        full = full.scatter_add(-1, interval.unsqueeze(-1) + self.offsets, weights)
+        return full[..., 3:self.n_intervals]
 
     def pair_energy(self, r: Tensor) -> Tensor:
-        """u(r) at distances ``r`` (any shape), kJ/mol; zero beyond the cutoff."""
-        return torch.matmul(self.basis(r), self.coefficients)
+        """u(r) at distances ``r`` (any shape), kJ/mol; zero outside ``[start, cutoff]``."""
+        interval, weights = self._weights(r)
+        return (self.spline[interval.unsqueeze(-1) + self.offsets] * weights).sum(-1)
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
         d = positions[:, self.second] - positions[:, self.first]
@@ -107,16 +126,20 @@ def element_pairs(elements: Sequence[str], pair: str, excluded: Sequence[Sequenc
     return np.array(found, dtype=np.int64).reshape(-1, 2)
 
 
-def fit_coefficients(radii: np.ndarray, target: np.ndarray, weights: np.ndarray, centres: np.ndarray, width: float,
-                     cutoff: float, ridge: float) -> np.ndarray:
-    """Least-squares coefficients of u on ``target(radii)`` (kJ/mol), with per-radius ``weights`` and a ridge
-    penalty ``ridge * sum_k a_k^2``."""
-    shape = PairPotential(np.zeros((0, 2)), centres, width, np.zeros(len(centres)), cutoff, torch.float64)
+def fit_coefficients(radii: np.ndarray, target: np.ndarray, weights: np.ndarray, start: float, cutoff: float,
+                     n_intervals: int, ridge: float) -> np.ndarray:
+    """Least-squares free coefficients of a :class:`PairPotential` of ``n_intervals`` on ``target(radii)``
+    (kJ/mol), with per-radius ``weights`` and a ridge penalty ``ridge * sum_k a_k^2``."""
+    if n_intervals < 4:
+        raise InputError(f"a pair potential needs at least 4 spline intervals (one free coefficient), got "
+                         f"{n_intervals}.")
+    shape = PairPotential(np.zeros((0, 2)), start, cutoff, np.zeros(n_intervals - 3), torch.float64)
     with torch.no_grad():
         design = shape.basis(torch.as_tensor(np.asarray(radii), dtype=torch.float64)).numpy()
     root = np.sqrt(np.asarray(weights, dtype=float))
-    lhs = np.vstack([design * root[:, None], np.sqrt(ridge) * np.eye(len(centres))])
-    rhs = np.concatenate([np.asarray(target, dtype=float) * root, np.zeros(len(centres))])
+    count = design.shape[1]
+    lhs = np.vstack([design * root[:, None], np.sqrt(ridge) * np.eye(count)])
+    rhs = np.concatenate([np.asarray(target, dtype=float) * root, np.zeros(count)])
     return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
 
 

@@ -20,16 +20,17 @@ from openmm_actionml.systems import particle_masses
 from openmm_actionml.units import BOLTZMANN
 from toy_systems import ToyNetwork
 
-CENTRES = np.linspace(0.24, 0.45, 8)
-WIDTH = float(CENTRES[1] - CENTRES[0])
-CUTOFF = 0.45
+START, CUTOFF, N_INTERVALS = 0.2, 0.45, 10
 
 
 def reference_pair_energy(r: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """u(r) written out in numpy: the C^2 switch times the Gaussians, zero beyond the cutoff."""
-    x = np.minimum(r / CUTOFF, 1.0)
-    switch = (1.0 - x) ** 3 * (1.0 + 3.0 * x + 6.0 * x * x)
-    return switch * (np.exp(-(((r[..., None] - CENTRES) / WIDTH) ** 2)) @ coefficients)
+    """u(r) written out in numpy: the sum of the cubic B-splines of the free coefficients (the first and last three
+    zero), each ``B((r - start) / spacing - k + 2)`` with the cardinal cubic B-spline B on [-2, 2]."""
+    spacing = (CUTOFF - START) / N_INTERVALS
+    padded = np.concatenate([np.zeros(3), coefficients, np.zeros(3)])
+    x = np.abs((np.asarray(r)[..., None] - START) / spacing - np.arange(N_INTERVALS + 3) + 1.0)
+    cardinal = np.where(x < 1.0, 2.0 / 3.0 - x ** 2 + x ** 3 / 2.0, np.where(x < 2.0, (2.0 - x) ** 3 / 6.0, 0.0))
+    return cardinal @ padded
 
 
 def test_energy_is_the_sum_of_u_over_the_minimum_image_pairs():
@@ -37,8 +38,8 @@ def test_energy_is_the_sum_of_u_over_the_minimum_image_pairs():
     box = np.diag([1.0, 1.1, 1.2])
     q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
     pairs = np.array([(i, j) for i in range(12) for j in range(i + 1, 12) if (i + j) % 3])
-    coefficients = rng.normal(size=len(CENTRES))
-    potential = PairPotential(pairs, CENTRES, WIDTH, coefficients, CUTOFF, torch.float64)
+    coefficients = rng.normal(size=N_INTERVALS - 3)
+    potential = PairPotential(pairs, START, CUTOFF, coefficients, torch.float64)
     boxes = torch.as_tensor(box).expand(2, 3, 3)
     energy = potential(torch.as_tensor(q), boxes).numpy()
     d = q[:, pairs[:, 1]] - q[:, pairs[:, 0]]
@@ -50,31 +51,47 @@ def test_energy_is_the_sum_of_u_over_the_minimum_image_pairs():
     assert potential(torch.as_tensor(moved), boxes).numpy() == pytest.approx(energy, rel=1e-12)
 
 
-def test_u_and_its_first_two_derivatives_vanish_at_the_cutoff():
-    potential = PairPotential(np.zeros((0, 2)), CENTRES, WIDTH, np.ones(len(CENTRES)), CUTOFF, torch.float64)
-    for r0 in (CUTOFF, 1.2 * CUTOFF):
+def test_u_is_c2_and_its_first_two_derivatives_vanish_at_both_ends():
+    """Inside, u equals the basis times the coefficients and its derivatives are continuous across the knots (a
+    cubic spline is C^2: the jump of u'' over a knot is O(eps)); at start, at cutoff and outside they are zero."""
+    coefficients = np.random.default_rng(3).normal(size=N_INTERVALS - 3)
+    potential = PairPotential(np.zeros((0, 2)), START, CUTOFF, coefficients, torch.float64)
+
+    def derivatives(r0: float) -> tuple[float, float, float]:
         r = torch.tensor(r0, dtype=torch.float64, requires_grad=True)
         u0 = potential.pair_energy(r)
         (first,) = torch.autograd.grad(u0, r, create_graph=True)
         (second,) = torch.autograd.grad(first, r)
-        assert (float(u0.detach()), float(first.detach()), float(second)) == (0.0, 0.0, 0.0)
-    inside = torch.tensor(0.3, dtype=torch.float64)
-    assert float(potential.pair_energy(inside)) == pytest.approx(reference_pair_energy(np.array(0.3),
-                                                                                      np.ones(len(CENTRES))))
+        return float(u0.detach()), float(first.detach()), float(second)
+
+    for r0 in (START, CUTOFF, 0.5 * START, 1.2 * CUTOFF):
+        assert derivatives(r0) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    knot, eps = START + 4 * potential.spacing, 1e-7
+    below, above = derivatives(knot - eps), derivatives(knot + eps)
+    assert above == pytest.approx(below, abs=1e-4 * max(map(abs, below)))
+    radii = torch.linspace(0.1, 0.5, 101, dtype=torch.float64)
+    with torch.no_grad():
+        assert (potential.basis(radii) @ potential.spline[3:N_INTERVALS]).numpy() == pytest.approx(
+            potential.pair_energy(radii).numpy(), abs=1e-12)
+        assert potential.pair_energy(radii).numpy() == pytest.approx(
+            reference_pair_energy(radii.numpy(), coefficients), abs=1e-12)
 
 
 def test_fit_recovers_a_potential_in_its_span_and_the_ridge_shrinks_it():
     rng = np.random.default_rng(1)
-    coefficients = rng.normal(size=len(CENTRES))
-    radii = np.linspace(0.2, CUTOFF, 200)
+    coefficients = rng.normal(size=N_INTERVALS - 3)
+    radii = np.linspace(0.15, 0.5, 200)
     target = reference_pair_energy(radii, coefficients)
-    fitted = fit_coefficients(radii, target, np.ones_like(radii), CENTRES, WIDTH, CUTOFF, ridge=0.0)
+    fitted = fit_coefficients(radii, target, np.ones_like(radii), START, CUTOFF, N_INTERVALS, ridge=0.0)
     assert fitted == pytest.approx(coefficients, rel=1e-6, abs=1e-6)
-    shrunk = fit_coefficients(radii, target, np.ones_like(radii), CENTRES, WIDTH, CUTOFF, ridge=10.0)
+    shrunk = fit_coefficients(radii, target, np.ones_like(radii), START, CUTOFF, N_INTERVALS, ridge=10.0)
     assert np.linalg.norm(shrunk) < np.linalg.norm(fitted)
-    ignored = fit_coefficients(radii, target + np.where(radii > 0.4, 50.0, 0.0), np.where(radii > 0.4, 0.0, 1.0),
-                               CENTRES, WIDTH, CUTOFF, ridge=0.0)  # zero weight: the shifted radii do not count
-    assert reference_pair_energy(radii[radii < 0.4], ignored) == pytest.approx(target[radii < 0.4], abs=1e-6)
+    far = radii > 0.4  # zero weight: the shifted radii do not count
+    ignored = fit_coefficients(radii, target + np.where(far, 50.0, 0.0), np.where(far, 0.0, 1.0), START, CUTOFF,
+                               N_INTERVALS, ridge=0.0)
+    assert reference_pair_energy(radii[~far], ignored) == pytest.approx(target[~far], abs=1e-6)
+    with pytest.raises(InputError, match="at least 4 spline intervals"):
+        fit_coefficients(radii, target, np.ones_like(radii), START, CUTOFF, 3, ridge=0.0)
 
 
 def test_inversion_raises_u_where_the_model_has_too_many_pairs_and_trusts_only_populated_radii():
@@ -124,9 +141,9 @@ def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platf
     box = water.system.getDefaultPeriodicBoxVectors()
     box = np.array([v.value_in_unit(u.nanometer) for v in box])
     rng = np.random.default_rng(2)
-    corrections = [PairPotential(element_pairs(model.metadata.elements, pair), centres, WIDTH,
-                                 rng.normal(scale=3.0, size=len(CENTRES)), CUTOFF, torch.float64)
-                   for pair, centres in (("O-O", CENTRES), ("O-H", CENTRES - 0.08))]
+    corrections = [PairPotential(element_pairs(model.metadata.elements, pair), start, CUTOFF,
+                                 rng.normal(scale=3.0, size=N_INTERVALS - 3), torch.float64)
+                   for pair, start in (("O-O", START), ("O-H", START - 0.08))]
     path = with_pair_correction(model, corrections, tmp_path / "corrected.pt", {"pair": "O-O"}, box=box)
     corrected = load_model(path)
     assert corrected.metadata.recipe["pair_correction"] == {"pair": "O-O"}
@@ -155,12 +172,14 @@ def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platf
     assert all(float(correction(q, boxes).detach()) != 0.0 for correction in corrections)  # both were there to be seen
 
 
-def test_a_correction_that_does_not_fit_the_box_or_a_scheme_b_model_is_refused(tmp_path, water):
+def test_a_bad_range_a_correction_that_does_not_fit_the_box_or_a_scheme_b_model_is_refused(tmp_path, water):
     model = periodic_toy_model(tmp_path / "toy.pt", water)
     box = np.array([v.value_in_unit(u.nanometer) for v in water.system.getDefaultPeriodicBoxVectors()])
     pairs = element_pairs(model.metadata.elements, "O-O")
-    fits = PairPotential(pairs, CENTRES, WIDTH, np.ones(len(CENTRES)), CUTOFF, torch.float64)
-    too_long = PairPotential(pairs, CENTRES, WIDTH, np.ones(len(CENTRES)), 0.6 * box[0, 0], torch.float64)
+    with pytest.raises(InputError, match="start < cutoff"):
+        PairPotential(pairs, CUTOFF, START, np.ones(N_INTERVALS - 3))
+    fits = PairPotential(pairs, START, CUTOFF, np.ones(N_INTERVALS - 3), torch.float64)
+    too_long = PairPotential(pairs, START, 0.6 * box[0, 0], np.ones(N_INTERVALS - 3), torch.float64)
     with pytest.raises(InputError, match="cutoff"):
         with_pair_correction(model, [fits, too_long], tmp_path / "c.pt", {}, box=box)
     with pytest.raises(InputError, match="needs the box"):
