@@ -47,11 +47,11 @@ from refine_on_own_samples import add_sampling_arguments, own_samples  # noqa: E
 from openmm_actionml.atomic import atomic_path  # noqa: E402
 from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution  # noqa: E402
-from openmm_actionml.ensemble import read_starts  # noqa: E402
+from openmm_actionml.ensemble import curve_mean_error, read_starts  # noqa: E402
 from openmm_actionml.modelfile import load_model  # noqa: E402
 from openmm_actionml.pair_correction import (PairPotential, element_pairs, fit_coefficients,  # noqa: E402
                                              inversion_target, with_pair_correction)
-from openmm_actionml.report import curve_deviation  # noqa: E402
+from openmm_actionml.report import curve_deviation, save_figure  # noqa: E402
 from openmm_actionml.training import baseline_system  # noqa: E402
 from openmm_actionml.units import BOLTZMANN  # noqa: E402
 
@@ -87,7 +87,7 @@ def sample(model_path: Path, kick_xml: str, temperature: float, args: argparse.N
 def radial_curves(rdf: RadialDistribution, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """g(r) averaged over ``runs [R, M, N, 3]`` and its standard error over the runs."""
     curves = np.array([rdf.normalise(sum(rdf.counts(frame) for frame in run), len(run)) for run in runs])
-    return curves.mean(0), curves.std(0, ddof=1) / np.sqrt(len(curves))
+    return curve_mean_error(curves, len(rdf.radii))
 
 
 def main() -> None:
@@ -151,6 +151,7 @@ def main() -> None:
         if round_index == args.rounds:
             break
         recipe = {"command": " ".join(sys.argv), "from": model.path.name, "round": round_index + 1, "terms": {}}
+        after = {}  # each term's U on its radii after this round's update
         for pair, term in terms.items():
             radii, g_target = rdfs[pair].radii, targets[pair][0]
             now = on_radii(pair)
@@ -161,10 +162,10 @@ def main() -> None:
                                                     term["start"], args.cutoff, term["n_intervals"], args.ridge)
             recipe["terms"][pair] = {"start": term["start"], "cutoff": args.cutoff,
                                      "coefficients": term["coefficients"].tolist()}
-            after = on_radii(pair)
+            after[pair] = on_radii(pair)
             log(f"round {round_index}: U({pair}) from {now[trusted].min():+.3f}..{now[trusted].max():+.3f} to "
-                f"{after[trusted].min():+.3f}..{after[trusted].max():+.3f} kJ/mol over the trusted radii")
-        potentials.append({pair: on_radii(pair) for pair in terms})
+                f"{after[pair][trusted].min():+.3f}..{after[pair][trusted].max():+.3f} kJ/mol over the trusted radii")
+        potentials.append(after)
         current = with_pair_correction(model, [potential(pair, dtype) for pair in terms],
                                        f"{stem}-i{round_index + 1}.pt", recipe, box=data.box, overwrite=True)
         log(f"round {round_index}: wrote {current.name}")
@@ -200,9 +201,7 @@ def write_report(stem: Path, args: argparse.Namespace, rows: list[dict], rdfs: d
         bottom.set_xlabel("r (nm)")
         bottom.legend(fontsize=8)
         top.set_xlim(INTRAMOLECULAR_RANGE, radii[-1])
-    with atomic_path(stem.with_suffix(".png"), overwrite=True) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
+    save_figure(figure, stem.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 
@@ -106,6 +107,27 @@ def _per_element(twice_kinetic: np.ndarray, elements: list[str], dof_per_atom: n
             for element in sorted(set(elements))}
 
 
+def element_pair_indices(pair: str, elements: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The atom indices of the two elements of ``pair``, written ``"O-O"`` or ``"O-H"``.
+
+    Raises
+    ------
+    InputError
+        If ``pair`` is malformed or names an element the system lacks.
+    """
+    symbols = pair.split("-")
+    if len(symbols) != 2 or not all(symbols):
+        raise InputError(f"an element pair is named by two elements joined by '-', such as O-O; got {pair!r}.")
+    found = []
+    for symbol in symbols:
+        indices = np.flatnonzero(np.asarray(elements) == symbol)
+        if not len(indices):
+            raise InputError(f"pair {pair}: the system has no {symbol} atom (its elements are "
+                             f"{', '.join(sorted(set(elements)))}).")
+        found.append(indices)
+    return found[0], found[1]
+
+
 @dataclass
 class RadialDistribution:
     """The radial distribution function g(r) between two atom sets of an orthorhombic periodic box.
@@ -144,17 +166,7 @@ class RadialDistribution:
         InputError
             If ``pair`` is malformed or names an element the system lacks, or the box is not orthorhombic.
         """
-        symbols = pair.split("-")
-        if len(symbols) != 2 or not all(symbols):
-            raise InputError(f"a radial distribution is named by two elements joined by '-', such as O-O; "
-                             f"got {pair!r}.")
-        indices = []
-        for symbol in symbols:
-            found = np.flatnonzero(np.asarray(elements) == symbol)
-            if not len(found):
-                raise InputError(f"radial distribution {pair}: the system has no {symbol} atom "
-                                 f"(its elements are {', '.join(sorted(set(elements)))}).")
-            indices.append(found)
+        first, second = element_pair_indices(pair, elements)
         box_vectors = np.asarray(box_vectors, dtype=float)
         if np.abs(box_vectors - np.diag(np.diag(box_vectors))).max() > 1e-9:
             raise InputError("radial distributions are measured in orthorhombic boxes only; this box is triclinic.")
@@ -163,7 +175,7 @@ class RadialDistribution:
         if n_bins < 1:
             raise InputError(f"bin width {bin_width} nm exceeds half the box's shortest edge "
                              f"({0.5 * box.min():.3g} nm).")
-        return cls(pair, indices[0], indices[1], box, np.arange(n_bins + 1) * bin_width)
+        return cls(pair, first, second, box, np.arange(n_bins + 1) * bin_width)
 
     @property
     def radii(self) -> np.ndarray:

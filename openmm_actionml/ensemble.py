@@ -437,7 +437,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     if rdf is not None:
         curves = rdf.normalise(rdf_counts[stable], n_samples + 1)
         result.rdf_label, result.rdf_radii = rdf.label, rdf.radii
-        result.rdf, result.rdf_error = _curve_mean_error(curves, len(rdf.radii))
+        result.rdf, result.rdf_error = curve_mean_error(curves, len(rdf.radii))
     return result
 
 
@@ -521,10 +521,10 @@ def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, times: 
         norm = (trajectory * trajectory).sum(-1).mean()
         curves.append([(trajectory[: len(times) - lag] * trajectory[lag:]).sum(-1).mean() / norm
                        for lag in range(n_lags)])
-    return _curve_mean_error(np.array(curves), n_lags)
+    return curve_mean_error(np.array(curves), n_lags)
 
 
-def _curve_mean_error(curves: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+def curve_mean_error(curves: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over trajectories of per-trajectory curves ``[B, length]``: the mean is NaN when
     B = 0, the error when B < 2."""
     if len(curves) == 0:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .diagnostics import element_pair_indices
 from .errors import InputError
 from .modelfile import ActionMLModel, export_model
 from .network import check_cutoff_fits, minimum_image
@@ -112,15 +113,7 @@ def element_pairs(elements: Sequence[str], pair: str, excluded: Sequence[Sequenc
     InputError
         If ``pair`` is malformed or names an element the system lacks.
     """
-    symbols = pair.split("-")
-    elements = np.asarray(elements)
-    if len(symbols) != 2 or not all(symbols):
-        raise InputError(f"a pair is named by two elements joined by '-', such as O-O; got {pair!r}.")
-    for symbol in symbols:
-        if not np.any(elements == symbol):
-            raise InputError(f"pair {pair}: the system has no {symbol} atom (its elements are "
-                             f"{', '.join(sorted(set(elements.tolist())))}).")
-    first, second = (np.flatnonzero(elements == symbol) for symbol in symbols)
+    first, second = element_pair_indices(pair, list(elements))
     skip = {(min(int(i), int(j)), max(int(i), int(j))) for i, j in excluded}
     found = sorted({(min(i, j), max(i, j)) for i in first.tolist() for j in second.tolist() if i != j} - skip)
     return np.array(found, dtype=np.int64).reshape(-1, 2)
