@@ -49,14 +49,10 @@ from openmm_actionml.ensemble import Starts, read_starts
 from openmm_actionml.ensemble_check import kick_weights
 from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
+from openmm_actionml.network import BINDING_BUFFERS
 from openmm_actionml.platforms import create_context
 from openmm_actionml.training import Trainer, TrainingOptions
 from openmm_actionml.units import BOLTZMANN
-
-#: Trained parameters of the network; the rest of its state is the binding to the System's particles, which
-#: the trainer makes itself from the data.
-BINDING_BUFFERS = ("species", "excluded_keys")
-
 
 def trainer_from_model(model: ActionMLModel, data: ReferenceDataset, learning_rate: float) -> Trainer:
     """A :class:`Trainer` with the model's recipe on ``data``, its network holding the model's parameters, and Adam

@@ -12,8 +12,9 @@ head of the model (:mod:`openmm_actionml.pair_correction`) and fits them in roun
    from ``--target-data`` (datasets of its NVE segments, e.g. the training data; not the reference ensemble the
    model is judged against);
 3. update each U by ``--damping`` kT ln(g_model / g_target) where both exceed 0.05, and refit its cubic spline
-   (knots ``--spacing`` apart, from two knots inside the target's first populated radius to ``--cutoff``; ridge
-   ``--ridge``) with weights g_target r^2.
+   (knots ``--spacing`` apart, from ``--inner-knots`` knots inside the target's first populated radius to
+   ``--cutoff``; ridge ``--ridge``) with weights g_target r^2. With ``--inner-knots 0`` U and its first two
+   derivatives vanish at the first populated radius: the fit sets no U where it has no data.
 
 Each round's model is ``OUT-i1.pt``, ...; ``OUT.md`` tables the deviation of each pair's g(r) from the target (RMS
 over bins, with its statistical floor) per round, and ``OUT.png`` plots each fitted pair's g(r) less the target's,
@@ -24,7 +25,8 @@ Usage::
 
     python benchmarks/structure_correction.py MODEL --target-data D1.npz [D2.npz ...] --starts STARTS.npz
         [--pairs O-O [O-H]] [--rounds 4] [--trajectories 16] [--time 10] [--burn-in 2] [--sample-interval 48]
-        [--jobs 2] [--damping 0.7] [--spacing 0.03] [--cutoff 0.6] [--ridge 1e-3] [--platform CPU]
+        [--jobs 2] [--damping 0.7] [--spacing 0.03] [--inner-knots 2] [--cutoff 0.6] [--ridge 1e-3]
+        [--platform CPU]
         --output OUT.pt
 """
 from __future__ import annotations
@@ -49,8 +51,8 @@ from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution  # noqa: E402
 from openmm_actionml.ensemble import curve_mean_error, read_starts  # noqa: E402
 from openmm_actionml.modelfile import load_model  # noqa: E402
-from openmm_actionml.pair_correction import (PairPotential, element_pairs, fit_coefficients,  # noqa: E402
-                                             inversion_target, with_pair_correction)
+from openmm_actionml.pair_correction import (PairPotential, fit_coefficients, inversion_target,  # noqa: E402
+                                             with_pair_correction)
 from openmm_actionml.report import curve_deviation, save_figure  # noqa: E402
 from openmm_actionml.training import baseline_system  # noqa: E402
 from openmm_actionml.units import BOLTZMANN  # noqa: E402
@@ -101,7 +103,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="sampling processes (one thread each)")
     parser.add_argument("--damping", type=float, default=0.7, help="fraction of kT ln(g / g_target) applied")
     parser.add_argument("--spacing", type=float, default=0.03, help="nm between U's spline knots")
-    parser.add_argument("--cutoff", type=float, default=0.6, help="U's cutoff, nm")
+    parser.add_argument("--inner-knots", type=int, default=2,
+                        help="knots of U inside the target's first populated radius (0: U is zero there)")
+    parser.add_argument("--cutoff", type=float, default=0.6, help="U's cutoff, nm (at most the network's)")
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge penalty of the fit, per kJ/mol squared")
     parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-i1.pt, ...")
     args = parser.parse_args()
@@ -118,23 +122,22 @@ def main() -> None:
                                  if p not in args.pairs and set(p.split("-")) <= set(elements)]
     rdfs = {label: RadialDistribution.of_elements(label, elements, data.box) for label in labels}
     targets = {label: radial_curves(rdf, data.positions[:, ::TARGET_STRIDE]) for label, rdf in rdfs.items()}
-    bonded = [c[:2] for c in model.metadata.constraints]
-    terms = {}  # per fitted pair: its particle pairs, spline start and intervals, and free coefficients
+    terms = {}  # per fitted pair: its spline start and intervals, and free coefficients
     for pair in args.pairs:
         radii, g_target = rdfs[pair].radii, targets[pair][0]
         intermolecular = radii > INTRAMOLECULAR_RANGE
-        start = radii[intermolecular][np.argmax(g_target[intermolecular] > TRUSTED_G)] - 2 * args.spacing
+        first_populated = radii[intermolecular][np.argmax(g_target[intermolecular] > TRUSTED_G)]
+        start = first_populated - args.inner_knots * args.spacing
         n_intervals = int(round((args.cutoff - start) / args.spacing))
-        terms[pair] = {"pairs": element_pairs(elements, pair, bonded), "start": float(start),
-                       "n_intervals": n_intervals, "coefficients": np.zeros(n_intervals - 3)}
+        terms[pair] = {"start": float(start), "n_intervals": n_intervals, "coefficients": np.zeros(n_intervals - 3)}
 
     def potential(pair: str, dtype: torch.dtype = torch.float64) -> PairPotential:
         term = terms[pair]
-        return PairPotential(term["pairs"], term["start"], args.cutoff, term["coefficients"], dtype)
+        return PairPotential(term["start"], args.cutoff, term["coefficients"], dtype)
 
     def on_radii(pair: str) -> np.ndarray:
         with torch.no_grad():
-            return potential(pair).pair_energy(torch.as_tensor(rdfs[pair].radii)).numpy()
+            return potential(pair)(torch.as_tensor(rdfs[pair].radii)).numpy()
 
     dtype = next(model.network.parameters()).dtype
     stem = Path(args.output).with_suffix("")
@@ -166,8 +169,8 @@ def main() -> None:
             log(f"round {round_index}: U({pair}) from {now[trusted].min():+.3f}..{now[trusted].max():+.3f} to "
                 f"{after[pair][trusted].min():+.3f}..{after[pair][trusted].max():+.3f} kJ/mol over the trusted radii")
         potentials.append(after)
-        current = with_pair_correction(model, [potential(pair, dtype) for pair in terms],
-                                       f"{stem}-i{round_index + 1}.pt", recipe, box=data.box, overwrite=True)
+        current = with_pair_correction(model, {pair: potential(pair, dtype) for pair in terms},
+                                       f"{stem}-i{round_index + 1}.pt", recipe, overwrite=True)
         log(f"round {round_index}: wrote {current.name}")
     write_report(stem, args, rows, rdfs, targets, curves, potentials)
 

@@ -45,6 +45,8 @@ CELL_REACH = 2
 ALL_PAIRS_CHUNK = 1 << 22
 #: Cutoff switches of the radial and angular densities (see the module docstring).
 SWITCHES = ("c2", "smooth")
+#: Buffers that bind a network to a topology (see :meth:`EnergyNetwork.bind`); the rest of its state is weights.
+BINDING_BUFFERS = ("species", "excluded_keys")
 
 
 @dataclass
@@ -250,19 +252,36 @@ class EnergyNetwork(torch.nn.Module):
                     self.feature_scale[s] = rows.std(0, unbiased=False).clamp(min=self.config.scale_floor)
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        return self.energy_and_distances(positions, box)[0]
+
+    @torch.jit.export
+    def energy_and_distances(self, positions: Tensor, box: Optional[Tensor] = None
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The energies ``[B, n_heads]`` and the neighbour pairs they were computed from: ``(energy, b, i, j, r)``,
+        with ``b, i, j`` as in :meth:`neighbor_pairs` and their distances ``r`` (nm, differentiable in
+        ``positions``), so that a pair term can reuse the search (:mod:`openmm_actionml.pair_correction`)."""
         batch, n = positions.shape[0], positions.shape[1]
+        b, i, j, d, r = self.pair_distances(positions, box)
         centre = self.species.repeat(batch)
-        h = (self.features(positions, box) - self.feature_mean[centre]) / self.feature_scale[centre]
+        h = (self._pair_features(batch, n, b, i, j, d, r) - self.feature_mean[centre]) / self.feature_scale[centre]
         for k, layer in enumerate(self.layers):
             h = layer(h)
             if k == 0:
                 h = h + self.species_bias[centre]
             h = torch.nn.functional.silu(h)
-        return self.readout(h).reshape(batch, n, self.n_heads).sum(1)
+        return self.readout(h).reshape(batch, n, self.n_heads).sum(1), b, i, j, r
 
     @torch.jit.export
     def features(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
         """Per-atom invariant features ``[B * N, n_features]`` (before standardisation)."""
+        b, i, j, d, r = self.pair_distances(positions, box)
+        return self._pair_features(positions.shape[0], positions.shape[1], b, i, j, d, r)
+
+    @torch.jit.export
+    def pair_distances(self, positions: Tensor, box: Optional[Tensor] = None
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The neighbour pairs ``(b, i, j)`` of :meth:`neighbor_pairs`, their displacements ``d[P, 3]`` (minimum
+        image) and distances ``r[P]`` in nm, both differentiable in ``positions``."""
         batch, n = positions.shape[0], positions.shape[1]
         if n != self.species.shape[0]:
             raise ValueError("the network is bound to " + str(self.species.shape[0]) + " particles but got "
@@ -273,13 +292,16 @@ class EnergyNetwork(torch.nn.Module):
         b, i, j, shifts = self.neighbor_pairs(positions.detach(),
                                               None if box is None else box.detach().to(positions.dtype))
         q = positions.reshape(batch * n, 3)
+        d = q[b * n + j] - q[b * n + i] - shifts
+        return b, i, j, d, torch.sqrt((d * d).sum(-1))
+
+    def _pair_features(self, batch: int, n: int, b: Tensor, i: Tensor, j: Tensor, d: Tensor, r: Tensor) -> Tensor:
+        """:meth:`features` from the pairs of :meth:`pair_distances`."""
         gi, gj = b * n + i, b * n + j
-        d = q[gj] - q[gi] - shifts
-        r = torch.sqrt((d * d).sum(-1))
         # Each pair once; it adds to i's density (neighbour element s_j) and to j's (element s_i, direction -u).
         slot_i, slot_j = gi * self.n_species + self.species[j], gj * self.n_species + self.species[i]
         basis = self._basis(r, self.cutoff, self.n_radial)
-        radial = torch.zeros(batch * n * self.n_species, self.n_radial, dtype=q.dtype, device=q.device)
+        radial = torch.zeros(batch * n * self.n_species, self.n_radial, dtype=d.dtype, device=d.device)
         radial = radial.index_add(0, slot_i, basis).index_add(0, slot_j, basis)
         radial = radial.reshape(batch * n, self.n_species * self.n_radial)
         near = torch.nonzero(r.detach() < self.angular_cutoff).squeeze(-1)
@@ -291,13 +313,13 @@ class EnergyNetwork(torch.nn.Module):
         directions = torch.stack([torch.ones_like(ux), ux, uy, uz, ux * ux, uy * uy, uz * uz,
                                   root2 * ux * uy, root2 * ux * uz, root2 * uy * uz], -1)
         terms = self._basis(r_near, self.angular_cutoff, self.n_angular).unsqueeze(-1) * directions.unsqueeze(1)
-        parity = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=q.dtype, device=q.device)
-        angular = torch.zeros(batch * n * self.n_species, self.n_angular, 10, dtype=q.dtype, device=q.device)
+        parity = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=d.dtype, device=d.device)
+        angular = torch.zeros(batch * n * self.n_species, self.n_angular, 10, dtype=d.dtype, device=d.device)
         angular = angular.index_add(0, slot_i[near], terms).index_add(0, slot_j[near], terms * parity)
         angular = angular.reshape(batch * n, self.n_species * self.n_angular, 10)
         centre = self.species.repeat(batch)
-        a0 = torch.zeros(batch * n, self.n_channels, dtype=q.dtype, device=q.device)
-        moments = torch.zeros(batch * n, self.n_channels, 10, dtype=q.dtype, device=q.device)
+        a0 = torch.zeros(batch * n, self.n_channels, dtype=d.dtype, device=d.device)
+        moments = torch.zeros(batch * n, self.n_channels, 10, dtype=d.dtype, device=d.device)
         for s in range(self.n_species):
             atoms = torch.nonzero(centre == s).squeeze(-1)
             if atoms.numel() > 0:
@@ -306,7 +328,7 @@ class EnergyNetwork(torch.nn.Module):
         trace, a1, a2 = moments[:, :, 0], moments[:, :, 1:4], moments[:, :, 4:]
         g1 = torch.matmul(a1, a1.transpose(1, 2))
         g2 = torch.matmul(a2, a2.transpose(1, 2)) - trace.unsqueeze(2) * trace.unsqueeze(1) / 3.0
-        upper = torch.triu_indices(self.n_channels, self.n_channels, device=q.device)
+        upper = torch.triu_indices(self.n_channels, self.n_channels, device=d.device)
         flat = upper[0] * self.n_channels + upper[1]
         return torch.cat([a0, g1.flatten(1)[:, flat], g2.flatten(1)[:, flat]], 1)
 

@@ -1,5 +1,5 @@
-"""The pair-potential correction of a model's kick potential: its energy over minimum-image pairs, its smooth cutoff,
-the Boltzmann-inversion fit, and its agreement between torch and OpenMM once written into a model."""
+"""The pair-potential correction of a model's kick potential: its energy over the network's neighbour pairs, its
+smooth cutoff, the Boltzmann-inversion fit, and its agreement between torch and OpenMM once written into a model."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +13,9 @@ from openmm_actionml.errors import InputError
 from openmm_actionml.examples import build_example
 from openmm_actionml.modelfile import NODE_PARAMETER, ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, ModelMetadata, \
     export_model, load_model
-from openmm_actionml.pair_correction import (PairPotential, element_pairs, fit_coefficients, inversion_target,
-                                             with_pair_correction)
+from openmm_actionml.network import build_network
+from openmm_actionml.pair_correction import (PairCorrectedNetwork, PairPotential, energy_network, fit_coefficients,
+                                             inversion_target, with_pair_correction)
 from openmm_actionml.splitting import get_splitting
 from openmm_actionml.systems import particle_masses
 from openmm_actionml.units import BOLTZMANN
@@ -23,43 +24,63 @@ from toy_systems import ToyNetwork
 START, CUTOFF, N_INTERVALS = 0.2, 0.45, 10
 
 
-def reference_pair_energy(r: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+def reference_pair_energy(r: np.ndarray, coefficients: np.ndarray, start: float = START) -> np.ndarray:
     """u(r) written out in numpy: the sum of the cubic B-splines of the free coefficients (the first and last three
     zero), each ``B((r - start) / spacing - k + 2)`` with the cardinal cubic B-spline B on [-2, 2]."""
-    spacing = (CUTOFF - START) / N_INTERVALS
+    spacing = (CUTOFF - start) / N_INTERVALS
     padded = np.concatenate([np.zeros(3), coefficients, np.zeros(3)])
-    x = np.abs((np.asarray(r)[..., None] - START) / spacing - np.arange(N_INTERVALS + 3) + 1.0)
+    x = np.abs((np.asarray(r)[..., None] - start) / spacing - np.arange(N_INTERVALS + 3) + 1.0)
     cardinal = np.where(x < 1.0, 2.0 / 3.0 - x ** 2 + x ** 3 / 2.0, np.where(x < 2.0, (2.0 - x) ** 3 / 6.0, 0.0))
     return cardinal @ padded
 
 
-def test_energy_is_the_sum_of_u_over_the_minimum_image_pairs():
-    rng = np.random.default_rng(0)
-    box = np.diag([1.0, 1.1, 1.2])
-    q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
-    pairs = np.array([(i, j) for i in range(12) for j in range(i + 1, 12) if (i + j) % 3])
-    coefficients = rng.normal(size=N_INTERVALS - 3)
-    potential = PairPotential(pairs, START, CUTOFF, coefficients, torch.float64)
-    boxes = torch.as_tensor(box).expand(2, 3, 3)
-    energy = potential(torch.as_tensor(q), boxes).numpy()
+def reference_term_energy(q: np.ndarray, box: np.ndarray, elements: list[str], excluded: set, pair: str,
+                          coefficients: np.ndarray, network_cutoff: float, start: float = START) -> np.ndarray:
+    """A term's energy per structure of ``q[B, N, 3]`` in an orthorhombic ``box``, written out: u summed over the
+    minimum-image pairs of the pair's two elements within the network's cutoff, less the ``excluded`` pairs."""
+    a, c = pair.split("-")
+    pairs = np.array([(i, j) for i in range(len(elements)) for j in range(i + 1, len(elements))
+                      if {elements[i], elements[j]} == {a, c} and (i, j) not in excluded])
     d = q[:, pairs[:, 1]] - q[:, pairs[:, 0]]
     d -= np.diag(box) * np.round(d / np.diag(box))
-    expected = reference_pair_energy(np.linalg.norm(d, axis=-1), coefficients).sum(1)
-    assert energy == pytest.approx(expected, rel=1e-12)
+    r = np.linalg.norm(d, axis=-1)
+    return np.where(r < network_cutoff, reference_pair_energy(r, coefficients, start), 0.0).sum(1)
+
+
+def test_energy_is_u_summed_over_the_networks_neighbour_pairs_of_each_term():
+    rng = np.random.default_rng(0)
+    box = np.diag([1.0, 1.1, 1.2])
+    elements = ["O", "H", "H"] * 4
+    bonds = {(3 * k, 3 * k + m) for k in range(4) for m in (1, 2)} | {(3 * k + 1, 3 * k + 2) for k in range(4)}
+    network = build_network(elements, periodic=True, excluded_pairs=sorted(bonds), cutoff=0.5, zero_init=False
+                            ).double()
+    vocabulary = network.config.elements
+    terms = {pair: rng.normal(size=N_INTERVALS - 3) for pair in ("O-O", "H-O")}
+    corrected = PairCorrectedNetwork(network, [tuple(vocabulary.index(e) for e in pair.split("-")) for pair in terms],
+                                     [PairPotential(START, CUTOFF, c, torch.float64) for c in terms.values()])
+    q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
+    boxes = torch.as_tensor(box).expand(2, 3, 3)
+    with torch.no_grad():
+        added = (corrected(torch.as_tensor(q), boxes) - network(torch.as_tensor(q), boxes)).numpy()
+    expected = sum(reference_term_energy(q, box, elements, bonds, pair, c, network.cutoff) for pair, c in terms.items())
+    assert np.abs(expected).min() > 0.0  # both terms had pairs to act on
+    assert added == pytest.approx(np.repeat(expected[:, None], network.n_heads, 1), rel=1e-12)
     moved = q.copy()
     moved[:, 3] += box[1] - 2.0 * box[2]  # a lattice vector: the same periodic configuration
-    assert potential(torch.as_tensor(moved), boxes).numpy() == pytest.approx(energy, rel=1e-12)
+    with torch.no_grad():
+        assert corrected(torch.as_tensor(moved), boxes).numpy() == pytest.approx(
+            corrected(torch.as_tensor(q), boxes).numpy(), rel=1e-12)
 
 
 def test_u_is_c2_and_its_first_two_derivatives_vanish_at_both_ends():
     """Inside, u equals the basis times the coefficients and its derivatives are continuous across the knots (a
     cubic spline is C^2: the jump of u'' over a knot is O(eps)); at start, at cutoff and outside they are zero."""
     coefficients = np.random.default_rng(3).normal(size=N_INTERVALS - 3)
-    potential = PairPotential(np.zeros((0, 2)), START, CUTOFF, coefficients, torch.float64)
+    potential = PairPotential(START, CUTOFF, coefficients, torch.float64)
 
     def derivatives(r0: float) -> tuple[float, float, float]:
         r = torch.tensor(r0, dtype=torch.float64, requires_grad=True)
-        u0 = potential.pair_energy(r)
+        u0 = potential(r)
         (first,) = torch.autograd.grad(u0, r, create_graph=True)
         (second,) = torch.autograd.grad(first, r)
         return float(u0.detach()), float(first.detach()), float(second)
@@ -71,9 +92,9 @@ def test_u_is_c2_and_its_first_two_derivatives_vanish_at_both_ends():
     assert above == pytest.approx(below, abs=1e-4 * max(map(abs, below)))
     radii = torch.linspace(0.1, 0.5, 101, dtype=torch.float64)
     with torch.no_grad():
-        assert (potential.basis(radii) @ potential.spline[3:N_INTERVALS]).numpy() == pytest.approx(
-            potential.pair_energy(radii).numpy(), abs=1e-12)
-        assert potential.pair_energy(radii).numpy() == pytest.approx(
+        assert (potential.basis(radii) @ torch.as_tensor(coefficients)).numpy() == pytest.approx(
+            potential(radii).numpy(), abs=1e-12)
+        assert potential(radii).numpy() == pytest.approx(
             reference_pair_energy(radii.numpy(), coefficients), abs=1e-12)
 
 
@@ -106,47 +127,54 @@ def test_inversion_raises_u_where_the_model_has_too_many_pairs_and_trusts_only_p
     assert same == pytest.approx(current)
 
 
-def test_element_pairs_counts_each_pair_once_and_leaves_out_exclusions():
-    elements = ["O", "H", "H"] * 4
-    bonds = [(3 * k, 3 * k + m) for k in range(4) for m in (1, 2)]
-    assert len(element_pairs(elements, "O-O")) == 6
-    between = element_pairs(elements, "O-H", bonds)
-    assert len(between) == 4 * 8 - 8 and not {tuple(p) for p in between} & set(bonds)
-    assert np.all(between[:, 0] < between[:, 1])
-    with pytest.raises(InputError, match="two elements joined"):
-        element_pairs(elements, "O")
-    with pytest.raises(InputError, match="no N atom"):
-        element_pairs(elements, "N-O")
-
-
 @pytest.fixture(scope="module")
 def water():
     return build_example("water-box", n_waters=32, nonbonded_cutoff=0.4)
 
 
-def periodic_toy_model(path, water, scheme="A"):
+def periodic_model(path, water, scheme="A", toy=False):
+    """A float64 model of the water box: a random-readout EnergyNetwork, its weights moved off float32's grid as
+    training moves them (or, ``toy``, a ToyNetwork)."""
     elements = [atom.element.symbol for atom in water.topology.atoms()]
+    network = ToyNetwork(len(elements)) if toy else build_network(
+        elements, periodic=True, cutoff=0.45, angular_cutoff=0.35, zero_init=False).double()
+    with torch.no_grad():
+        for weights in network.parameters():
+            weights.mul_(1.0 + 1e-12 * torch.pi)
     metadata = ModelMetadata(scheme=scheme, step=0.004, splitting=get_splitting("T3").to_dict(), anchored=True,
                              elements=elements, masses=particle_masses(water.system).tolist(), constraints=[],
-                             periodic=True, network={"kind": "toy"}, temperature=300.0, system_name="water")
-    export_model(ToyNetwork(len(elements)), metadata, path)
+                             periodic=True, network={"kind": "toy"} if toy else network.config_dict(),
+                             temperature=300.0, system_name="water")
+    export_model(network, metadata, path)
     return load_model(path)
 
 
 @pytest.mark.parametrize("platform", platform_params())
 def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platform):
-    """The written model's TorchForce, on each platform, gives every head's energy and forces plus both U's, as torch
-    does (float64 model; OpenMM's single-precision platforms pass float32 positions)."""
-    model = periodic_toy_model(tmp_path / "toy.pt", water)
-    box = water.system.getDefaultPeriodicBoxVectors()
-    box = np.array([v.value_in_unit(u.nanometer) for v in box])
+    """The written model is the model plus both terms (in torch, against the terms written out in numpy), and its
+    TorchForce on each platform gives every head's energy and forces as torch does (float64 model; OpenMM's
+    single-precision platforms pass float32 positions)."""
+    model = periodic_model(tmp_path / "model.pt", water)
+    box = np.array([v.value_in_unit(u.nanometer) for v in water.system.getDefaultPeriodicBoxVectors()])
     rng = np.random.default_rng(2)
-    corrections = [PairPotential(element_pairs(model.metadata.elements, pair), start, CUTOFF,
-                                 rng.normal(scale=3.0, size=N_INTERVALS - 3), torch.float64)
-                   for pair, start in (("O-O", START), ("O-H", START - 0.08))]
-    path = with_pair_correction(model, corrections, tmp_path / "corrected.pt", {"pair": "O-O"}, box=box)
+    terms = {pair: (start, rng.normal(scale=3.0, size=N_INTERVALS - 3))
+             for pair, start in (("O-O", START), ("O-H", START - 0.08))}
+    path = with_pair_correction(model, {pair: PairPotential(start, CUTOFF, c, torch.float64)
+                                        for pair, (start, c) in terms.items()}, tmp_path / "corrected.pt",
+                                {"pair": "O-O"})
     corrected = load_model(path)
     assert corrected.metadata.recipe["pair_correction"] == {"pair": "O-O"}
+    q = torch.as_tensor(np.array(water.positions.value_in_unit(u.nanometer)))[None].requires_grad_(True)
+    boxes = torch.as_tensor(box)[None]
+    heads = corrected.network(q, boxes)
+    elements = list(model.metadata.elements)
+    added = (heads - model.network(q, boxes)).detach().numpy()
+    with torch.no_grad():  # the network rebuilt from the model file is the model's, to rounding
+        assert energy_network(model)(q, boxes).numpy() == pytest.approx(model.network(q, boxes).numpy(), rel=1e-14)
+    each = [reference_term_energy(q.detach().numpy(), box, elements, set(), pair, c, 0.45, start)[0]
+            for pair, (start, c) in terms.items()]
+    assert min(map(abs, each)) > 0.0  # both were there to be seen
+    assert added == pytest.approx(np.full_like(added, sum(each)), rel=1e-10)
     system = mm.System()
     for mass in corrected.metadata.masses:
         system.addParticle(mass)
@@ -155,10 +183,6 @@ def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platf
     context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(platform))
     context.setPositions(water.positions)
     context.setParameter(ACTIVE_PARAMETER, 1.0)
-    q = torch.as_tensor(np.array(water.positions.value_in_unit(u.nanometer)))[None].requires_grad_(True)
-    boxes = torch.as_tensor(box)[None]
-    added = sum(correction(q, boxes) for correction in corrections)
-    heads = model.network(q, boxes) + added[:, None]
     tolerance = 1e-9 if platform == "Reference" else 1e-5
     for head in range(heads.shape[1]):
         context.setParameter(NODE_PARAMETER, float(head))
@@ -169,22 +193,28 @@ def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platf
         assert energy == pytest.approx(float(heads[0, head].detach()), rel=tolerance)
         scale = float(gradient.abs().max())
         assert np.abs(forces + gradient[0].numpy()).max() < 10 * tolerance * scale
-    assert all(float(correction(q, boxes).detach()) != 0.0 for correction in corrections)  # both were there to be seen
 
 
-def test_a_bad_range_a_correction_that_does_not_fit_the_box_or_a_scheme_b_model_is_refused(tmp_path, water):
-    model = periodic_toy_model(tmp_path / "toy.pt", water)
-    box = np.array([v.value_in_unit(u.nanometer) for v in water.system.getDefaultPeriodicBoxVectors()])
-    pairs = element_pairs(model.metadata.elements, "O-O")
+def test_bad_terms_other_networks_and_scheme_b_models_are_refused(tmp_path, water):
+    model = periodic_model(tmp_path / "model.pt", water)
     with pytest.raises(InputError, match="start < cutoff"):
-        PairPotential(pairs, CUTOFF, START, np.ones(N_INTERVALS - 3))
-    fits = PairPotential(pairs, START, CUTOFF, np.ones(N_INTERVALS - 3), torch.float64)
-    too_long = PairPotential(pairs, START, 0.6 * box[0, 0], np.ones(N_INTERVALS - 3), torch.float64)
-    with pytest.raises(InputError, match="cutoff"):
-        with_pair_correction(model, [fits, too_long], tmp_path / "c.pt", {}, box=box)
-    with pytest.raises(InputError, match="needs the box"):
-        with_pair_correction(model, [fits], tmp_path / "c.pt", {})
-    scheme_b = periodic_toy_model(tmp_path / "b.pt", water, scheme="B")
+        PairPotential(CUTOFF, START, np.ones(N_INTERVALS - 3))
+    fits = PairPotential(START, CUTOFF, np.ones(N_INTERVALS - 3), torch.float64)
+    too_long = PairPotential(START, 0.5, np.ones(N_INTERVALS - 3), torch.float64)
+    with pytest.raises(InputError, match="exceeds the network's 0.45 nm"):
+        with_pair_correction(model, {"O-O": fits, "O-H": too_long}, tmp_path / "c.pt", {})
+    with pytest.raises(InputError, match="two elements joined"):
+        with_pair_correction(model, {"O": fits}, tmp_path / "c.pt", {})
+    with pytest.raises(InputError, match="two terms for the element pair H-O"):
+        with_pair_correction(model, {"O-H": fits, "H-O": fits}, tmp_path / "c.pt", {})
+    with pytest.raises(InputError, match="no N atom"):
+        with_pair_correction(model, {"N-O": fits}, tmp_path / "c.pt", {})
+    with pytest.raises(InputError, match="not an actionml EnergyNetwork"):
+        with_pair_correction(periodic_model(tmp_path / "toy.pt", water, toy=True), {"O-O": fits}, tmp_path / "c.pt", {})
+    scheme_b = periodic_model(tmp_path / "b.pt", water, scheme="B")
     with pytest.raises(InputError, match="scheme-B"):
-        with_pair_correction(scheme_b, [fits], tmp_path / "c.pt", {}, box=box)
+        with_pair_correction(scheme_b, {"O-O": fits}, tmp_path / "c.pt", {})
     assert not (tmp_path / "c.pt").exists()
+    corrected = load_model(with_pair_correction(model, {"O-O": fits}, tmp_path / "once.pt", {"from": "model.pt"}))
+    with pytest.raises(InputError, match="already has a pair correction; correct the model it was made from"):
+        with_pair_correction(corrected, {"O-O": fits}, tmp_path / "twice.pt", {})
