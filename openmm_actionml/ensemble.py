@@ -85,7 +85,13 @@ class EnsembleOptions:
     correlation_time
         Longest lag (ps) of the velocity autocorrelation.
     instability_factor
-        A trajectory is unstable once its total energy leaves its start by this many ``n_dof kT``, or is NaN.
+        A trajectory is stopped, unstable, once its total energy leaves its start by this many ``n_dof kT``, or
+        is NaN.
+    runaway_factor
+        A trajectory whose total energy left its start by more than this many ``n_dof kT`` at any sample counts
+        as unstable too, from that sample on: a heating that levels off below ``instability_factor`` (half an
+        ``n_dof kT`` heats a harmonic system by half its temperature; a drift of 0.1 kT/DOF/ns gives a hundredth
+        of it over 50 ps).
     symplecticity_max_atoms
         Measure the finite-difference symplecticity defect of one step (:mod:`openmm_actionml.symplecticity`)
         for Systems without constraints of at most this many atoms (it costs ``36 N`` steps).
@@ -105,6 +111,7 @@ class EnsembleOptions:
     reversibility_time: float = 0.5
     correlation_time: float = 0.5
     instability_factor: float = 4.0
+    runaway_factor: float = 0.5
     symplecticity_max_atoms: int = 64
     speed_time: Optional[float] = None
     rdf: Optional[str] = None
@@ -429,6 +436,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     if candidate.speed_integrator is not None or read:
         ps_per_second = _speed(candidate, starts, masses, options, platform)
     times = np.arange(n_samples + 1) * options.sample_interval
+    stable &= failure_samples(energies, options.runaway_factor * n_dof * kT) < 0
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
     result = summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
                                 constraints, elements, temperature, options, reversibility, ps_per_second,
@@ -461,10 +469,13 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     in benchmarks/).
 
     ``energies`` is ``[B, T]`` (kJ/mol), ``velocities`` ``[B, T, N, 3]`` on the grid ``times`` (ps); ``stable``
-    marks the trajectories that stayed finite and bounded; ``constraints`` is ``[C, 2]`` atom pairs.
+    marks the trajectories that stayed finite and bounded, and those that ran away (``options.runaway_factor``)
+    are left out too; ``constraints`` is ``[C, 2]`` atom pairs.
     """
     dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
     n_dof = float(dof.sum())
+    failures = failure_samples(energies, options.runaway_factor * n_dof * BOLTZMANN * temperature)
+    stable = stable & (failures < 0)
     kept = times >= options.burn_in * times[-1]
     drifts = [energy_drift(times[kept], energies[b, kept], n_dof, temperature) for b in np.flatnonzero(stable)]
     molecules = rigid_triatomics(constraints)
@@ -492,7 +503,7 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     drift, drift_error = _mean_error(list(slopes))
     return EnsembleResult(
         name=name, step_fs=step * 1000.0, stable=int(stable.sum()), n_trajectories=len(stable),
-        failure_time=_mean_error([float(times[np.isfinite(energies[b])].max()) for b in np.flatnonzero(~stable)])[0],
+        failure_time=_mean_error([float(times[failures[b]]) for b in np.flatnonzero(~stable)])[0],
         drift=drift, drift_error=drift_error, drift_kj=float(slopes_kj.mean()) if len(slopes_kj) else float("nan"),
         energy_rms=float(np.mean([d.rms_kj for d in drifts])) if drifts else float("nan"),
         temperature=temperature_mean[0], temperature_error=temperature_mean[1], potential_energy=potential_mean[0],
@@ -531,6 +542,15 @@ def curve_mean_error(curves: np.ndarray, length: int) -> tuple[np.ndarray, np.nd
         return np.full(length, np.nan), np.full(length, np.nan)
     error = curves.std(0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.full(length, np.nan)
     return curves.mean(0), error
+
+
+def failure_samples(energies: np.ndarray, limit: float) -> np.ndarray:
+    """Per trajectory of total ``energies [B, T]`` (kJ/mol; NaN after a run was stopped), the first sample more
+    than ``limit`` from the start, else the last sample reached by a stopped run, else -1."""
+    finite = np.isfinite(energies)
+    crossed = finite & (np.abs(energies - energies[:, :1]) > limit)
+    stopped = np.where(finite.all(1), -1, finite.sum(1) - 1)
+    return np.where(crossed.any(1), crossed.argmax(1), stopped)
 
 
 def _mean_error(values: list[float]) -> tuple[float, float]:

@@ -9,8 +9,8 @@ import pytest
 import openmm as mm
 import openmm.unit as u
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, resumable_starts, \
-    run_ensemble, run_ensembles, summarise_ensemble, thermalised_starts, velocity_autocorrelation
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, failure_samples, \
+    resumable_starts, run_ensemble, run_ensembles, summarise_ensemble, thermalised_starts, velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
@@ -77,11 +77,36 @@ def test_potential_energy_is_total_minus_kinetic_averaged_per_trajectory():
     energies = potentials + 0.5 * (masses[:, None] * velocities ** 2).sum((-1, -2))
     energies[3, 2:] = np.nan
     stable = np.array([True, True, True, False])
+    unconserved = replace(OPTIONS, runaway_factor=np.inf)  # random totals: no runaway criterion
     result = summarise_ensemble("synthetic", 0.001, times, energies, velocities, stable, masses,
-                                np.zeros((0, 2), dtype=int), ["O", "H", "H"], 300.0, OPTIONS, float("nan"), 1.0, 1.0)
+                                np.zeros((0, 2), dtype=int), ["O", "H", "H"], 300.0, unconserved, float("nan"), 1.0,
+                                1.0)
     per_trajectory = potentials[:3].mean(-1)
     assert result.potential_energy == pytest.approx(per_trajectory.mean(), rel=1e-12)
     assert result.potential_energy_error == pytest.approx(per_trajectory.std(ddof=1) / np.sqrt(3), rel=1e-10)
+
+
+def test_a_trajectory_that_runs_away_and_levels_off_counts_as_unstable_from_its_crossing():
+    """Three atoms without constraints have n_dof = 6; at 300 K half an n_dof kT is 7.48 kJ/mol. A trajectory whose
+    energy rises by 10 kJ/mol at its fourth sample and stays there fails there, one stopped after its third sample
+    fails at its last, one rising by 5 kJ/mol is stable; the potential energy is the stable one's alone."""
+    rng = np.random.default_rng(4)
+    masses = np.array([16.0, 1.0, 1.0])
+    times = np.arange(8) * 0.01
+    velocities = rng.normal(size=(3, 8, 3, 3))
+    kinetic = 0.5 * (masses[:, None] * velocities ** 2).sum((-1, -2))
+    rise = np.array([0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0])
+    energies = -40.0 + np.stack([rise / 2, rise, np.zeros(8)])
+    energies[2, 3:] = np.nan
+    limit = 0.5 * 6 * BOLTZMANN * 300.0
+    assert failure_samples(energies, limit).tolist() == [-1, 3, 2]
+    assert failure_samples(energies, 2 * limit).tolist() == [-1, -1, 2]
+    stopped_early = np.isfinite(energies).all(1)
+    result = summarise_ensemble("synthetic", 0.001, times, energies, velocities, stopped_early, masses,
+                                np.zeros((0, 2), dtype=int), ["O", "H", "H"], 300.0, OPTIONS, float("nan"), 1.0, 1.0)
+    assert (result.stable, result.n_trajectories) == (1, 3)
+    assert result.failure_time == pytest.approx((times[3] + times[2]) / 2)
+    assert result.potential_energy == pytest.approx((energies[0] - kinetic[0]).mean(), rel=1e-12)
 
 
 def test_potential_energy_at_the_bath_temperature_follows_the_virial_theorem():
