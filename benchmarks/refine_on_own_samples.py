@@ -54,6 +54,7 @@ from openmm_actionml.platforms import create_context
 from openmm_actionml.training import Trainer, TrainingOptions
 from openmm_actionml.units import BOLTZMANN
 
+
 def trainer_from_model(model: ActionMLModel, data: ReferenceDataset, learning_rate: float) -> Trainer:
     """A :class:`Trainer` with the model's recipe on ``data``, its network holding the model's parameters, and Adam
     at a constant ``learning_rate``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -366,6 +366,8 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     sample_steps = _whole_steps(options.sample_interval, candidate.step, "sample_interval", candidate.name)
     n_samples = int(round(options.duration / options.sample_interval))
     integrator = candidate.make_integrator()
+    if getattr(integrator, "temperature", None) is not None:  # a thermostat moves the total energy: no runaways
+        options = replace(options, runaway_factor=float("inf"))
     rdf = _radial_distribution(system, elements, options)
     settings = f"steps {sample_steps} samples {n_samples} instability {options.instability_factor}"
     if rdf is not None:
@@ -425,6 +427,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
         if progress is not None:
             progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
+    stable &= failure_samples(energies, options.runaway_factor * n_dof * kT) < 0  # and a heating that levelled off
     reversibility = _reversibility(context, integrator, starts, stable, masses,
                                    max(1, int(round(options.reversibility_time / candidate.step))))
     symplecticity = float("nan")
@@ -436,7 +439,6 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     if candidate.speed_integrator is not None or read:
         ps_per_second = _speed(candidate, starts, masses, options, platform)
     times = np.arange(n_samples + 1) * options.sample_interval
-    stable &= failure_samples(energies, options.runaway_factor * n_dof * kT) < 0
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
     result = summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
                                 constraints, elements, temperature, options, reversibility, ps_per_second,
