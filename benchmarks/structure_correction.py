@@ -131,15 +131,14 @@ def main() -> None:
         n_intervals = int(round((args.cutoff - start) / args.spacing))
         terms[pair] = {"start": float(start), "n_intervals": n_intervals, "coefficients": np.zeros(n_intervals - 3)}
 
-    def potential(pair: str, dtype: torch.dtype = torch.float64) -> PairPotential:
+    def potential(pair: str) -> PairPotential:
         term = terms[pair]
-        return PairPotential(term["start"], args.cutoff, term["coefficients"], dtype)
+        return PairPotential(term["start"], args.cutoff, term["coefficients"])
 
     def on_radii(pair: str) -> np.ndarray:
         with torch.no_grad():
             return potential(pair)(torch.as_tensor(rdfs[pair].radii)).numpy()
 
-    dtype = next(model.network.parameters()).dtype
     stem = Path(args.output).with_suffix("")
     rows, curves, potentials = [], [], []
     current = model.path
@@ -169,7 +168,7 @@ def main() -> None:
             log(f"round {round_index}: U({pair}) from {now[trusted].min():+.3f}..{now[trusted].max():+.3f} to "
                 f"{after[pair][trusted].min():+.3f}..{after[pair][trusted].max():+.3f} kJ/mol over the trusted radii")
         potentials.append(after)
-        current = with_pair_correction(model, {pair: potential(pair, dtype) for pair in terms},
+        current = with_pair_correction(model, {pair: potential(pair) for pair in terms},
                                        f"{stem}-i{round_index + 1}.pt", recipe, overwrite=True)
         log(f"round {round_index}: wrote {current.name}")
     write_report(stem, args, rows, rdfs, targets, curves, potentials)

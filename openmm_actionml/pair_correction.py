@@ -59,8 +59,7 @@ class PairPotential(torch.nn.Module):
         The free B-spline coefficients in kJ/mol: ``n - 3`` for ``n`` intervals of width ``(cutoff - start) / n``.
     """
 
-    def __init__(self, start: float, cutoff: float, coefficients: np.ndarray, dtype: torch.dtype = torch.float32
-                 ) -> None:
+    def __init__(self, start: float, cutoff: float, coefficients: np.ndarray) -> None:
         super().__init__()
         coefficients = np.asarray(coefficients, dtype=float).reshape(-1)
         if not 0.0 <= start < cutoff or len(coefficients) < 1:
@@ -70,7 +69,7 @@ class PairPotential(torch.nn.Module):
         self.cutoff = float(cutoff)
         self.n_intervals = len(coefficients) + 3
         self.spacing = (self.cutoff - self.start) / self.n_intervals
-        self.register_buffer("polynomials", torch.as_tensor(self.polynomial_table(coefficients), dtype=dtype))
+        self.register_buffer("polynomials", torch.as_tensor(self.polynomial_table(coefficients)))  # float64
 
     @staticmethod
     def polynomial_table(coefficients: np.ndarray) -> np.ndarray:
@@ -123,7 +122,7 @@ class PairCorrectedNetwork(torch.nn.Module):
         for k, (a, c) in enumerate(species_pairs):
             lookup[a, c] = lookup[c, a] = k
         self.register_buffer("term_of_species", lookup)
-        tables = [term.polynomials.double() for term in terms] + [torch.zeros(1, 4, dtype=torch.float64)]
+        tables = [term.polynomials for term in terms] + [torch.zeros(1, 4, dtype=torch.float64)]
         self.register_buffer("polynomials", torch.cat(tables).to(dtype))
         self.register_buffer("first_rows", torch.cumsum(torch.tensor([0] + [len(t) for t in tables[:-1]]), 0))
         parameters = [(term.start, 1.0 / term.spacing, float(term.n_intervals)) for term in terms] + [(0.0, 1.0, 1.0)]
@@ -146,7 +145,7 @@ def fit_coefficients(radii: np.ndarray, target: np.ndarray, weights: np.ndarray,
     if n_intervals < 4:
         raise InputError(f"a pair potential needs at least 4 spline intervals (one free coefficient), got "
                          f"{n_intervals}.")
-    shape = PairPotential(start, cutoff, np.zeros(n_intervals - 3), torch.float64)
+    shape = PairPotential(start, cutoff, np.zeros(n_intervals - 3))
     with torch.no_grad():
         design = shape.basis(torch.as_tensor(np.asarray(radii), dtype=torch.float64)).numpy()
     root = np.sqrt(np.asarray(weights, dtype=float))

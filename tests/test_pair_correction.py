@@ -57,7 +57,7 @@ def test_energy_is_u_summed_over_the_networks_neighbour_pairs_of_each_term():
     vocabulary = network.config.elements
     terms = {pair: rng.normal(size=N_INTERVALS - 3) for pair in ("O-O", "H-O")}
     corrected = PairCorrectedNetwork(network, [tuple(vocabulary.index(e) for e in pair.split("-")) for pair in terms],
-                                     [PairPotential(START, CUTOFF, c, torch.float64) for c in terms.values()])
+                                     [PairPotential(START, CUTOFF, c) for c in terms.values()])
     q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
     boxes = torch.as_tensor(box).expand(2, 3, 3)
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_u_is_c2_and_its_first_two_derivatives_vanish_at_both_ends():
     """Inside, u equals the basis times the coefficients and its derivatives are continuous across the knots (a
     cubic spline is C^2: the jump of u'' over a knot is O(eps)); at start, at cutoff and outside they are zero."""
     coefficients = np.random.default_rng(3).normal(size=N_INTERVALS - 3)
-    potential = PairPotential(START, CUTOFF, coefficients, torch.float64)
+    potential = PairPotential(START, CUTOFF, coefficients)
 
     def derivatives(r0: float) -> tuple[float, float, float]:
         r = torch.tensor(r0, dtype=torch.float64, requires_grad=True)
@@ -159,7 +159,7 @@ def test_a_corrected_model_adds_u_to_every_head_in_openmm(tmp_path, water, platf
     rng = np.random.default_rng(2)
     terms = {pair: (start, rng.normal(scale=3.0, size=N_INTERVALS - 3))
              for pair, start in (("O-O", START), ("O-H", START - 0.08))}
-    path = with_pair_correction(model, {pair: PairPotential(start, CUTOFF, c, torch.float64)
+    path = with_pair_correction(model, {pair: PairPotential(start, CUTOFF, c)
                                         for pair, (start, c) in terms.items()}, tmp_path / "corrected.pt",
                                 {"pair": "O-O"})
     corrected = load_model(path)
@@ -199,8 +199,8 @@ def test_bad_terms_other_networks_and_scheme_b_models_are_refused(tmp_path, wate
     model = periodic_model(tmp_path / "model.pt", water)
     with pytest.raises(InputError, match="start < cutoff"):
         PairPotential(CUTOFF, START, np.ones(N_INTERVALS - 3))
-    fits = PairPotential(START, CUTOFF, np.ones(N_INTERVALS - 3), torch.float64)
-    too_long = PairPotential(START, 0.5, np.ones(N_INTERVALS - 3), torch.float64)
+    fits = PairPotential(START, CUTOFF, np.ones(N_INTERVALS - 3))
+    too_long = PairPotential(START, 0.5, np.ones(N_INTERVALS - 3))
     with pytest.raises(InputError, match="exceeds the network's 0.45 nm"):
         with_pair_correction(model, {"O-O": fits, "O-H": too_long}, tmp_path / "c.pt", {})
     with pytest.raises(InputError, match="two elements joined"):
