@@ -50,20 +50,21 @@ def reference_term_energy(q: np.ndarray, box: np.ndarray, elements: list[str], e
 def test_energy_is_u_summed_over_the_networks_neighbour_pairs_of_each_term():
     rng = np.random.default_rng(0)
     box = np.diag([1.0, 1.1, 1.2])
-    elements = ["O", "H", "H"] * 4
-    bonds = {(3 * k, 3 * k + m) for k in range(4) for m in (1, 2)} | {(3 * k + 1, 3 * k + 2) for k in range(4)}
+    elements = ["O", "H", "H"] * 8
+    bonds = {(3 * k, 3 * k + m) for k in range(8) for m in (1, 2)} | {(3 * k + 1, 3 * k + 2) for k in range(8)}
     network = build_network(elements, periodic=True, excluded_pairs=sorted(bonds), cutoff=0.5, zero_init=False
                             ).double()
     vocabulary = network.config.elements
     terms = {pair: rng.normal(size=N_INTERVALS - 3) for pair in ("O-O", "H-O")}
     corrected = PairCorrectedNetwork(network, [tuple(vocabulary.index(e) for e in pair.split("-")) for pair in terms],
                                      [PairPotential(START, CUTOFF, c) for c in terms.values()])
-    q = rng.uniform(0.0, 1.0, size=(2, 12, 3)) * np.diag(box)
+    q = rng.uniform(0.0, 1.0, size=(2, 24, 3)) * np.diag(box)
     boxes = torch.as_tensor(box).expand(2, 3, 3)
     with torch.no_grad():
         added = (corrected(torch.as_tensor(q), boxes) - network(torch.as_tensor(q), boxes)).numpy()
-    expected = sum(reference_term_energy(q, box, elements, bonds, pair, c, network.cutoff) for pair, c in terms.items())
-    assert np.abs(expected).min() > 0.0  # both terms had pairs to act on
+    each = [reference_term_energy(q, box, elements, bonds, pair, c, network.cutoff) for pair, c in terms.items()]
+    assert min(np.abs(e).min() for e in each) > 0.0  # both terms had pairs to act on in both structures
+    expected = sum(each)
     assert added == pytest.approx(np.repeat(expected[:, None], network.n_heads, 1), rel=1e-12)
     moved = q.copy()
     moved[:, 3] += box[1] - 2.0 * box[2]  # a lattice vector: the same periodic configuration
