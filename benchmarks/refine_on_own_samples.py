@@ -49,7 +49,6 @@ from openmm_actionml.ensemble import Starts, read_starts
 from openmm_actionml.ensemble_check import kick_weights
 from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
-from openmm_actionml.network import BINDING_BUFFERS
 from openmm_actionml.platforms import create_context
 from openmm_actionml.training import Trainer, TrainingOptions
 from openmm_actionml.units import BOLTZMANN
@@ -60,8 +59,7 @@ def trainer_from_model(model: ActionMLModel, data: ReferenceDataset, learning_ra
     at a constant ``learning_rate``."""
     options = dict(model.metadata.recipe["options"], learning_rate=learning_rate, final_learning_rate=learning_rate)
     trainer = Trainer(data, data.system(), TrainingOptions(**options))
-    state = {key: value for key, value in model.network.state_dict().items() if key not in BINDING_BUFFERS}
-    trainer.network.load_state_dict(state)
+    trainer.network.load_weights(model.network.state_dict())
     return trainer
 
 

@@ -235,6 +235,12 @@ class EnergyNetwork(torch.nn.Module):
         self.periodic = bool(periodic)
 
     @torch.jit.unused
+    def load_weights(self, state: dict) -> None:
+        """Load the weights (and feature scaling) of ``state``, e.g. a model file's ``network.state_dict()``,
+        keeping this network's binding (:data:`BINDING_BUFFERS`)."""
+        self.load_state_dict({key: value for key, value in state.items() if key not in BINDING_BUFFERS})
+
+    @torch.jit.unused
     def fit_feature_scaling(self, positions: Tensor, box: Optional[Tensor] = None) -> None:
         """Set the per-element feature mean and scale from configurations ``positions[B, N, 3]``.
 

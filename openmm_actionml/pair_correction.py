@@ -23,7 +23,7 @@ from torch import Tensor
 from .diagnostics import element_pair_indices
 from .errors import InputError
 from .modelfile import ActionMLModel, export_model
-from .network import BINDING_BUFFERS, EnergyNetwork, NetworkConfig
+from .network import EnergyNetwork, NetworkConfig
 
 
 #: The four cubic B-splines over one interval as polynomials in the fraction f through it (row: spline, column:
@@ -186,7 +186,7 @@ def energy_network(model: ActionMLModel) -> EnergyNetwork:
                          f"correction reuses that network's pair search.") from None
     network = EnergyNetwork(config).to(next(model.network.parameters()).dtype)
     state = model.network.state_dict()
-    network.load_state_dict({key: value for key, value in state.items() if key not in BINDING_BUFFERS})
+    network.load_weights(state)
     network.species, network.excluded_keys = state["species"].clone(), state["excluded_keys"].clone()
     network.periodic = meta.periodic
     return network
