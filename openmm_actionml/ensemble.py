@@ -349,7 +349,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     """Run ``candidate`` from every start in NVE and measure it.
 
     A start's velocities are used as they are when the candidate's masses equal the starts'; otherwise
-    (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`_set_start`).
+    (hydrogen-mass repartitioning) they are rescaled to the candidate's masses (see :func:`set_start`).
 
     With ``cache_dir``, each finished trajectory is written there (:class:`TrajectoryCache`) and one already there
     is read instead of run, so an interrupted run resumes. With ``options.rdf``, the radial distribution
@@ -396,7 +396,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
             if progress is not None:
                 progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} read from {cache.path(*start)}")
             continue
-        _set_start(context, starts, index, masses)
+        set_start(context, starts, index, masses)
         for sample in range(n_samples + 1):
             if sample:
                 started = time.perf_counter()
@@ -592,11 +592,12 @@ def _start_velocities(starts: Starts, index: int, masses: np.ndarray) -> np.ndar
     return without_centre_of_mass_velocity(velocities, masses)
 
 
-def _set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
-    """Start ``index`` with :func:`_start_velocities`. When the masses differ (HMR), the velocity constraints are
-    applied and the result rescaled to the start's kinetic energy: the constraint projection would otherwise remove a few per cent of it (the bond-stretching
-    components the rescaling creates), and with the same constraints the same kinetic energy is the same
-    temperature. The comparison stays paired, start by start."""
+def set_start(context: mm.Context, starts: Starts, index: int, masses: np.ndarray) -> None:
+    """Put ``context`` at start ``index``, with :func:`_start_velocities` for a System of ``masses``. When the masses
+    differ (HMR), the velocity constraints are applied and the result rescaled to the start's kinetic energy: the
+    constraint projection would otherwise remove a few per cent of it (the bond-stretching components the rescaling
+    creates), and with the same constraints the same kinetic energy is the same temperature. The comparison stays
+    paired, start by start."""
     context.setTime(0.0)
     context.setPositions(starts.positions[index])
     context.applyConstraints(1e-10)
@@ -615,7 +616,7 @@ def _reversibility(context: mm.Context, integrator: mm.Integrator, starts: Start
     ``steps`` steps forward, a velocity flip and ``steps`` steps back."""
     distances = []
     for index in np.flatnonzero(stable)[:count]:
-        _set_start(context, starts, int(index), masses)
+        set_start(context, starts, int(index), masses)
         begin = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         try:
             integrator.step(steps)
@@ -636,7 +637,7 @@ def _speed(candidate: Candidate, starts: Starts, masses: np.ndarray, options: En
     up (platforms that check for NaN raise) is timed over the chunks it finished, and NaN if none."""
     integrator = (candidate.speed_integrator or candidate.make_integrator)()
     context = create_context(candidate.system, integrator, platform)
-    _set_start(context, starts, 0, masses)
+    set_start(context, starts, 0, masses)
     chunk = max(1, int(round((options.speed_time or options.duration) / candidate.step)) // 100)
     done, elapsed = 0, 0.0
     try:

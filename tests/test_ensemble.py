@@ -9,8 +9,9 @@ import pytest
 import openmm as mm
 import openmm.unit as u
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, _set_start, equilibrated_starts, failure_samples, \
-    resumable_starts, run_ensemble, run_ensembles, summarise_ensemble, thermalised_starts, velocity_autocorrelation
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, failure_samples, \
+    resumable_starts, run_ensemble, run_ensembles, set_start, summarise_ensemble, thermalised_starts, \
+    velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
 from openmm_actionml.evaluate import verlet_candidate
@@ -169,7 +170,7 @@ def test_other_masses_get_velocities_of_the_same_temperature(alanine_hbonds, sta
     hmr = with_hydrogen_mass(alanine_hbonds.system, alanine_hbonds.topology, 1.5)
     context = mm.Context(hmr, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
     masses = particle_masses(hmr)
-    _set_start(context, starts, 0, masses)
+    set_start(context, starts, 0, masses)
     v = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)
     assert np.abs((masses[:, None] * v).sum(0)).max() < 1e-10
     start_twice_kinetic = (starts.masses[:, None] * starts.velocities[0] ** 2).sum()

@@ -1,0 +1,221 @@
+"""Goal 3 of issue 6: catch a learned AMOEBA-water row's runaways with their positions, and show what starts them.
+
+A runaway of a surrogate step is a trajectory whose total energy, measured in AMOEBA, leaves its start by more
+than the harness's runaway limit (``EnsembleOptions.runaway_factor`` n_dof kT). The ensemble cache keeps no
+positions, and a trajectory cannot be replayed to the bit (the force summation order differs from run to run, and
+the liquid is chaotic), so this runs the model's NVE trajectories afresh from given starts (those of
+``amoeba_water.py --thermalise``, its cache's ``starts-*-own-*.npz``) and keeps the last ``--window`` ps of
+positions and velocities. AMOEBA's energy is measured every ``--check-interval`` ps; at a crossing the run goes on
+for ``--after`` ps and writes the window to ``runaway-<start>.npz``. For each runaway caught it then measures, at
+every sample of the window:
+
+- AMOEBA's potential energy U and the step's kick potential W (the baseline force field plus the learned heads
+  weighted by their kick coefficients, :func:`~openmm_actionml.ensemble_check.kick_weights`), each from the window's
+  first sample, and the kinetic energy K. The surrogate's NVE conserves (a modified) W + K: a jump in U with none in
+  K is a configuration the surrogate rates far lower than AMOEBA does;
+- the closest intermolecular O-O, O-H and H-H contacts and the molecules that make them,
+
+and writes them to ``onset-<start>.md`` and ``onset-<start>.png``, with ``trajectories-<first>-<last>.md`` listing
+every trajectory run (stable, or the time of its crossing). Processes given other ``--first`` share the work.
+
+Usage::
+
+    python benchmarks/runaway_onset.py MODEL.pt --starts STARTS.npz [--first 0] [--count 32] [--time 50]
+        [--window 8] [--after 3] [--check-interval 0.24] [--output-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+
+from amoeba_water import amoeba_water
+from benchmark_log import log
+from openmm_actionml.atomic import atomic_path
+from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, rigid_triatomics
+from openmm_actionml.ensemble import FORCE_FIELD_GROUPS, EnsembleOptions, Starts, read_starts, set_start
+from openmm_actionml.ensemble_check import kick_weights, learned_energies
+from openmm_actionml.evaluate import model_candidate, model_system
+from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.platforms import create_context
+from openmm_actionml.report import save_figure
+from openmm_actionml.systems import PreparedSystem, constraint_pairs, particle_masses
+from openmm_actionml.units import BOLTZMANN
+
+TEMPERATURE = 300.0
+#: fs between kept samples: the ensemble benchmark's.
+SAMPLE_INTERVAL = 0.048
+CONTACTS = ("O-O", "O-H", "H-H")
+
+
+@dataclass
+class Capture:
+    """The last samples of a trajectory up to ``after`` ps past its runaway crossing (``crossing``, ps)."""
+
+    start: int
+    crossing: float
+    times: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+
+
+def run_trajectory(context: mm.Context, integrator: mm.Integrator, meter: mm.Context, starts: Starts, index: int,
+                   masses: np.ndarray, steps_per_sample: int, duration: float, limit: float, window: float,
+                   after: float, check_every: int) -> Capture | None:
+    """One NVE trajectory from start ``index``, sampled every ``steps_per_sample`` steps; its :class:`Capture` if
+    AMOEBA's total energy (``meter``'s U plus K, every ``check_every`` samples) leaves the start's by more than
+    ``limit`` kJ/mol, else None."""
+    kept = collections.deque(maxlen=int(round(window / SAMPLE_INTERVAL)) + 1)
+    set_start(context, starts, index, masses)
+    first_total, crossing, last = None, None, int(round(duration / SAMPLE_INTERVAL))
+    sample = 0
+    while sample <= last:
+        if sample:
+            integrator.step(steps_per_sample)
+        state = context.getState(getPositions=True, getVelocities=True, getEnergy=True, groups=FORCE_FIELD_GROUPS)
+        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        kept.append((sample * SAMPLE_INTERVAL, positions,
+                     state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)))
+        if crossing is None and sample % check_every == 0:
+            meter.setPositions(positions)
+            total = (meter.getState(getEnergy=True).getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(
+                u.kilojoule_per_mole)
+            first_total = total if first_total is None else first_total
+            if not np.isfinite(total) or abs(total - first_total) > limit:
+                crossing = sample * SAMPLE_INTERVAL
+                last = sample + int(round(after / SAMPLE_INTERVAL))
+                kept = collections.deque(kept, maxlen=kept.maxlen + last - sample)
+        sample += 1
+    if crossing is None:
+        return None
+    times, positions, velocities = (np.array(column) for column in zip(*kept))
+    return Capture(index, crossing, times, positions, velocities)
+
+
+def closest_contacts(positions: np.ndarray, first: np.ndarray, second: np.ndarray, molecule: np.ndarray,
+                     box: np.ndarray) -> tuple[float, int, int]:
+    """The closest minimum-image distance (nm) between an atom of ``first`` and one of ``second`` in another
+    molecule, and the two molecules."""
+    separation = positions[second][None, :, :] - positions[first][:, None, :]
+    separation -= box * np.round(separation / box)
+    distances = np.sqrt((separation ** 2).sum(-1))
+    distances[molecule[first][:, None] == molecule[second][None, :]] = np.inf
+    i, j = np.unravel_index(np.argmin(distances), distances.shape)
+    return float(distances[i, j]), int(molecule[first][i]), int(molecule[second][j])
+
+
+def potential_energies(system: mm.System, positions: np.ndarray) -> np.ndarray:
+    """``system``'s potential energy (kJ/mol) at each frame of ``positions [T, N, 3]`` (CPU platform)."""
+    context = create_context(system, mm.VerletIntegrator(0.001), "CPU")
+    energies = []
+    for frame in positions:
+        context.setPositions(frame)
+        energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
+    return np.array(energies)
+
+
+def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, output: Path) -> str:
+    """Measure a capture's U, W, K and closest contacts at every sample; write its table and figure."""
+    import matplotlib.pyplot as plt
+    system = prepared.system
+    masses = particle_masses(system)
+    box_vectors = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    box = np.diag(box_vectors)
+    amoeba = potential_energies(system, capture.positions)
+    weights = kick_weights(model)
+    kick = potential_energies(model_system(prepared, model).system, capture.positions)
+    kick += learned_energies(model, capture.positions, box_vectors) @ weights / weights.sum()
+    kinetic = 0.5 * (masses[:, None] * capture.velocities ** 2).sum((1, 2))
+    elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
+    molecule = np.full(len(masses), -1)
+    for number, atoms in enumerate(rigid_triatomics(constraint_pairs(system))):
+        molecule[atoms] = number
+    contacts = {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
+                                                 molecule, box) for frame in capture.positions])
+                for pair in CONTACTS}
+    rows = ["| t (ps) | U - U0 (AMOEBA) | W - W0 | K - K0 | " + " | ".join(f"closest {p} (molecules)" for p in CONTACTS)
+            + " |", "|---" * (4 + len(CONTACTS)) + "|"]
+    for index, t in enumerate(capture.times):
+        cells = [f"{t:.3f}", f"{amoeba[index] - amoeba[0]:+.1f}", f"{kick[index] - kick[0]:+.1f}",
+                 f"{kinetic[index] - kinetic[0]:+.1f}"]
+        cells += [f"{contacts[p][index, 0]:.3f} ({contacts[p][index, 1]:.0f}, {contacts[p][index, 2]:.0f})"
+                  for p in CONTACTS]
+        rows.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(rows)
+    with atomic_path(output / f"onset-{capture.start}.md", overwrite=True) as tmp:
+        tmp.write_text(f"# Runaway from start {capture.start}: crossing at {capture.crossing:.2f} ps\n\n"
+                       f"Energies in kJ/mol from the window's first sample, distances in nm.\n\n{table}\n")
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for values, label in ((amoeba, "U (AMOEBA)"), (kick, "W (kick potential)"), (kinetic, "K"),
+                          (amoeba + kinetic, "U + K"), (kick + kinetic, "W + K")):
+        top.plot(capture.times, values - values[0], label=label, lw=1)
+    top.axvline(capture.crossing, color="grey", ls=":", lw=1)
+    top.set_ylabel("energy from window start (kJ/mol)")
+    top.legend(fontsize=8, ncol=3)
+    for pair in CONTACTS:
+        bottom.plot(capture.times, contacts[pair][:, 0], label=f"closest {pair}", lw=1)
+    bottom.set_xlabel("time (ps)")
+    bottom.set_ylabel("distance (nm)")
+    bottom.legend(fontsize=8)
+    top.set_title(f"{model.path.stem}: runaway from start {capture.start}")
+    save_figure(figure, output / f"onset-{capture.start}.png")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a model of the 64-water AMOEBA box (as amoeba_water.py runs it)")
+    parser.add_argument("--starts", required=True, help="a starts file (.npz) of amoeba_water.py's cache")
+    parser.add_argument("--first", type=int, default=0, help="first start to run")
+    parser.add_argument("--count", type=int, default=32, help="starts to run from --first")
+    parser.add_argument("--time", type=float, default=50.0, help="ps per trajectory")
+    parser.add_argument("--window", type=float, default=8.0, help="ps kept before a crossing")
+    parser.add_argument("--after", type=float, default=3.0, help="ps run and kept after a crossing")
+    parser.add_argument("--check-interval", type=float, default=0.24, help="ps between AMOEBA energies, a multiple "
+                        f"of {SAMPLE_INTERVAL * 1000:g} fs")
+    parser.add_argument("--output-dir", default="results/runaway-onset")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    prepared = amoeba_water(64, 0.6)
+    model = load_model(args.model)
+    starts = read_starts(args.starts, "give a starts file of amoeba_water.py's cache (starts-*.npz).")
+    row = model_candidate(prepared, model)
+    masses = particle_masses(row.system)
+    n_dof = float(degrees_of_freedom_per_atom(masses, constraint_pairs(row.system), remove_com=True).sum())
+    limit = EnsembleOptions().runaway_factor * n_dof * BOLTZMANN * TEMPERATURE
+    integrator = row.make_integrator()
+    context = create_context(row.system, integrator, "CPU")
+    meter = create_context(prepared.system, mm.VerletIntegrator(0.001), "CPU")
+    steps_per_sample = int(round(SAMPLE_INTERVAL / row.step))
+    check_every = max(1, int(round(args.check_interval / SAMPLE_INTERVAL)))
+    last = min(args.first + args.count, len(starts))
+    lines = [f"# {model.path.stem}: {args.time:g} ps NVE trajectories from {Path(args.starts).name}",
+             "", f"Runaway limit {limit:.0f} kJ/mol (AMOEBA total energy from the start).", ""]
+    began = time.perf_counter()
+    for index in range(args.first, last):
+        capture = run_trajectory(context, integrator, meter, starts, index, masses, steps_per_sample, args.time,
+                                 limit, args.window, args.after, check_every)
+        verdict = "stable" if capture is None else f"runaway, crossing at {capture.crossing:.2f} ps"
+        log(f"start {index}: {verdict} ({time.perf_counter() - began:.0f} s)")
+        lines.append(f"- start {index}: {verdict}")
+        if capture is not None:
+            with atomic_path(output / f"runaway-{index}.npz", overwrite=True) as tmp:
+                np.savez(tmp, times=capture.times, positions=capture.positions, velocities=capture.velocities,
+                         crossing=capture.crossing)
+            onset(capture, prepared, model, output)
+        with atomic_path(output / f"trajectories-{args.first}-{last - 1}.md", overwrite=True) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
