@@ -14,6 +14,8 @@ every sample of the window:
   weighted by their kick coefficients, :func:`~openmm_actionml.ensemble_check.kick_weights`), each from the window's
   first sample, and the kinetic energy K. The surrogate's NVE conserves (a modified) W + K: a jump in U with none in
   K is a configuration the surrogate rates far lower than AMOEBA does;
+- U - W for each ``--compare`` model and for the model's baseline force field alone: whether other surrogates
+  share a gap the onset opens;
 - the closest intermolecular O-O, O-H and H-H contacts and the molecules that make them,
 
 and writes them to ``onset-<start>.md`` and ``onset-<start>.png``, with ``trajectories-<first>-<last>.md`` listing
@@ -22,7 +24,9 @@ every trajectory run (stable, or the time of its crossing). Processes given othe
 Usage::
 
     python benchmarks/runaway_onset.py MODEL.pt --starts STARTS.npz [--first 0] [--count 32] [--time 50]
-        [--window 8] [--after 3] [--check-interval 0.24] [--limit KJ_PER_MOL] [--output-dir DIR]
+        [--window 8] [--after 3] [--check-interval 0.24] [--limit KJ_PER_MOL] [--compare OTHER.pt ...]
+        [--output-dir DIR]
+    python benchmarks/runaway_onset.py MODEL.pt --reanalyse DIR/runaway-START.npz [--compare OTHER.pt ...]
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import collections
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -40,7 +45,7 @@ import openmm.unit as u
 
 from amoeba_water import amoeba_water
 from benchmark_log import log
-from openmm_actionml.atomic import atomic_path
+from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, rigid_triatomics
 from openmm_actionml.ensemble import FORCE_FIELD_GROUPS, EnsembleOptions, Starts, read_starts, set_start
 from openmm_actionml.ensemble_check import kick_weights, learned_energies
@@ -123,17 +128,31 @@ def potential_energies(system: mm.System, positions: np.ndarray) -> np.ndarray:
     return np.array(energies)
 
 
-def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, output: Path) -> str:
-    """Measure a capture's U, W, K and closest contacts at every sample; write its table and figure."""
+def kick_potential(prepared: PreparedSystem, model: ActionMLModel, positions: np.ndarray) -> np.ndarray:
+    """The model's kick potential W (kJ/mol) at each frame of ``positions [T, N, 3]``: its force field (or
+    baseline) plus the learned heads weighted by their kick coefficients."""
+    weights = kick_weights(model)
+    box_vectors = np.array([v.value_in_unit(u.nanometer) for v in prepared.system.getDefaultPeriodicBoxVectors()])
+    learned = learned_energies(model, positions, box_vectors) @ weights / weights.sum()
+    return potential_energies(model_system(prepared, model).system, positions) + learned
+
+
+def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, output: Path,
+          others: Sequence[ActionMLModel] = ()) -> str:
+    """Measure a capture's U, W, K and closest contacts at every sample, and U - W for the model, each of
+    ``others`` and the model's baseline alone; write its table and figure."""
     import matplotlib.pyplot as plt
     system = prepared.system
     masses = particle_masses(system)
-    box_vectors = np.array([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
-    box = np.diag(box_vectors)
+    box = np.diag([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
     amoeba = potential_energies(system, capture.positions)
-    weights = kick_weights(model)
-    kick = potential_energies(model_system(prepared, model).system, capture.positions)
-    kick += learned_energies(model, capture.positions, box_vectors) @ weights / weights.sum()
+    kick = kick_potential(prepared, model, capture.positions)
+    gaps = {"U - W": amoeba - kick}
+    gaps.update({f"U - W ({other.path.stem})": amoeba - kick_potential(prepared, other, capture.positions)
+                 for other in others})
+    if model.metadata.baseline:
+        baseline = potential_energies(model_system(prepared, model).system, capture.positions)
+        gaps[f"U - {' + '.join(model.metadata.baseline)} alone"] = amoeba - baseline
     kinetic = 0.5 * (masses[:, None] * capture.velocities ** 2).sum((1, 2))
     elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
     molecule = np.full(len(masses), -1)
@@ -142,18 +161,21 @@ def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, outp
     contacts = {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
                                                  molecule, box) for frame in capture.positions])
                 for pair in CONTACTS}
-    rows = ["| t (ps) | U - U0 (AMOEBA) | W - W0 | K - K0 | " + " | ".join(f"closest {p} (molecules)" for p in CONTACTS)
-            + " |", "|---" * (4 + len(CONTACTS)) + "|"]
+    rows = ["| t (ps) | U - U0 (AMOEBA) | W - W0 | K - K0 | " + " | ".join(gaps) + " | "
+            + " | ".join(f"closest {p} (molecules)" for p in CONTACTS) + " |",
+            "|---" * (4 + len(gaps) + len(CONTACTS)) + "|"]
     for index, t in enumerate(capture.times):
         cells = [f"{t:.3f}", f"{amoeba[index] - amoeba[0]:+.1f}", f"{kick[index] - kick[0]:+.1f}",
                  f"{kinetic[index] - kinetic[0]:+.1f}"]
+        cells += [f"{gap[index] - gap[0]:+.1f}" for gap in gaps.values()]
         cells += [f"{contacts[p][index, 0]:.3f} ({contacts[p][index, 1]:.0f}, {contacts[p][index, 2]:.0f})"
                   for p in CONTACTS]
         rows.append("| " + " | ".join(cells) + " |")
     table = "\n".join(rows)
     with atomic_path(output / f"onset-{capture.start}.md", overwrite=True) as tmp:
         tmp.write_text(f"# Start {capture.start}: crossing at {capture.crossing:.2f} ps\n\n"
-                       f"Energies in kJ/mol from the window's first sample, distances in nm.\n\n{table}\n")
+                       f"Model {model.path.stem}. Energies in kJ/mol from the window's first sample, distances "
+                       f"in nm.\n\n{table}\n")
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for values, label in ((amoeba, "U (AMOEBA)"), (kick, "W (kick potential)"), (kinetic, "K"),
                           (amoeba + kinetic, "U + K"), (kick + kinetic, "W + K")):
@@ -174,7 +196,7 @@ def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, outp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a model of the 64-water AMOEBA box (as amoeba_water.py runs it)")
-    parser.add_argument("--starts", required=True, help="a starts file (.npz) of amoeba_water.py's cache")
+    parser.add_argument("--starts", help="a starts file (.npz) of amoeba_water.py's cache")
     parser.add_argument("--first", type=int, default=0, help="first start to run")
     parser.add_argument("--count", type=int, default=32, help="starts to run from --first")
     parser.add_argument("--time", type=float, default=50.0, help="ps per trajectory")
@@ -184,13 +206,29 @@ def main() -> None:
                         f"of {SAMPLE_INTERVAL * 1000:g} fs")
     parser.add_argument("--limit", type=float, help="kJ/mol of AMOEBA total energy from the start that counts as a "
                         "crossing (default: the harness's runaway limit, half an n_dof kT)")
+    parser.add_argument("--compare", action="append", default=[], help="another model of the box whose U - W to "
+                        "show at the captured samples (repeatable)")
+    parser.add_argument("--reanalyse", nargs="+", metavar="RUNAWAY_NPZ", help="measure these captures "
+                        "(runaway-<start>.npz of an earlier run) instead of running trajectories")
     parser.add_argument("--output-dir", default="results/runaway-onset")
     args = parser.parse_args()
+    if (args.starts is None) == (args.reanalyse is None):
+        parser.error("give either --starts (run trajectories) or --reanalyse (measure earlier captures)")
     torch.set_num_threads(1)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     prepared = amoeba_water(64, 0.6)
     model = load_model(args.model)
+    others = [load_model(path) for path in args.compare]
+    for path in args.reanalyse or ():
+        arrays = read_arrays(path, ("times", "positions", "velocities", "crossing"), "capture",
+                             "give a runaway-<start>.npz that this script wrote")
+        start = int(Path(path).stem.rpartition("-")[2])
+        log(f"measuring the capture of start {start} ({len(arrays['times'])} samples)")
+        onset(Capture(start, float(arrays["crossing"]), arrays["times"], arrays["positions"], arrays["velocities"]),
+              prepared, model, output, others)
+    if args.reanalyse:
+        return
     starts = read_starts(args.starts, "give a starts file of amoeba_water.py's cache (starts-*.npz).")
     row = model_candidate(prepared, model)
     masses = particle_masses(row.system)
@@ -215,7 +253,7 @@ def main() -> None:
             with atomic_path(output / f"runaway-{index}.npz", overwrite=True) as tmp:
                 np.savez(tmp, times=capture.times, positions=capture.positions, velocities=capture.velocities,
                          crossing=capture.crossing)
-            onset(capture, prepared, model, output)
+            onset(capture, prepared, model, output, others)
         with atomic_path(output / f"trajectories-{args.first}-{last - 1}.md", overwrite=True) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
 
