@@ -16,7 +16,8 @@ every sample of the window:
   K is a configuration the surrogate rates far lower than AMOEBA does;
 - U - W for each ``--compare`` model and for the model's baseline force field alone: whether other surrogates
   share a gap the onset opens;
-- the closest intermolecular O-O, O-H and H-H contacts and the molecules that make them,
+- the closest intermolecular O-O, O-H and H-H contacts and the molecules that make them (``--reference-data``
+  tabulates the same contacts over the reference datasets: how close the reference liquid comes),
 
 and writes them to ``onset-<start>.md`` and ``onset-<start>.png``, with ``trajectories-<first>-<last>.md`` listing
 every trajectory run (stable, or the time of its crossing). Processes given other ``--first`` share the work.
@@ -27,6 +28,7 @@ Usage::
         [--window 8] [--after 3] [--check-interval 0.24] [--limit KJ_PER_MOL] [--compare OTHER.pt ...]
         [--output-dir DIR]
     python benchmarks/runaway_onset.py MODEL.pt --reanalyse DIR/runaway-START.npz [--compare OTHER.pt ...]
+        [--reference-data D.npz ...]
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import numpy as np
 import openmm as mm
 import openmm.unit as u
 
-from amoeba_water import amoeba_water
+from amoeba_water import TEMPERATURE, amoeba_water
 from benchmark_log import log
 from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, rigid_triatomics
@@ -56,15 +58,15 @@ from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, constraint_pairs, particle_masses
 from openmm_actionml.units import BOLTZMANN
 
-TEMPERATURE = 300.0
-#: fs between kept samples: the ensemble benchmark's.
+#: ps between kept samples: amoeba_water.py's default.
 SAMPLE_INTERVAL = 0.048
 CONTACTS = ("O-O", "O-H", "H-H")
 
 
 @dataclass
 class Capture:
-    """The last samples of a trajectory up to ``after`` ps past its runaway crossing (``crossing``, ps)."""
+    """The samples kept of the trajectory from start ``start``: the window before its crossing (at ``crossing``
+    ps) and the ps run after it."""
 
     start: int
     crossing: float
@@ -118,6 +120,34 @@ def closest_contacts(positions: np.ndarray, first: np.ndarray, second: np.ndarra
     return float(distances[i, j]), int(molecule[first][i]), int(molecule[second][j])
 
 
+def frame_contacts(prepared: PreparedSystem, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """Per element pair of :data:`CONTACTS`, ``[T, 3]``: each frame's closest intermolecular contact (nm) and the
+    two molecules that make it."""
+    system = prepared.system
+    box = np.diag([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
+    molecule = np.full(system.getNumParticles(), -1)
+    for number, atoms in enumerate(rigid_triatomics(constraint_pairs(system))):
+        molecule[atoms] = number
+    return {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
+                                             molecule, box) for frame in positions])
+            for pair in CONTACTS}
+
+
+def reference_contacts(prepared: PreparedSystem, paths: Sequence[str], stride: int) -> str:
+    """A table of the closest contacts in every ``stride``-th frame of the reference datasets at ``paths``
+    (``actionml generate`` files of this box): where the reference liquid goes."""
+    frames = np.concatenate([read_arrays(path, ("positions",), "dataset", "give a dataset of this box")[
+        "positions"].reshape(-1, prepared.system.getNumParticles(), 3)[::stride] for path in paths])
+    contacts = frame_contacts(prepared, frames)
+    rows = ["| pair | frames | mean (nm) | 1st percentile | least |", "|---|---|---|---|---|"]
+    for pair, values in contacts.items():
+        distances = values[:, 0]
+        rows.append(f"| {pair} | {len(distances)} | {distances.mean():.4f} | {np.percentile(distances, 1):.4f} | "
+                    f"{distances.min():.4f} |")
+    return "\n".join(rows)
+
+
 def potential_energies(system: mm.System, positions: np.ndarray) -> np.ndarray:
     """``system``'s potential energy (kJ/mol) at each frame of ``positions [T, N, 3]`` (CPU platform)."""
     context = create_context(system, mm.VerletIntegrator(0.001), "CPU")
@@ -144,7 +174,6 @@ def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, outp
     import matplotlib.pyplot as plt
     system = prepared.system
     masses = particle_masses(system)
-    box = np.diag([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
     amoeba = potential_energies(system, capture.positions)
     kick = kick_potential(prepared, model, capture.positions)
     gaps = {"U - W": amoeba - kick}
@@ -154,13 +183,7 @@ def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, outp
         baseline = potential_energies(model_system(prepared, model).system, capture.positions)
         gaps[f"U - {' + '.join(model.metadata.baseline)} alone"] = amoeba - baseline
     kinetic = 0.5 * (masses[:, None] * capture.velocities ** 2).sum((1, 2))
-    elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
-    molecule = np.full(len(masses), -1)
-    for number, atoms in enumerate(rigid_triatomics(constraint_pairs(system))):
-        molecule[atoms] = number
-    contacts = {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
-                                                 molecule, box) for frame in capture.positions])
-                for pair in CONTACTS}
+    contacts = frame_contacts(prepared, capture.positions)
     rows = ["| t (ps) | U - U0 (AMOEBA) | W - W0 | K - K0 | " + " | ".join(gaps) + " | "
             + " | ".join(f"closest {p} (molecules)" for p in CONTACTS) + " |",
             "|---" * (4 + len(gaps) + len(CONTACTS)) + "|"]
@@ -210,16 +233,26 @@ def main() -> None:
                         "show at the captured samples (repeatable)")
     parser.add_argument("--reanalyse", nargs="+", metavar="RUNAWAY_NPZ", help="measure these captures "
                         "(runaway-<start>.npz of an earlier run) instead of running trajectories")
+    parser.add_argument("--reference-data", nargs="+", metavar="DATA_NPZ", help="datasets of the box whose closest "
+                        "contacts to tabulate (reference-contacts.md): how close the reference liquid comes")
     parser.add_argument("--output-dir", default="results/runaway-onset")
     args = parser.parse_args()
-    if (args.starts is None) == (args.reanalyse is None):
-        parser.error("give either --starts (run trajectories) or --reanalyse (measure earlier captures)")
+    if args.starts is not None and args.reanalyse is not None or not (args.starts or args.reanalyse
+                                                                       or args.reference_data):
+        parser.error("give --starts (run trajectories) or --reanalyse (measure earlier captures), not both, or "
+                     "--reference-data alone")
     torch.set_num_threads(1)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     prepared = amoeba_water(64, 0.6)
     model = load_model(args.model)
     others = [load_model(path) for path in args.compare]
+    if args.reference_data:
+        table = reference_contacts(prepared, args.reference_data, stride=5)
+        with atomic_path(output / "reference-contacts.md", overwrite=True) as tmp:
+            tmp.write_text(f"Closest intermolecular contacts per frame, every fifth frame of "
+                           f"{', '.join(Path(p).name for p in args.reference_data)}.\n\n{table}\n")
+        print(table)
     for path in args.reanalyse or ():
         arrays = read_arrays(path, ("times", "positions", "velocities", "crossing"), "capture",
                              "give a runaway-<start>.npz that this script wrote")
@@ -227,7 +260,7 @@ def main() -> None:
         log(f"measuring the capture of start {start} ({len(arrays['times'])} samples)")
         onset(Capture(start, float(arrays["crossing"]), arrays["times"], arrays["positions"], arrays["velocities"]),
               prepared, model, output, others)
-    if args.reanalyse:
+    if args.starts is None:
         return
     starts = read_starts(args.starts, "give a starts file of amoeba_water.py's cache (starts-*.npz).")
     row = model_candidate(prepared, model)
