@@ -1,19 +1,18 @@
 """Goal 3 of issue 6: catch a learned AMOEBA-water row's runaways with their positions, and show what starts them.
 
-A runaway of a surrogate step is a trajectory whose total energy, measured in AMOEBA, leaves its start by more
-than the harness's runaway limit (``EnsembleOptions.runaway_factor`` n_dof kT); ``--limit`` sets a lower one, to
-catch the smaller jumps that may precede it. The ensemble cache keeps no
-positions, and a trajectory cannot be replayed to the bit (the force summation order differs from run to run, and
-the liquid is chaotic), so this runs the model's NVE trajectories afresh from given starts (those of
-``amoeba_water.py --thermalise``, its cache's ``starts-*-own-*.npz``) and keeps the last ``--window`` ps of
-positions and velocities. AMOEBA's energy is measured every ``--check-interval`` ps; at a crossing the run goes on
-for ``--after`` ps and writes the window to ``runaway-<start>.npz``. For each runaway caught it then measures, at
-every sample of the window:
+A runaway of a surrogate step is a trajectory whose total energy, measured in AMOEBA, leaves its start by more than
+the harness's runaway limit (``EnsembleOptions.runaway_factor`` n_dof kT); ``--limit`` sets a lower one, to catch the
+smaller jumps that may precede it. The ensemble cache keeps no positions, and a trajectory cannot be replayed to the
+bit (the force summation order differs from run to run, and the liquid is chaotic), so this runs the model's NVE
+trajectories afresh from given starts (those of ``amoeba_water.py --thermalise``, its cache's ``starts-*-own-*.npz``)
+and keeps the last ``--window`` ps of positions and velocities. AMOEBA's energy is measured every ``--check-interval``
+ps; at a crossing the run goes on for ``--after`` ps and writes the window to ``runaway-<start>.npz``. For each
+runaway caught it then measures, at every sample of the window:
 
-- AMOEBA's potential energy U and the step's kick potential W (the baseline force field plus the learned heads
-  weighted by their kick coefficients, :func:`~openmm_actionml.ensemble_check.kick_weights`), each from the window's
-  first sample, and the kinetic energy K. The surrogate's NVE conserves (a modified) W + K: a jump in U with none in
-  K is a configuration the surrogate rates far lower than AMOEBA does;
+- AMOEBA's potential energy U and the step's kick potential W (the learned heads weighted by their kick
+  coefficients, :func:`~openmm_actionml.ensemble_check.kick_weights`, plus the baseline force field), each from the
+  window's first sample, and the kinetic energy K. The surrogate's NVE conserves (a modified) W + K: a jump in U with
+  none in K is a configuration the surrogate rates far lower than AMOEBA does;
 - U - W for each ``--compare`` model and for the model's baseline force field alone: whether other surrogates
   share a gap the onset opens;
 - the closest intermolecular O-O, O-H and H-H contacts and the molecules that make them (``--reference-data``
@@ -159,11 +158,13 @@ def potential_energies(system: mm.System, positions: np.ndarray) -> np.ndarray:
 
 
 def kick_potential(prepared: PreparedSystem, model: ActionMLModel, positions: np.ndarray) -> np.ndarray:
-    """The model's kick potential W (kJ/mol) at each frame of ``positions [T, N, 3]``: its force field (or
-    baseline) plus the learned heads weighted by their kick coefficients."""
+    """The model's kick potential W (kJ/mol) at each frame of ``positions [T, N, 3]``: the learned heads weighted by
+    their kick coefficients, plus the force field (or baseline) its kicks call, if any (not for pure ML)."""
     weights = kick_weights(model)
     box_vectors = np.array([v.value_in_unit(u.nanometer) for v in prepared.system.getDefaultPeriodicBoxVectors()])
     learned = learned_energies(model, positions, box_vectors) @ weights / weights.sum()
+    if not model.metadata.anchored:
+        return learned
     return potential_energies(model_system(prepared, model).system, positions) + learned
 
 
