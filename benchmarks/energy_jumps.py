@@ -11,7 +11,7 @@ at the end; for each row, the ps run, how many trajectories jump, how many run a
 
 Usage::
 
-    python benchmarks/energy_jumps.py --cache-dir DIR --row FILE_PREFIX [--row ...] [--threshold 70]
+    python benchmarks/energy_jumps.py --cache-dir DIR --row FILE_PREFIX [--row ...] [--threshold 40]
         [--window 1] [--sample-interval 48] [--output FILE.md]
 """
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
             energies, velocities = arrays["energies"], arrays["velocities"]
             reached = np.isfinite(energies)
             energies, velocities = energies[reached], velocities[reached]
+            if len(energies) < 2 * width + 1:
+                raise SystemExit(f"{path} holds {len(energies)} samples, fewer than two windows of {width}; give a "
+                                 f"shorter --window")
             simulated += (len(energies) - 1) * interval
             runaways += int(failure_samples(energies[None], limit)[0] >= 0 or not reached.all())
             kinetic = 0.5 * np.einsum("n,tnx,tnx->t", masses, velocities, velocities)
