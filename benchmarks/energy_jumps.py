@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from amoeba_water import TEMPERATURE, amoeba_water
-from openmm_actionml.atomic import atomic_path, read_arrays
+from benchmark_log import emit
+from openmm_actionml.atomic import read_arrays
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import EnsembleOptions, failure_samples
 from openmm_actionml.systems import constraint_pairs, particle_masses
@@ -95,10 +96,7 @@ def main() -> None:
     text = (f"Rises of the {args.window:g} ps mean of AMOEBA's E over the {args.window:g} ps before, threshold "
             f"{args.threshold:g} kJ/mol; runaway limit {limit:.0f} kJ/mol.\n\n" + "\n".join(summary) + "\n\n"
             + "\n".join(events) + "\n")
-    print(text)
-    if args.output:
-        with atomic_path(args.output, overwrite=True) as tmp:
-            tmp.write_text(text)
+    emit(text, args.output)
 
 
 if __name__ == "__main__":

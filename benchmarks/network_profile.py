@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import openmm.unit as u
 
+from benchmark_log import emit
 from cost_model import seconds_per_call
-from openmm_actionml.atomic import atomic_path
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.systems import default_box
@@ -104,10 +104,7 @@ def main() -> None:
         sections.append(markdown(model, times, radial_pairs, angular_pairs))
         print(f"  {path.name} done", file=sys.stderr, flush=True)
     text = "\n".join(sections)
-    print(text)
-    if args.output:
-        with atomic_path(args.output, overwrite=True) as tmp:
-            tmp.write_text(text)
+    emit(text, args.output)
 
 
 if __name__ == "__main__":

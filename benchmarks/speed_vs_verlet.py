@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import openmm as mm
 import openmm.unit as u
 
+from benchmark_log import emit
 from cost_model import force_field_time, measure
 from integrator_overhead import TEMPERATURE, make_runner, time_run
-from openmm_actionml.atomic import atomic_path
 from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, model_system, standard_candidates
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.modelfile import ActionMLModel, load_model
@@ -106,10 +105,7 @@ def main() -> None:
     sections = [speed_rows(load_model(path), args.platform, properties, args.seconds, args.rounds)
                 for path in args.models]
     text = header + "\n" + "\n".join(sections)
-    print(text)
-    if args.output:
-        with atomic_path(Path(args.output), overwrite=True) as tmp:
-            tmp.write_text(text)
+    emit(text, args.output)
 
 
 if __name__ == "__main__":
