@@ -38,7 +38,7 @@ from openmm_actionml.evaluate import model_system
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, constraint_pairs
-from runaway_onset import kick_potential, potential_energies
+from runaway_onset import closest_contacts, kick_potential, molecule_numbers, potential_energies
 
 
 def oxygens_and_molecules(prepared: PreparedSystem) -> tuple[np.ndarray, np.ndarray]:
@@ -46,15 +46,6 @@ def oxygens_and_molecules(prepared: PreparedSystem) -> tuple[np.ndarray, np.ndar
     molecules = rigid_triatomics(constraint_pairs(prepared.system))
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     return molecules, np.array([next(a for a in atoms if elements[a] == "O") for atoms in molecules])
-
-
-def closest_pair(frame: np.ndarray, oxygens: np.ndarray, box: np.ndarray) -> list[int]:
-    """The two molecules whose oxygens are closest (minimum image)."""
-    separation = frame[oxygens][None, :, :] - frame[oxygens][:, None, :]
-    separation -= box * np.round(separation / box)
-    length = np.sqrt((separation ** 2).sum(-1))
-    np.fill_diagonal(length, np.inf)
-    return [int(i) for i in np.unravel_index(np.argmin(length), length.shape)]
 
 
 def pressed(frame: np.ndarray, group: list[int], molecules: np.ndarray, oxygens: np.ndarray, box: np.ndarray,
@@ -101,7 +92,8 @@ def main() -> None:
         positions = np.concatenate([read_arrays(path, ("positions",), "dataset", "give a dataset of this box")[
             "positions"].reshape(-1, prepared.system.getNumParticles(), 3) for path in args.data])
         frames = positions[np.linspace(0, len(positions) - 1, args.frames).round().astype(int)]
-        groups = [closest_pair(frame, oxygens, box) for frame in frames]
+        molecule = molecule_numbers(prepared.system)
+        groups = [list(closest_contacts(frame, oxygens, oxygens, molecule, box)[1:]) for frame in frames]
         what = (f"Closest O-O pair of {len(frames)} frames of {', '.join(Path(p).name for p in args.data)} pressed "
                 f"along its axis")
     else:

@@ -119,15 +119,22 @@ def closest_contacts(positions: np.ndarray, first: np.ndarray, second: np.ndarra
     return float(distances[i, j]), int(molecule[first][i]), int(molecule[second][j])
 
 
+def molecule_numbers(system: mm.System) -> np.ndarray:
+    """Each atom's rigid molecule, numbered as :func:`~openmm_actionml.diagnostics.rigid_triatomics` lists them
+    (-1 for atoms in none)."""
+    molecule = np.full(system.getNumParticles(), -1)
+    for number, atoms in enumerate(rigid_triatomics(constraint_pairs(system))):
+        molecule[atoms] = number
+    return molecule
+
+
 def frame_contacts(prepared: PreparedSystem, positions: np.ndarray) -> dict[str, np.ndarray]:
     """Per element pair of :data:`CONTACTS`, ``[T, 3]``: each frame's closest intermolecular contact (nm) and the
     two molecules that make it."""
     system = prepared.system
     box = np.diag([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
     elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
-    molecule = np.full(system.getNumParticles(), -1)
-    for number, atoms in enumerate(rigid_triatomics(constraint_pairs(system))):
-        molecule[atoms] = number
+    molecule = molecule_numbers(system)
     return {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
                                              molecule, box) for frame in positions])
             for pair in CONTACTS}
