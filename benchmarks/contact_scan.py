@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--at", type=float, help="ps, with --capture")
     parser.add_argument("--molecules", type=int, nargs="+", help="molecule indices, with --capture")
     parser.add_argument("--distances", type=float, nargs="+", default=[0.26, 0.25, 0.24, 0.23, 0.22],
-                        help="O-O distances (nm) to press the pair to; energies are from the first")
+                        help="mean O-O distances (nm) to press the molecules to; energies are from the first")
     parser.add_argument("--output-dir", default="results/contact-scan")
     args = parser.parse_args()
     if (args.data is None) == (args.capture is None) or (args.capture and (args.at is None or not args.molecules)):
@@ -97,6 +97,8 @@ def main() -> None:
         what = (f"Closest O-O pair of {len(frames)} frames of {', '.join(Path(p).name for p in args.data)} pressed "
                 f"along its axis")
     else:
+        if len(set(args.molecules)) < 2 or not all(0 <= m < len(molecules) for m in args.molecules):
+            parser.error(f"--molecules needs at least two distinct molecule indices from 0 to {len(molecules) - 1}")
         capture = read_arrays(args.capture, ("times", "positions"), "capture", "give a runaway_onset.py capture")
         sample = int(np.argmin(np.abs(capture["times"] - args.at)))
         frames, groups = capture["positions"][sample:sample + 1], [args.molecules]

@@ -45,7 +45,7 @@ import openmm as mm
 import openmm.unit as u
 
 from amoeba_water import TEMPERATURE, amoeba_water
-from benchmark_log import log
+from benchmark_log import emit, log
 from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, rigid_triatomics
 from openmm_actionml.ensemble import FORCE_FIELD_GROUPS, EnsembleOptions, Starts, read_starts, set_start
@@ -245,10 +245,11 @@ def main() -> None:
                         "contacts to tabulate (reference-contacts.md): how close the reference liquid comes")
     parser.add_argument("--output-dir", default="results/runaway-onset")
     args = parser.parse_args()
-    if args.starts is not None and args.reanalyse is not None or not (args.starts or args.reanalyse
-                                                                       or args.reference_data):
+    if (args.starts and args.reanalyse) or not (args.starts or args.reanalyse or args.reference_data):
         parser.error("give --starts (run trajectories) or --reanalyse (measure earlier captures), not both, or "
                      "--reference-data alone")
+    if args.limit is not None and not args.limit > 0:
+        parser.error(f"--limit must be a positive energy (kJ/mol), got {args.limit}")
     torch.set_num_threads(1)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -256,11 +257,9 @@ def main() -> None:
     model = load_model(args.model)
     others = [load_model(path) for path in args.compare]
     if args.reference_data:
-        table = reference_contacts(prepared, args.reference_data, stride=5)
-        with atomic_path(output / "reference-contacts.md", overwrite=True) as tmp:
-            tmp.write_text(f"Closest intermolecular contacts per frame, every fifth frame of "
-                           f"{', '.join(Path(p).name for p in args.reference_data)}.\n\n{table}\n")
-        print(table)
+        emit(f"Closest intermolecular contacts per frame, every fifth frame of "
+             f"{', '.join(Path(p).name for p in args.reference_data)}.\n\n"
+             f"{reference_contacts(prepared, args.reference_data, stride=5)}\n", output / "reference-contacts.md")
     for path in args.reanalyse or ():
         arrays = read_arrays(path, ("times", "positions", "velocities", "crossing"), "capture",
                              "give a runaway-<start>.npz that this script wrote")
@@ -279,6 +278,9 @@ def main() -> None:
     context = create_context(row.system, integrator, "CPU")
     meter = create_context(prepared.system, mm.VerletIntegrator(0.001), "CPU")
     steps_per_sample = int(round(SAMPLE_INTERVAL / row.step))
+    if steps_per_sample < 1 or abs(steps_per_sample * row.step - SAMPLE_INTERVAL) > 1e-9:
+        raise SystemExit(f"the model's step ({row.step * 1000:g} fs) does not divide the {SAMPLE_INTERVAL * 1000:g} "
+                         f"fs between samples; this script runs models of amoeba_water.py's sampling")
     check_every = max(1, int(round(args.check_interval / SAMPLE_INTERVAL)))
     last = min(args.first + args.count, len(starts))
     lines = [f"# {model.path.stem}: {args.time:g} ps NVE trajectories from {Path(args.starts).name}",
