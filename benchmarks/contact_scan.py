@@ -28,17 +28,15 @@ from pathlib import Path
 import torch
 
 import numpy as np
-import openmm.unit as u
 
 from amoeba_water import amoeba_water
 from benchmark_log import emit, log
 from openmm_actionml.atomic import read_arrays
 from openmm_actionml.diagnostics import rigid_triatomics
-from openmm_actionml.evaluate import model_system
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure
-from openmm_actionml.systems import PreparedSystem, constraint_pairs
-from runaway_onset import closest_contacts, kick_potential, molecule_numbers, potential_energies
+from openmm_actionml.systems import PreparedSystem, constraint_pairs, default_box
+from runaway_onset import FrameEnergies, closest_contacts, molecule_numbers
 
 
 def oxygens_and_molecules(prepared: PreparedSystem) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +83,7 @@ def main() -> None:
         parser.error("give at least two --distances and two --frames")
     torch.set_num_threads(1)
     prepared = amoeba_water(64, 0.6)
-    box = np.diag([v.value_in_unit(u.nanometer) for v in prepared.system.getDefaultPeriodicBoxVectors()])
+    box = np.diag(default_box(prepared.system))
     molecules, oxygens = oxygens_and_molecules(prepared)
     models = [load_model(path) for path in args.models]
     if args.data:
@@ -108,15 +106,14 @@ def main() -> None:
     configurations = np.concatenate([pressed(frame, group, molecules, oxygens, box, distances)
                                      for frame, group in zip(frames, groups)])
     log(f"{len(configurations)} configurations: AMOEBA")
-    columns = {"U (AMOEBA)": potential_energies(prepared.system, configurations)}
-    baselines = [model for model in models if model.metadata.baseline]
+    energies = FrameEnergies(prepared, configurations)
+    columns = {"U (AMOEBA)": energies.force_field()}
+    baselines = [model.metadata.baseline for model in models if model.metadata.baseline]
     if baselines:
-        name = " + ".join(baselines[0].metadata.baseline)
-        columns[f"V ({name} alone)"] = potential_energies(model_system(prepared, baselines[0]).system,
-                                                          configurations)
+        columns[f"V ({' + '.join(baselines[0])} alone)"] = energies.force_field(baselines[0])
     for model in models:
         log(f"W of {model.path.stem}")
-        columns[f"W ({model.path.stem})"] = kick_potential(prepared, model, configurations)
+        columns[f"W ({model.path.stem})"] = energies.kick_potential(model)
     rises = {name: values.reshape(len(frames), len(distances)) for name, values in columns.items()}
     rises = {name: values - values[:, :1] for name, values in rises.items()}
     lines = [f"{what}; energy from its value at a mean O-O distance of {distances[0]:g} nm, kJ/mol"

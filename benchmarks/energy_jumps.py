@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from amoeba_water import TEMPERATURE, amoeba_water
+from amoeba_water import amoeba_water
 from benchmark_log import emit
 from openmm_actionml.atomic import read_arrays
-from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
-from openmm_actionml.ensemble import EnsembleOptions, failure_samples
-from openmm_actionml.systems import constraint_pairs, particle_masses
-from openmm_actionml.units import BOLTZMANN
+from openmm_actionml.ensemble import failure_samples
+from openmm_actionml.systems import particle_masses
+from runaway_onset import runaway_limit
 
 LATER = (2.0, 5.0, 10.0)
 
@@ -53,8 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     system = amoeba_water(args.waters, 0.6).system
     masses = particle_masses(system)
-    n_dof = float(degrees_of_freedom_per_atom(masses, constraint_pairs(system), remove_com=True).sum())
-    limit = EnsembleOptions().runaway_factor * n_dof * BOLTZMANN * TEMPERATURE
+    limit = runaway_limit(system)
     interval = args.sample_interval / 1000.0
     width = int(round(args.window / interval))
     summary = ["| row | trajectories | ps | runaways | jumps over the threshold | largest rise without a jump "

@@ -50,11 +50,12 @@ from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom, rigid_triatomics
 from openmm_actionml.ensemble import FORCE_FIELD_GROUPS, EnsembleOptions, Starts, read_starts, set_start
 from openmm_actionml.ensemble_check import kick_weights, learned_energies
-from openmm_actionml.evaluate import model_candidate, model_system
+from openmm_actionml.evaluate import model_candidate
+from openmm_actionml.examples import with_baseline
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
-from openmm_actionml.systems import PreparedSystem, constraint_pairs, particle_masses
+from openmm_actionml.systems import PreparedSystem, constraint_pairs, default_box, particle_masses
 from openmm_actionml.units import BOLTZMANN
 
 #: ps between kept samples: amoeba_water.py's default.
@@ -72,6 +73,14 @@ class Capture:
     times: np.ndarray
     positions: np.ndarray
     velocities: np.ndarray
+
+
+def runaway_limit(system: mm.System) -> float:
+    """The harness's runaway limit for ``system`` at the benchmark's temperature: ``EnsembleOptions.runaway_factor``
+    n_dof kT, in kJ/mol."""
+    masses = particle_masses(system)
+    n_dof = float(degrees_of_freedom_per_atom(masses, constraint_pairs(system), remove_com=True).sum())
+    return EnsembleOptions().runaway_factor * n_dof * BOLTZMANN * TEMPERATURE
 
 
 def run_trajectory(context: mm.Context, integrator: mm.Integrator, meter: mm.Context, starts: Starts, index: int,
@@ -132,7 +141,7 @@ def frame_contacts(prepared: PreparedSystem, positions: np.ndarray) -> dict[str,
     """Per element pair of :data:`CONTACTS`, ``[T, 3]``: each frame's closest intermolecular contact (nm) and the
     two molecules that make it."""
     system = prepared.system
-    box = np.diag([v.value_in_unit(u.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    box = np.diag(default_box(system))
     elements = np.array([atom.element.symbol for atom in prepared.topology.atoms()])
     molecule = molecule_numbers(system)
     return {pair: np.array([closest_contacts(frame, *(np.flatnonzero(elements == e) for e in pair.split("-")),
@@ -154,25 +163,35 @@ def reference_contacts(prepared: PreparedSystem, paths: Sequence[str], stride: i
     return "\n".join(rows)
 
 
-def potential_energies(system: mm.System, positions: np.ndarray) -> np.ndarray:
-    """``system``'s potential energy (kJ/mol) at each frame of ``positions [T, N, 3]`` (CPU platform)."""
-    context = create_context(system, mm.VerletIntegrator(0.001), "CPU")
-    energies = []
-    for frame in positions:
-        context.setPositions(frame)
-        energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
-    return np.array(energies)
+class FrameEnergies:
+    """Energies (kJ/mol) at fixed frames ``positions [T, N, 3]`` of ``prepared``'s box: each force field once, however
+    many models kick with it (CPU platform)."""
 
+    def __init__(self, prepared: PreparedSystem, positions: np.ndarray) -> None:
+        self.prepared, self.positions = prepared, positions
+        self._force_fields: dict[tuple[str, ...], np.ndarray] = {}
 
-def kick_potential(prepared: PreparedSystem, model: ActionMLModel, positions: np.ndarray) -> np.ndarray:
-    """The model's kick potential W (kJ/mol) at each frame of ``positions [T, N, 3]``: the learned heads weighted by
-    their kick coefficients, plus the force field (or baseline) its kicks call, if any (not for pure ML)."""
-    weights = kick_weights(model)
-    box_vectors = np.array([v.value_in_unit(u.nanometer) for v in prepared.system.getDefaultPeriodicBoxVectors()])
-    learned = learned_energies(model, positions, box_vectors) @ weights / weights.sum()
-    if not model.metadata.anchored:
-        return learned
-    return potential_energies(model_system(prepared, model).system, positions) + learned
+    def force_field(self, baseline: Sequence[str] = ()) -> np.ndarray:
+        """The potential energy of ``prepared``'s force field (no ``baseline``: AMOEBA's U) or of that baseline in
+        its place."""
+        key = tuple(baseline)
+        if key not in self._force_fields:
+            system = with_baseline(self.prepared, list(key)).system if key else self.prepared.system
+            context = create_context(system, mm.VerletIntegrator(0.001), "CPU")
+            energies = []
+            for frame in self.positions:
+                context.setPositions(frame)
+                energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
+                    u.kilojoule_per_mole))
+            self._force_fields[key] = np.array(energies)
+        return self._force_fields[key]
+
+    def kick_potential(self, model: ActionMLModel) -> np.ndarray:
+        """The model's kick potential W: the learned heads weighted by their kick coefficients, plus the force field
+        (or baseline) its kicks call, if any (not for pure ML)."""
+        weights = kick_weights(model)
+        learned = learned_energies(model, self.positions, default_box(self.prepared.system)) @ weights / weights.sum()
+        return learned + self.force_field(model.metadata.baseline or ()) if model.metadata.anchored else learned
 
 
 def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, output: Path,
@@ -182,14 +201,14 @@ def onset(capture: Capture, prepared: PreparedSystem, model: ActionMLModel, outp
     import matplotlib.pyplot as plt
     system = prepared.system
     masses = particle_masses(system)
-    amoeba = potential_energies(system, capture.positions)
-    kick = kick_potential(prepared, model, capture.positions)
+    energies = FrameEnergies(prepared, capture.positions)
+    amoeba = energies.force_field()
+    kick = energies.kick_potential(model)
     gaps = {"U - W": amoeba - kick}
-    gaps.update({f"U - W ({other.path.stem})": amoeba - kick_potential(prepared, other, capture.positions)
-                 for other in others})
-    if model.metadata.baseline:
-        baseline = potential_energies(model_system(prepared, model).system, capture.positions)
-        gaps[f"U - {' + '.join(model.metadata.baseline)} alone"] = amoeba - baseline
+    gaps.update({f"U - W ({other.path.stem})": amoeba - energies.kick_potential(other) for other in others})
+    baseline = model.metadata.baseline
+    if baseline:
+        gaps[f"U - {' + '.join(baseline)} alone"] = amoeba - energies.force_field(baseline)
     kinetic = 0.5 * (masses[:, None] * capture.velocities ** 2).sum((1, 2))
     contacts = frame_contacts(prepared, capture.positions)
     rows = ["| t (ps) | U - U0 (AMOEBA) | W - W0 | K - K0 | " + " | ".join(gaps) + " | "
@@ -272,8 +291,7 @@ def main() -> None:
     starts = read_starts(args.starts, "give a starts file of amoeba_water.py's cache (starts-*.npz).")
     row = model_candidate(prepared, model)
     masses = particle_masses(row.system)
-    n_dof = float(degrees_of_freedom_per_atom(masses, constraint_pairs(row.system), remove_com=True).sum())
-    limit = EnsembleOptions().runaway_factor * n_dof * BOLTZMANN * TEMPERATURE if args.limit is None else args.limit
+    limit = runaway_limit(row.system) if args.limit is None else args.limit
     integrator = row.make_integrator()
     context = create_context(row.system, integrator, "CPU")
     meter = create_context(prepared.system, mm.VerletIntegrator(0.001), "CPU")
