@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -44,6 +45,16 @@ def oxygens_and_molecules(prepared: PreparedSystem) -> tuple[np.ndarray, np.ndar
     molecules = rigid_triatomics(constraint_pairs(prepared.system))
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     return molecules, np.array([next(a for a in atoms if elements[a] == "O") for atoms in molecules])
+
+
+def spaced_frames(prepared: PreparedSystem, paths: Sequence[str], count: int) -> np.ndarray:
+    """``count`` evenly spaced frames ``[count, N, 3]`` (nm) of the datasets of ``prepared``'s box at ``paths``,
+    taken together."""
+    positions = np.concatenate([read_arrays(path, ("positions",), "dataset", "give a dataset of this box")[
+        "positions"].reshape(-1, prepared.system.getNumParticles(), 3) for path in paths])
+    if count > len(positions):
+        raise SystemExit(f"asked for {count} frames; the datasets hold {len(positions)}.")
+    return positions[np.linspace(0, len(positions) - 1, count).round().astype(int)]
 
 
 def pressed(frame: np.ndarray, group: list[int], molecules: np.ndarray, oxygens: np.ndarray, box: np.ndarray,
@@ -87,9 +98,7 @@ def main() -> None:
     molecules, oxygens = oxygens_and_molecules(prepared)
     models = [load_model(path) for path in args.models]
     if args.data:
-        positions = np.concatenate([read_arrays(path, ("positions",), "dataset", "give a dataset of this box")[
-            "positions"].reshape(-1, prepared.system.getNumParticles(), 3) for path in args.data])
-        frames = positions[np.linspace(0, len(positions) - 1, args.frames).round().astype(int)]
+        frames = spaced_frames(prepared, args.data, args.frames)
         molecule = molecule_numbers(prepared.system)
         groups = [list(closest_contacts(frame, oxygens, oxygens, molecule, box)[1:]) for frame in frames]
         what = (f"Closest O-O pair of {len(frames)} frames of {', '.join(Path(p).name for p in args.data)} pressed "

@@ -1,0 +1,287 @@
+"""Goal 3 of issue 6: AMOEBA's wall for compressed water clusters, taught to a surrogate and tested on new ones.
+
+``runaway_onset.py`` and ``contact_scan.py`` traced the surrogates' runaways to three or four waters collapsing into
+a compressed ring (every O-O distance 0.23-0.24 nm), closer than AMOEBA's liquid ever brings them, where every
+learned correction of TIP3P-FB rates the cluster below the open one while AMOEBA charges 100-180 kJ/mol. No reference
+frame holds such a cluster, so no training saw one. This builds them, teaches them, and tests the result on clusters
+of other frames:
+
+- ``press``: in evenly spaced frames of reference datasets, a compact cluster of one of ``--sizes`` waters around a
+  random water (of its neighbours within 0.35 nm, those whose O-O distances are least on average) is pressed
+  rigidly towards its oxygens' centroid to a mean O-O distance drawn uniformly between ``--shortest`` and its own;
+  a press that raises AMOEBA's energy by more than ``--max-rise`` is halved (a surrogate's trajectory does not reach
+  such frames, and the captured rings rose by 75-180 kJ/mol). The pressed frames are labelled with the datasets'
+  force field (energies and forces) and written with their unpressed frames to ``--output``;
+- ``tune``: fine-tunes a model with Adam on force matching over its training data plus ``--pressed-weight`` times
+  force matching over pressed frames, logging the force and energy errors on validation frames and on the pressed
+  frames of ``--held-out``, and writes the model (the command in its recipe);
+- ``rate``: on a press file of other frames, tabulates the rise of AMOEBA's U and of each model's kick potential W
+  from the unpressed frame, by cluster size and by U's rise: the mean, the RMS of W's rise minus U's, and the wells
+  (frames a model rates below the unpressed one where AMOEBA charges them).
+
+Usage::
+
+    python benchmarks/compressed_clusters.py press D.npz [D.npz ...] --output PRESSED.npz [--frames 1024]
+        [--sizes 3 4] [--shortest 0.225] [--max-rise 300] [--attempts 4] [--seed 0]
+    python benchmarks/compressed_clusters.py tune MODEL.pt --data D.npz [D.npz ...] --pressed P.npz [P.npz ...]
+        [--held-out OTHER-PRESSED.npz] [--iterations 400] [--learning-rate 3e-4] [--pressed-weight 1]
+        [--batch-size 8] --output OUT.pt
+    python benchmarks/compressed_clusters.py rate MODEL.pt [MODEL.pt ...] --pressed OTHER-PRESSED.npz
+        [--bins 25 100 200 300] [--output rate.md]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+
+from amoeba_water import TEMPERATURE, amoeba_water
+from benchmark_log import emit, log
+from contact_scan import oxygens_and_molecules, pressed, spaced_frames
+from openmm_actionml.atomic import atomic_path, read_arrays
+from openmm_actionml.dataset import ReferenceDataset
+from openmm_actionml.evaluate import model_system
+from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
+from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
+from openmm_actionml.platforms import create_context
+from openmm_actionml.openmm_potential import OpenMMPotential
+from openmm_actionml.systems import default_box
+from refine_on_own_samples import errors_text, trainer_from_model
+from runaway_onset import FrameEnergies
+
+#: nm: the neighbours of a cluster's first water are looked for within this O-O distance.
+REACH = 0.35
+#: How many of those neighbours (the nearest) a cluster may be chosen from.
+CANDIDATES = 6
+#: kJ/mol/nm^2: the stiffness of the restraint on a squeezed cluster's mean O-O distance.
+SQUEEZE_STIFFNESS = 1e5
+
+
+def compact_cluster(oxygens: np.ndarray, centre: int, size: int, box: np.ndarray) -> list[int]:
+    """The molecules of a cluster of ``size`` waters containing ``centre``, given every molecule's oxygen position
+    ``oxygens [M, 3]``: of ``centre``'s nearest :data:`CANDIDATES` neighbours within :data:`REACH` (or its nearest
+    ``size - 1`` if fewer lie there), the choice with the least mean O-O distance."""
+    separation = oxygens - oxygens[centre]
+    separation -= box * np.round(separation / box)
+    distance = np.linalg.norm(separation, axis=1)
+    order = [j for j in np.argsort(distance) if j != centre]
+    near = [j for j in order[:CANDIDATES] if distance[j] < REACH]
+    pool = near if len(near) >= size - 1 else order[:size - 1]
+
+    def mean_distance(others: tuple[int, ...]) -> float:
+        points = separation[[centre, *others]]
+        return float(np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(points, 2)]))
+
+    return [centre, *min(itertools.combinations(pool, size - 1), key=mean_distance)]
+
+
+def mean_oxygen_distance(frame: np.ndarray, group: Sequence[int], oxygens: np.ndarray, box: np.ndarray) -> float:
+    """The mean minimum-image O-O distance (nm) between the molecules of ``group``."""
+    distances = []
+    for i, j in itertools.combinations(group, 2):
+        separation = frame[oxygens[j]] - frame[oxygens[i]]
+        distances.append(np.linalg.norm(separation - box * np.round(separation / box)))
+    return float(np.mean(distances))
+
+
+def squeezed(model: ActionMLModel, kick_system: mm.System, frame: np.ndarray, group: Sequence[int],
+             oxygens: np.ndarray, distance: float, duration: float, seed: int) -> np.ndarray:
+    """``frame`` after ``duration`` ps of the model's own Langevin dynamics (300 K, 1/ps; velocities drawn with
+    ``seed``) on ``kick_system`` (the force field its kicks add) with the mean O-O distance of the molecules of
+    ``group`` held at or below ``distance`` nm by a flat-bottomed harmonic restraint: a cluster collapsed as the
+    model's kick potential W lets it, the way a surrogate's own trajectory forms one."""
+    atoms = [int(oxygens[member]) for member in group]
+    pairs = list(itertools.combinations(range(1, len(atoms) + 1), 2))
+    mean = "(" + " + ".join(f"distance(p{i}, p{j})" for i, j in pairs) + f") / {len(pairs)}"
+    restraint = mm.CustomCompoundBondForce(len(atoms), f"0.5 * {SQUEEZE_STIFFNESS} * step(m - r0) * (m - r0)^2; "
+                                                       f"m = {mean}")
+    restraint.addPerBondParameter("r0")
+    restraint.addBond(atoms, [distance])
+    restraint.setUsesPeriodicBoundaryConditions(True)
+    system = add_learned_force(kick_system, model)
+    system.addForce(restraint)  # group 0: every kick adds it to the force field
+    integrator = ActionMLIntegrator(model, temperature=TEMPERATURE)
+    integrator.setRandomNumberSeed(seed)
+    context = create_context(system, integrator, "CPU")
+    context.setPositions(frame)
+    context.setVelocitiesToTemperature(TEMPERATURE, seed)
+    integrator.step(int(round(duration / model.metadata.step)))
+    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+
+
+def press_command(args: argparse.Namespace) -> None:
+    """Build, label and write the pressed frames."""
+    torch.set_num_threads(1)
+    prepared = amoeba_water(64, 0.6)
+    molecules, oxygens = oxygens_and_molecules(prepared)
+    box = np.diag(default_box(prepared.system))
+    rng = np.random.default_rng(args.seed)
+    potential = OpenMMPotential(ReferenceDataset.load(args.data[0]).system(), platform="CPU")
+
+    def energy_and_forces(frame: np.ndarray) -> tuple[float, np.ndarray]:
+        energies, forces = potential.energy_and_forces(torch.as_tensor(frame[None]))
+        return float(energies[0]), forces[0].numpy()
+
+    kept = {name: [] for name in ("positions", "forces", "energies", "open_positions", "open_energies", "sizes",
+                                  "open_distances", "distances")}
+    frames = spaced_frames(prepared, args.data, args.frames)
+    model = load_model(args.model) if args.model else None
+    if model is not None and not model.metadata.baseline:
+        raise SystemExit(f"--model {model.path.name} has no baseline force field; squeezing adds the restraint to "
+                         f"the force field its kicks call, so give a model trained with --baseline-forcefield.")
+    how = f"squeezed by {model.path.name}" if model else f"rigidly (AMOEBA's rise at most {args.max_rise:g} kJ/mol)"
+    log(f"pressing a cluster in each of {len(frames)} frames, {how}")
+    kick_system = None if model is None else model_system(prepared, model).system
+    for number, frame in enumerate(frames):
+        size = int(rng.choice(args.sizes))
+        group = compact_cluster(frame[oxygens], int(rng.integers(len(molecules))), size, box)
+        opened = mean_oxygen_distance(frame, group, oxygens, box)
+        open_energy = energy_and_forces(frame)[0]
+        target = float(rng.uniform(args.shortest, opened if model is None else args.longest))
+        for _ in range(1 if model else args.attempts):  # a rigid press too costly is halved
+            positions = pressed(frame, group, molecules, oxygens, box, np.array([target]))[0] if model is None else \
+                squeezed(model, kick_system, frame, group, oxygens, target, args.time, args.seed * 100000 + number)
+            energy, forces = energy_and_forces(positions)
+            if model is not None or energy - open_energy <= args.max_rise:
+                reached = mean_oxygen_distance(positions, group, oxygens, box)
+                for name, value in zip(kept, (positions, forces, energy, frame, open_energy, size, opened, reached)):
+                    kept[name].append(value)
+                break
+            target = 0.5 * (target + opened)
+        if (number + 1) % 100 == 0:
+            log(f"{number + 1}/{len(frames)} frames, {len(kept['energies'])} pressed frames kept")
+    arrays = {name: np.array(values) for name, values in kept.items()}
+    with atomic_path(args.output, overwrite=True) as path:
+        np.savez(path, **arrays)
+    rise = arrays["energies"] - arrays["open_energies"]
+    log(f"wrote {args.output}: {len(rise)} frames; AMOEBA's rise {rise.mean():+.0f} kJ/mol on average "
+        f"({rise.min():+.0f} to {rise.max():+.0f}); mean O-O {arrays['distances'].mean():.3f} nm "
+        f"({arrays['distances'].min():.3f} to {arrays['distances'].max():.3f})")
+
+
+def read_pressed(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions, force-field forces and energies of a ``press`` file, as tensors."""
+    arrays = read_arrays(path, ("positions", "forces", "energies"), "pressed-cluster file",
+                         "write it with `compressed_clusters.py press`")
+    return tuple(torch.as_tensor(arrays[name]) for name in ("positions", "forces", "energies"))
+
+
+def tune_command(args: argparse.Namespace) -> None:
+    """Fine-tune a model on its training data and the pressed frames."""
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    data = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.data])
+    trainer = trainer_from_model(model, data, args.learning_rate)
+    pressed_q, pressed_f = (torch.cat(parts) for parts in zip(*(read_pressed(path)[:2] for path in args.pressed)))
+    held_out = read_pressed(args.held_out) if args.held_out else None
+    rng = np.random.default_rng(model.metadata.recipe["options"]["seed"])
+    validation = trainer.windows(0, trainer.validation_segments, 64)
+
+    def report(label: str) -> None:
+        q, _, forces, energies = validation
+        text = f"{label}: validation frames {errors_text(trainer.surrogate_errors(q[:, 0], forces, energies))}"
+        if held_out is not None:
+            text += f"; held-out pressed frames {errors_text(trainer.surrogate_errors(*held_out))}"
+        log(text)
+
+    report("before")
+    for iteration in range(1, args.iterations + 1):
+        q, _, forces, _ = trainer.windows(0, trainer.train_segments, args.batch_size)
+        pick = torch.as_tensor(rng.choice(len(pressed_q), args.batch_size, replace=False))
+        loss = trainer.force_matching_loss(q[:, 0], forces) \
+            + args.pressed_weight * trainer.force_matching_loss(pressed_q[pick], pressed_f[pick])
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+        if iteration % args.report_every == 0 or iteration == args.iterations:
+            report(f"iteration {iteration}")
+    meta = dataclasses.replace(model.metadata, system_name=f"{model.metadata.system_name}, tuned on compressed "
+                               f"clusters", recipe=dict(model.metadata.recipe, compressed_clusters={
+                                   "command": " ".join(sys.argv), "from": model.path.name}))
+    log(f"wrote {export_model(trainer.network, meta, args.output, overwrite=True)}")
+
+
+def rate_command(args: argparse.Namespace) -> None:
+    """Tabulate U's and each model's W's rise over pressed frames, by size and by U's rise."""
+    torch.set_num_threads(1)
+    prepared = amoeba_water(64, 0.6)
+    arrays = read_arrays(args.pressed, ("positions", "energies", "open_positions", "open_energies", "sizes"),
+                         "pressed-cluster file", "write it with `compressed_clusters.py press`")
+    rise = {"AMOEBA U": arrays["energies"] - arrays["open_energies"]}
+    for path in args.models:
+        model = load_model(path)
+        log(f"W of {model.path.stem}")
+        pressed_w = FrameEnergies(prepared, arrays["positions"]).kick_potential(model)
+        rise[model.path.stem] = pressed_w - FrameEnergies(prepared, arrays["open_positions"]).kick_potential(model)
+    edges = np.array(args.bins)
+    lines = [f"Pressed clusters of {Path(args.pressed).name}: the rise (kJ/mol) of AMOEBA's U and of each model's kick "
+             f"potential W from the unpressed frame, mean ± s.e., by cluster size and by U's rise; RMS of W's rise "
+             f"minus U's; wells: frames W rates below the unpressed one while U rises by more than {edges[0]:g}.", ""]
+    for size in sorted(set(arrays["sizes"].tolist())):
+        for low, high in zip(edges[:-1], edges[1:]):
+            select = (arrays["sizes"] == size) & (rise["AMOEBA U"] > low) & (rise["AMOEBA U"] <= high)
+            if select.sum() < 2:
+                continue
+            lines += [f"**{size} waters, U's rise {low:g} to {high:g} kJ/mol** ({int(select.sum())} frames)", "",
+                      "| | rise | RMS(W - U) | wells |", "|---|---|---|---|"]
+            for name, values in rise.items():
+                part, error = values[select], values[select] - rise["AMOEBA U"][select]
+                rms, wells = ("", "") if name == "AMOEBA U" else (
+                    f"{np.sqrt((error ** 2).mean()):.0f}", f"{int((part < 0).sum())}/{len(part)}")
+                lines.append(f"| {name} | {part.mean():+.1f} ± {part.std(ddof=1) / np.sqrt(len(part)):.1f} | "
+                             f"{rms} | {wells} |")
+            lines.append("")
+    emit("\n".join(lines), args.output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    press = commands.add_parser("press", help="build and label pressed-cluster frames")
+    press.add_argument("data", nargs="+", help="reference datasets of the 64-water AMOEBA box")
+    press.add_argument("--output", required=True)
+    press.add_argument("--frames", type=int, default=1024, help="frames to press a cluster in")
+    press.add_argument("--sizes", type=int, nargs="+", default=[3, 4], help="waters per cluster (drawn evenly)")
+    press.add_argument("--shortest", type=float, default=0.225, help="least mean O-O distance to press to (nm)")
+    press.add_argument("--max-rise", type=float, default=300.0,
+                       help="keep a pressed frame only if AMOEBA's energy rises by at most this (kJ/mol)")
+    press.add_argument("--attempts", type=int, default=4, help="presses tried per frame, each half the last")
+    press.add_argument("--model", help="squeeze each cluster by this model's own Langevin dynamics, its mean O-O "
+                       "distance restrained to at most a distance drawn from --shortest to --longest")
+    press.add_argument("--longest", type=float, default=0.27, help="with --model (nm)")
+    press.add_argument("--time", type=float, default=0.6, help="ps of each squeeze, with --model")
+    press.add_argument("--seed", type=int, default=0)
+    tune = commands.add_parser("tune", help="fine-tune a model on its data and pressed frames")
+    tune.add_argument("model")
+    tune.add_argument("--data", nargs="+", required=True, help="the model's training datasets")
+    tune.add_argument("--pressed", nargs="+", required=True, help="press files")
+    tune.add_argument("--held-out", help="a press file of other frames, whose force error is logged")
+    tune.add_argument("--iterations", type=int, default=400)
+    tune.add_argument("--learning-rate", type=float, default=3e-4)
+    tune.add_argument("--pressed-weight", type=float, default=1.0)
+    tune.add_argument("--batch-size", type=int, default=8, help="frames per batch of each term")
+    tune.add_argument("--report-every", type=int, default=50)
+    tune.add_argument("--output", required=True)
+    rate = commands.add_parser("rate", help="compare U's and W's rise over pressed held-out clusters")
+    rate.add_argument("models", nargs="+")
+    rate.add_argument("--pressed", required=True, help="a press file of frames no model was tuned on")
+    rate.add_argument("--bins", type=float, nargs="+", default=[25, 100, 200, 300],
+                      help="edges of the bins of AMOEBA's rise (kJ/mol)")
+    rate.add_argument("--output", default="results/compressed-clusters/rate.md")
+    args = parser.parse_args()
+    for size in getattr(args, "sizes", []):
+        if size < 2:
+            raise SystemExit(f"--sizes {size}: a cluster needs at least two waters.")
+    {"press": press_command, "tune": tune_command, "rate": rate_command}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
