@@ -10,8 +10,12 @@ of other frames:
   random water (of its neighbours within 0.35 nm, those whose O-O distances are least on average) is pressed
   rigidly towards its oxygens' centroid to a mean O-O distance drawn uniformly between ``--shortest`` and its own;
   a press that raises AMOEBA's energy by more than ``--max-rise`` is halved (a surrogate's trajectory does not reach
-  such frames, and the captured rings rose by 75-180 kJ/mol). The pressed frames are labelled with the datasets'
-  force field (energies and forces) and written with their unpressed frames to ``--output``;
+  such frames, and the captured rings rose by 75-180 kJ/mol). With ``--model`` the cluster is squeezed instead by
+  the model's own Langevin dynamics for ``--time`` ps, a restraint's bound on its mean O-O distance falling from its
+  own to one drawn between ``--shortest`` and ``--longest``: the waters turn as the model's kick potential lets them,
+  as they do when a surrogate's trajectory collapses a ring (a squeeze whose step blows up is counted, not kept).
+  The frames are labelled with the datasets' force field (energies and forces) and written with their unpressed
+  frames to ``--output``;
 - ``tune``: fine-tunes a model with Adam on force matching over its training data plus ``--pressed-weight`` times
   force matching over pressed frames, logging the force and energy errors on validation frames and on the pressed
   frames of ``--held-out``, and writes the model (the command in its recipe);
@@ -23,6 +27,7 @@ Usage::
 
     python benchmarks/compressed_clusters.py press D.npz [D.npz ...] --output PRESSED.npz [--frames 1024]
         [--sizes 3 4] [--shortest 0.225] [--max-rise 300] [--attempts 4] [--seed 0]
+        [--model MODEL.pt [--longest 0.27] [--time 0.6]]
     python benchmarks/compressed_clusters.py tune MODEL.pt --data D.npz [D.npz ...] --pressed P.npz [P.npz ...]
         [--held-out OTHER-PRESSED.npz] [--iterations 400] [--learning-rate 3e-4] [--pressed-weight 1]
         [--batch-size 8] --output OUT.pt
@@ -48,6 +53,7 @@ from benchmark_log import emit, log
 from contact_scan import oxygens_and_molecules, pressed, spaced_frames
 from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.dataset import ReferenceDataset
+from openmm_actionml.errors import SimulationInstabilityError
 from openmm_actionml.evaluate import model_system
 from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
@@ -63,6 +69,8 @@ REACH = 0.35
 CANDIDATES = 6
 #: kJ/mol/nm^2: the stiffness of the restraint on a squeezed cluster's mean O-O distance.
 SQUEEZE_STIFFNESS = 1e5
+#: The restraint's bound falls in this many even steps over a squeeze.
+SQUEEZE_STAGES = 10
 
 
 def compact_cluster(oxygens: np.ndarray, centre: int, size: int, box: np.ndarray) -> list[int]:
@@ -93,18 +101,19 @@ def mean_oxygen_distance(frame: np.ndarray, group: Sequence[int], oxygens: np.nd
 
 
 def squeezed(model: ActionMLModel, kick_system: mm.System, frame: np.ndarray, group: Sequence[int],
-             oxygens: np.ndarray, distance: float, duration: float, seed: int) -> np.ndarray:
+             oxygens: np.ndarray, distances: tuple[float, float], duration: float, seed: int) -> np.ndarray | None:
     """``frame`` after ``duration`` ps of the model's own Langevin dynamics (300 K, 1/ps; velocities drawn with
-    ``seed``) on ``kick_system`` (the force field its kicks add) with the mean O-O distance of the molecules of
-    ``group`` held at or below ``distance`` nm by a flat-bottomed harmonic restraint: a cluster collapsed as the
-    model's kick potential W lets it, the way a surrogate's own trajectory forms one."""
+    ``seed``) on ``kick_system`` (the force field its kicks add), with the mean O-O distance of the molecules of
+    ``group`` held at or below a bound that falls in :data:`SQUEEZE_STAGES` even steps from the first of
+    ``distances`` (nm) to the second by a flat-bottomed harmonic restraint: a cluster collapsed as the model's kick
+    potential W lets it, the way a surrogate's own trajectory forms one. None if the step blew up."""
     atoms = [int(oxygens[member]) for member in group]
     pairs = list(itertools.combinations(range(1, len(atoms) + 1), 2))
     mean = "(" + " + ".join(f"distance(p{i}, p{j})" for i, j in pairs) + f") / {len(pairs)}"
-    restraint = mm.CustomCompoundBondForce(len(atoms), f"0.5 * {SQUEEZE_STIFFNESS} * step(m - r0) * (m - r0)^2; "
-                                                       f"m = {mean}")
-    restraint.addPerBondParameter("r0")
-    restraint.addBond(atoms, [distance])
+    restraint = mm.CustomCompoundBondForce(len(atoms), f"0.5 * {SQUEEZE_STIFFNESS} * step(m - squeeze_bound) * "
+                                                       f"(m - squeeze_bound)^2; m = {mean}")
+    restraint.addGlobalParameter("squeeze_bound", distances[0])
+    restraint.addBond(atoms, [])
     restraint.setUsesPeriodicBoundaryConditions(True)
     system = add_learned_force(kick_system, model)
     system.addForce(restraint)  # group 0: every kick adds it to the force field
@@ -113,7 +122,13 @@ def squeezed(model: ActionMLModel, kick_system: mm.System, frame: np.ndarray, gr
     context = create_context(system, integrator, "CPU")
     context.setPositions(frame)
     context.setVelocitiesToTemperature(TEMPERATURE, seed)
-    integrator.step(int(round(duration / model.metadata.step)))
+    steps = int(round(duration / model.metadata.step / SQUEEZE_STAGES))
+    try:
+        for bound in np.linspace(*distances, SQUEEZE_STAGES + 1)[1:]:
+            context.setParameter("squeeze_bound", bound)
+            integrator.step(steps)
+    except SimulationInstabilityError:
+        return None
     return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
 
 
@@ -140,6 +155,7 @@ def press_command(args: argparse.Namespace) -> None:
     how = f"squeezed by {model.path.name}" if model else f"rigidly (AMOEBA's rise at most {args.max_rise:g} kJ/mol)"
     log(f"pressing a cluster in each of {len(frames)} frames, {how}")
     kick_system = None if model is None else model_system(prepared, model).system
+    blown = 0
     for number, frame in enumerate(frames):
         size = int(rng.choice(args.sizes))
         group = compact_cluster(frame[oxygens], int(rng.integers(len(molecules))), size, box)
@@ -147,8 +163,15 @@ def press_command(args: argparse.Namespace) -> None:
         open_energy = energy_and_forces(frame)[0]
         target = float(rng.uniform(args.shortest, opened if model is None else args.longest))
         for _ in range(1 if model else args.attempts):  # a rigid press too costly is halved
-            positions = pressed(frame, group, molecules, oxygens, box, np.array([target]))[0] if model is None else \
-                squeezed(model, kick_system, frame, group, oxygens, target, args.time, args.seed * 100000 + number)
+            if model is None:
+                positions = pressed(frame, group, molecules, oxygens, box, np.array([target]))[0]
+            else:
+                positions = squeezed(model, kick_system, frame, group, oxygens, (opened, target), args.time,
+                                     args.seed * 100000 + number)
+                if positions is None:
+                    blown += 1
+                    log(f"frame {number}: the squeeze of {size} waters towards {target:.3f} nm blew up")
+                    break
             energy, forces = energy_and_forces(positions)
             if model is not None or energy - open_energy <= args.max_rise:
                 reached = mean_oxygen_distance(positions, group, oxygens, box)
@@ -160,11 +183,12 @@ def press_command(args: argparse.Namespace) -> None:
             log(f"{number + 1}/{len(frames)} frames, {len(kept['energies'])} pressed frames kept")
     arrays = {name: np.array(values) for name, values in kept.items()}
     with atomic_path(args.output, overwrite=True) as path:
-        np.savez(path, **arrays)
+        np.savez(path, **arrays, blown=blown)
     rise = arrays["energies"] - arrays["open_energies"]
     log(f"wrote {args.output}: {len(rise)} frames; AMOEBA's rise {rise.mean():+.0f} kJ/mol on average "
         f"({rise.min():+.0f} to {rise.max():+.0f}); mean O-O {arrays['distances'].mean():.3f} nm "
-        f"({arrays['distances'].min():.3f} to {arrays['distances'].max():.3f})")
+        f"({arrays['distances'].min():.3f} to {arrays['distances'].max():.3f})"
+        + (f"; {blown} squeezes blew up" if model else ""))
 
 
 def read_pressed(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
