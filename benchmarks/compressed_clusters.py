@@ -13,7 +13,8 @@ of other frames:
   such frames, and the captured rings rose by 75-180 kJ/mol). With ``--model`` the cluster is squeezed instead by
   the model's own Langevin dynamics for ``--time`` ps, a restraint's bound on its mean O-O distance falling from its
   own to one drawn between ``--shortest`` and ``--longest``: the waters turn as the model's kick potential lets them,
-  as they do when a surrogate's trajectory collapses a ring (a squeeze whose step blows up is counted, not kept).
+  as they do when a surrogate's trajectory collapses a ring (a squeeze whose step blows up is counted, not kept);
+  ``--splitting T3`` squeezes by the classical splitting at ``--step`` fs on AMOEBA itself instead (the control).
   The frames are labelled with the datasets' force field (energies and forces) and written with their unpressed
   frames to ``--output``;
 - ``tune``: fine-tunes a model with Adam on force matching over its training data plus ``--pressed-weight`` times
@@ -21,27 +22,29 @@ of other frames:
   frames of ``--held-out``, and writes the model (the command in its recipe);
 - ``rate``: on a press file of other frames, tabulates the rise of AMOEBA's U and of each model's kick potential W
   from the unpressed frame, by cluster size and by U's rise: the mean, the RMS of W's rise minus U's, and the wells
-  (frames a model rates below the unpressed one where AMOEBA charges them).
+  (frames a model rates below the unpressed one where AMOEBA charges them); and plots each model's rise against U's
+  (``--output`` with ``.png``).
 
 Usage::
 
     python benchmarks/compressed_clusters.py press D.npz [D.npz ...] --output PRESSED.npz [--frames 1024]
         [--sizes 3 4] [--shortest 0.225] [--max-rise 300] [--attempts 4] [--seed 0]
-        [--model MODEL.pt [--longest 0.27] [--time 0.6]]
+        [--model MODEL.pt | --splitting T3 [--step 12]] [--longest 0.27] [--time 0.6]
     python benchmarks/compressed_clusters.py tune MODEL.pt --data D.npz [D.npz ...] --pressed P.npz [P.npz ...]
         [--held-out OTHER-PRESSED.npz] [--iterations 400] [--learning-rate 3e-4] [--pressed-weight 1]
         [--batch-size 8] --output OUT.pt
     python benchmarks/compressed_clusters.py rate MODEL.pt [MODEL.pt ...] --pressed OTHER-PRESSED.npz
-        [--bins 25 100 200 300] [--output rate.md]
+        [--bins 25 100 200 400] [--output rate.md]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
 import numpy as np
@@ -55,11 +58,12 @@ from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.errors import SimulationInstabilityError
 from openmm_actionml.evaluate import model_system
-from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
+from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
-from openmm_actionml.platforms import create_context
 from openmm_actionml.openmm_potential import OpenMMPotential
-from openmm_actionml.systems import default_box
+from openmm_actionml.platforms import create_context
+from openmm_actionml.report import save_figure
+from openmm_actionml.systems import PreparedSystem, default_box
 from refine_on_own_samples import errors_text, trainer_from_model
 from runaway_onset import FrameEnergies
 
@@ -100,36 +104,61 @@ def mean_oxygen_distance(frame: np.ndarray, group: Sequence[int], oxygens: np.nd
     return float(np.mean(distances))
 
 
-def squeezed(model: ActionMLModel, kick_system: mm.System, frame: np.ndarray, group: Sequence[int],
-             oxygens: np.ndarray, distances: tuple[float, float], duration: float, seed: int) -> np.ndarray | None:
-    """``frame`` after ``duration`` ps of the model's own Langevin dynamics (300 K, 1/ps; velocities drawn with
-    ``seed``) on ``kick_system`` (the force field its kicks add), with the mean O-O distance of the molecules of
-    ``group`` held at or below a bound that falls in :data:`SQUEEZE_STAGES` even steps from the first of
-    ``distances`` (nm) to the second by a flat-bottomed harmonic restraint: a cluster collapsed as the model's kick
-    potential W lets it, the way a surrogate's own trajectory forms one. None if the step blew up."""
-    atoms = [int(oxygens[member]) for member in group]
-    pairs = list(itertools.combinations(range(1, len(atoms) + 1), 2))
-    mean = "(" + " + ".join(f"distance(p{i}, p{j})" for i, j in pairs) + f") / {len(pairs)}"
-    restraint = mm.CustomCompoundBondForce(len(atoms), f"0.5 * {SQUEEZE_STIFFNESS} * step(m - squeeze_bound) * "
-                                                       f"(m - squeeze_bound)^2; m = {mean}")
-    restraint.addGlobalParameter("squeeze_bound", distances[0])
-    restraint.addBond(atoms, [])
-    restraint.setUsesPeriodicBoundaryConditions(True)
-    system = add_learned_force(kick_system, model)
-    system.addForce(restraint)  # group 0: every kick adds it to the force field
-    integrator = ActionMLIntegrator(model, temperature=TEMPERATURE)
-    integrator.setRandomNumberSeed(seed)
-    context = create_context(system, integrator, "CPU")
-    context.setPositions(frame)
-    context.setVelocitiesToTemperature(TEMPERATURE, seed)
-    steps = int(round(duration / model.metadata.step / SQUEEZE_STAGES))
-    try:
-        for bound in np.linspace(*distances, SQUEEZE_STAGES + 1)[1:]:
-            context.setParameter("squeeze_bound", bound)
-            integrator.step(steps)
-    except SimulationInstabilityError:
-        return None
-    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+@dataclasses.dataclass
+class Squeezer:
+    """Thermostatted dynamics that squeeze clusters: ``system`` (the force field a step's kicks add, and the learned
+    force of a model) and a maker of its integrator at 300 K, 1/ps, with the step ``step`` (ps)."""
+
+    name: str
+    system: mm.System
+    integrator: Callable[[], mm.Integrator]
+    step: float
+
+    @classmethod
+    def of_model(cls, prepared: PreparedSystem, model: ActionMLModel) -> "Squeezer":
+        """The model's own dynamics: its learned force on the force field its kicks call."""
+        if not model.metadata.baseline:
+            raise SystemExit(f"{model.path.name} has no baseline force field; squeezing adds the restraint to the "
+                             f"force field its kicks call, so give a model trained with --baseline-forcefield.")
+        return cls(model.path.name, add_learned_force(model_system(prepared, model).system, model),
+                   lambda: ActionMLIntegrator(model, temperature=TEMPERATURE), model.metadata.step)
+
+    @classmethod
+    def of_splitting(cls, prepared: PreparedSystem, splitting: str, step: float) -> "Squeezer":
+        """A classical ``splitting`` at ``step`` ps on ``prepared``'s own force field (the control)."""
+        return cls(f"{splitting} {step * 1000:g} fs on {' + '.join(prepared.settings['forcefield'])}",
+                   prepared.system, lambda: SplittingIntegrator(splitting, step, temperature=TEMPERATURE), step)
+
+    def squeeze(self, frame: np.ndarray, group: Sequence[int], oxygens: np.ndarray, distances: tuple[float, float],
+                duration: float, seed: int) -> np.ndarray | None:
+        """``frame`` after ``duration`` ps of these dynamics (velocities drawn with ``seed``), with the mean O-O
+        distance of the molecules of ``group`` held at or below a bound that falls in :data:`SQUEEZE_STAGES` even
+        steps from the first of ``distances`` (nm) to the second by a flat-bottomed harmonic restraint: a cluster
+        collapsed as the dynamics' potential lets it, the way a surrogate's own trajectory forms one. None if the
+        step blew up."""
+        atoms = [int(oxygens[member]) for member in group]
+        pairs = list(itertools.combinations(range(1, len(atoms) + 1), 2))
+        mean = "(" + " + ".join(f"distance(p{i}, p{j})" for i, j in pairs) + f") / {len(pairs)}"
+        restraint = mm.CustomCompoundBondForce(len(atoms), f"0.5 * {SQUEEZE_STIFFNESS} * step(m - squeeze_bound) * "
+                                                           f"(m - squeeze_bound)^2; m = {mean}")
+        restraint.addGlobalParameter("squeeze_bound", distances[0])
+        restraint.addBond(atoms, [])
+        restraint.setUsesPeriodicBoundaryConditions(True)
+        system = copy.deepcopy(self.system)
+        system.addForce(restraint)  # group 0: every kick adds it to the force field
+        integrator = self.integrator()
+        integrator.setRandomNumberSeed(seed)
+        context = create_context(system, integrator, "CPU")
+        context.setPositions(frame)
+        context.setVelocitiesToTemperature(TEMPERATURE, seed)
+        steps = int(round(duration / self.step / SQUEEZE_STAGES))
+        try:
+            for bound in np.linspace(*distances, SQUEEZE_STAGES + 1)[1:]:
+                context.setParameter("squeeze_bound", bound)
+                integrator.step(steps)
+        except SimulationInstabilityError:
+            return None
+        return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
 
 
 def press_command(args: argparse.Namespace) -> None:
@@ -148,32 +177,29 @@ def press_command(args: argparse.Namespace) -> None:
     kept = {name: [] for name in ("positions", "forces", "energies", "open_positions", "open_energies", "sizes",
                                   "open_distances", "distances")}
     frames = spaced_frames(prepared, args.data, args.frames)
-    model = load_model(args.model) if args.model else None
-    if model is not None and not model.metadata.baseline:
-        raise SystemExit(f"--model {model.path.name} has no baseline force field; squeezing adds the restraint to "
-                         f"the force field its kicks call, so give a model trained with --baseline-forcefield.")
-    how = f"squeezed by {model.path.name}" if model else f"rigidly (AMOEBA's rise at most {args.max_rise:g} kJ/mol)"
+    squeezer = Squeezer.of_model(prepared, load_model(args.model)) if args.model else \
+        Squeezer.of_splitting(prepared, args.splitting, args.step / 1000.0) if args.splitting else None
+    how = f"squeezed by {squeezer.name}" if squeezer else f"rigidly (AMOEBA's rise at most {args.max_rise:g} kJ/mol)"
     log(f"pressing a cluster in each of {len(frames)} frames, {how}")
-    kick_system = None if model is None else model_system(prepared, model).system
     blown = 0
     for number, frame in enumerate(frames):
         size = int(rng.choice(args.sizes))
         group = compact_cluster(frame[oxygens], int(rng.integers(len(molecules))), size, box)
         opened = mean_oxygen_distance(frame, group, oxygens, box)
         open_energy = energy_and_forces(frame)[0]
-        target = float(rng.uniform(args.shortest, opened if model is None else args.longest))
-        for _ in range(1 if model else args.attempts):  # a rigid press too costly is halved
-            if model is None:
+        target = float(rng.uniform(args.shortest, opened if squeezer is None else args.longest))
+        for _ in range(1 if squeezer else args.attempts):  # a rigid press too costly is halved
+            if squeezer is None:
                 positions = pressed(frame, group, molecules, oxygens, box, np.array([target]))[0]
             else:
-                positions = squeezed(model, kick_system, frame, group, oxygens, (opened, target), args.time,
-                                     args.seed * 100000 + number)
+                positions = squeezer.squeeze(frame, group, oxygens, (opened, target), args.time,
+                                             args.seed * 100000 + number)
                 if positions is None:
                     blown += 1
                     log(f"frame {number}: the squeeze of {size} waters towards {target:.3f} nm blew up")
                     break
             energy, forces = energy_and_forces(positions)
-            if model is not None or energy - open_energy <= args.max_rise:
+            if squeezer or energy - open_energy <= args.max_rise:
                 reached = mean_oxygen_distance(positions, group, oxygens, box)
                 for name, value in zip(kept, (positions, forces, energy, frame, open_energy, size, opened, reached)):
                     kept[name].append(value)
@@ -188,7 +214,7 @@ def press_command(args: argparse.Namespace) -> None:
     log(f"wrote {args.output}: {len(rise)} frames; AMOEBA's rise {rise.mean():+.0f} kJ/mol on average "
         f"({rise.min():+.0f} to {rise.max():+.0f}); mean O-O {arrays['distances'].mean():.3f} nm "
         f"({arrays['distances'].min():.3f} to {arrays['distances'].max():.3f})"
-        + (f"; {blown} squeezes blew up" if model else ""))
+        + (f"; {blown} squeezes blew up" if squeezer else ""))
 
 
 def read_pressed(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,23 +273,43 @@ def rate_command(args: argparse.Namespace) -> None:
         rise[model.path.stem] = pressed_w - FrameEnergies(prepared, arrays["open_positions"]).kick_potential(model)
     edges = np.array(args.bins)
     lines = [f"Pressed clusters of {Path(args.pressed).name}: the rise (kJ/mol) of AMOEBA's U and of each model's kick "
-             f"potential W from the unpressed frame, mean ± s.e., by cluster size and by U's rise; RMS of W's rise "
-             f"minus U's; wells: frames W rates below the unpressed one while U rises by more than {edges[0]:g}.", ""]
+             f"potential W from the unpressed frame, mean ± s.e. over the frames whose U rises within each bin, with "
+             f"the RMS of W's rise minus U's; wells: frames W rates below the unpressed one where U rises by more "
+             f"than {edges[0]:g}.", ""]
+    bins = list(zip(edges[:-1], edges[1:]))
     for size in sorted(set(arrays["sizes"].tolist())):
-        for low, high in zip(edges[:-1], edges[1:]):
-            select = (arrays["sizes"] == size) & (rise["AMOEBA U"] > low) & (rise["AMOEBA U"] <= high)
-            if select.sum() < 2:
-                continue
-            lines += [f"**{size} waters, U's rise {low:g} to {high:g} kJ/mol** ({int(select.sum())} frames)", "",
-                      "| | rise | RMS(W - U) | wells |", "|---|---|---|---|"]
-            for name, values in rise.items():
-                part, error = values[select], values[select] - rise["AMOEBA U"][select]
-                rms, wells = ("", "") if name == "AMOEBA U" else (
-                    f"{np.sqrt((error ** 2).mean()):.0f}", f"{int((part < 0).sum())}/{len(part)}")
-                lines.append(f"| {name} | {part.mean():+.1f} ± {part.std(ddof=1) / np.sqrt(len(part)):.1f} | "
-                             f"{rms} | {wells} |")
-            lines.append("")
-    emit("\n".join(lines), args.output)
+        of_size = arrays["sizes"] == size
+        selections = [of_size & (rise["AMOEBA U"] > low) & (rise["AMOEBA U"] <= high) for low, high in bins]
+        charged = of_size & (rise["AMOEBA U"] > edges[0])
+        lines += [f"**{size} waters** ({int(of_size.sum())} frames)", "",
+                  "| U's rise | " + " | ".join(f"{low:g} to {high:g} ({int(select.sum())})"
+                                                for (low, high), select in zip(bins, selections)) + " | wells |",
+                  "|---|" + "---|" * (len(bins) + 1)]
+        for name, values in rise.items():
+            cells = []
+            for select in selections:
+                part = values[select]
+                cell = f"{part.mean():+.0f} ± {part.std(ddof=1) / np.sqrt(len(part)):.0f}" if len(part) > 1 else ""
+                if cell and name != "AMOEBA U":
+                    cell += f" (RMS {np.sqrt(((part - rise['AMOEBA U'][select]) ** 2).mean()):.0f})"
+                cells.append(cell)
+            wells = "" if name == "AMOEBA U" else f"{int((values[charged] < 0).sum())}/{int(charged.sum())}"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {wells} |")
+        lines.append("")
+    output = Path(args.output)
+    emit("\n".join(lines), output)
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for name, values in rise.items():
+        if name != "AMOEBA U":
+            axes.scatter(rise["AMOEBA U"], values, s=8, label=name)
+    span = [min(0.0, rise["AMOEBA U"].min()), rise["AMOEBA U"].max()]
+    axes.plot(span, span, color="black", lw=1, label="W = U")
+    axes.set_xlabel("AMOEBA U's rise (kJ/mol)")
+    axes.set_ylabel("kick potential W's rise (kJ/mol)")
+    axes.set_title(Path(args.pressed).name, fontsize=9)
+    axes.legend(fontsize=7)
+    save_figure(figure, output.with_suffix(".png"))
 
 
 def main() -> None:
@@ -280,8 +326,11 @@ def main() -> None:
     press.add_argument("--attempts", type=int, default=4, help="presses tried per frame, each half the last")
     press.add_argument("--model", help="squeeze each cluster by this model's own Langevin dynamics, its mean O-O "
                        "distance restrained to at most a distance drawn from --shortest to --longest")
-    press.add_argument("--longest", type=float, default=0.27, help="with --model (nm)")
-    press.add_argument("--time", type=float, default=0.6, help="ps of each squeeze, with --model")
+    press.add_argument("--splitting", help="squeeze instead by this classical splitting on the data's force field "
+                       "(the control)")
+    press.add_argument("--step", type=float, default=12.0, help="fs, with --splitting")
+    press.add_argument("--longest", type=float, default=0.27, help="with --model or --splitting (nm)")
+    press.add_argument("--time", type=float, default=0.6, help="ps of each squeeze, with --model or --splitting")
     press.add_argument("--seed", type=int, default=0)
     tune = commands.add_parser("tune", help="fine-tune a model on its data and pressed frames")
     tune.add_argument("model")
@@ -297,10 +346,12 @@ def main() -> None:
     rate = commands.add_parser("rate", help="compare U's and W's rise over pressed held-out clusters")
     rate.add_argument("models", nargs="+")
     rate.add_argument("--pressed", required=True, help="a press file of frames no model was tuned on")
-    rate.add_argument("--bins", type=float, nargs="+", default=[25, 100, 200, 300],
+    rate.add_argument("--bins", type=float, nargs="+", default=[25, 100, 200, 400],
                       help="edges of the bins of AMOEBA's rise (kJ/mol)")
     rate.add_argument("--output", default="results/compressed-clusters/rate.md")
     args = parser.parse_args()
+    if getattr(args, "model", None) and args.splitting:
+        parser.error("give --model or --splitting, not both")
     for size in getattr(args, "sizes", []):
         if size < 2:
             raise SystemExit(f"--sizes {size}: a cluster needs at least two waters.")
