@@ -350,7 +350,7 @@ def main() -> None:
                       help="edges of the bins of AMOEBA's rise (kJ/mol)")
     rate.add_argument("--output", default="results/compressed-clusters/rate.md")
     args = parser.parse_args()
-    if getattr(args, "model", None) and args.splitting:
+    if args.command == "press" and args.model and args.splitting:
         parser.error("give --model or --splitting, not both")
     for size in getattr(args, "sizes", []):
         if size < 2:
