@@ -207,6 +207,8 @@ def press_command(args: argparse.Namespace) -> None:
             target = 0.5 * (target + opened)
         if (number + 1) % 100 == 0:
             log(f"{number + 1}/{len(frames)} frames, {len(kept['energies'])} pressed frames kept")
+    if not kept["energies"]:
+        raise SystemExit(f"no pressed frame was kept ({blown} squeezes blew up); nothing written.")
     arrays = {name: np.array(values) for name, values in kept.items()}
     with atomic_path(args.output, overwrite=True) as path:
         np.savez(path, **arrays, blown=blown)
@@ -245,7 +247,7 @@ def tune_command(args: argparse.Namespace) -> None:
     report("before")
     for iteration in range(1, args.iterations + 1):
         q, _, forces, _ = trainer.windows(0, trainer.train_segments, args.batch_size)
-        pick = torch.as_tensor(rng.choice(len(pressed_q), args.batch_size, replace=False))
+        pick = torch.as_tensor(rng.choice(len(pressed_q), min(args.batch_size, len(pressed_q)), replace=False))
         loss = trainer.force_matching_loss(q[:, 0], forces) \
             + args.pressed_weight * trainer.force_matching_loss(pressed_q[pick], pressed_f[pick])
         trainer.optimizer.zero_grad()
@@ -266,11 +268,11 @@ def rate_command(args: argparse.Namespace) -> None:
     arrays = read_arrays(args.pressed, ("positions", "energies", "open_positions", "open_energies", "sizes"),
                          "pressed-cluster file", "write it with `compressed_clusters.py press`")
     rise = {"AMOEBA U": arrays["energies"] - arrays["open_energies"]}
+    pressed_frames, open_frames = (FrameEnergies(prepared, arrays[name]) for name in ("positions", "open_positions"))
     for path in args.models:
         model = load_model(path)
         log(f"W of {model.path.stem}")
-        pressed_w = FrameEnergies(prepared, arrays["positions"]).kick_potential(model)
-        rise[model.path.stem] = pressed_w - FrameEnergies(prepared, arrays["open_positions"]).kick_potential(model)
+        rise[model.path.stem] = pressed_frames.kick_potential(model) - open_frames.kick_potential(model)
     edges = np.array(args.bins)
     lines = [f"Pressed clusters of {Path(args.pressed).name}: the rise (kJ/mol) of AMOEBA's U and of each model's kick "
              f"potential W from the unpressed frame, mean ± s.e. over the frames whose U rises within each bin, with "
