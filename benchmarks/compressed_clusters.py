@@ -53,7 +53,7 @@ import openmm.unit as u
 
 from amoeba_water import TEMPERATURE, amoeba_water
 from benchmark_log import emit, log
-from contact_scan import oxygens_and_molecules, pressed, spaced_frames
+from contact_scan import group_oxygens, mean_pair_distance, oxygens_and_molecules, pressed, spaced_frames
 from openmm_actionml.atomic import atomic_path, read_arrays
 from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.errors import SimulationInstabilityError
@@ -87,21 +87,13 @@ def compact_cluster(oxygens: np.ndarray, centre: int, size: int, box: np.ndarray
     order = [j for j in np.argsort(distance) if j != centre]
     near = [j for j in order[:CANDIDATES] if distance[j] < REACH]
     pool = near if len(near) >= size - 1 else order[:size - 1]
-
-    def mean_distance(others: tuple[int, ...]) -> float:
-        points = separation[[centre, *others]]
-        return float(np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(points, 2)]))
-
-    return [centre, *min(itertools.combinations(pool, size - 1), key=mean_distance)]
+    return [centre, *min(itertools.combinations(pool, size - 1),
+                         key=lambda others: mean_pair_distance(separation[[centre, *others]]))]
 
 
 def mean_oxygen_distance(frame: np.ndarray, group: Sequence[int], oxygens: np.ndarray, box: np.ndarray) -> float:
-    """The mean minimum-image O-O distance (nm) between the molecules of ``group``."""
-    distances = []
-    for i, j in itertools.combinations(group, 2):
-        separation = frame[oxygens[j]] - frame[oxygens[i]]
-        distances.append(np.linalg.norm(separation - box * np.round(separation / box)))
-    return float(np.mean(distances))
+    """The mean O-O distance (nm) between the molecules of ``group``, in one periodic image."""
+    return mean_pair_distance(group_oxygens(frame, group, oxygens, box))
 
 
 @dataclasses.dataclass

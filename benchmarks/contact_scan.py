@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Sequence
 
@@ -57,15 +58,24 @@ def spaced_frames(prepared: PreparedSystem, paths: Sequence[str], count: int) ->
     return positions[np.linspace(0, len(positions) - 1, count).round().astype(int)]
 
 
+def group_oxygens(frame: np.ndarray, group: Sequence[int], oxygens: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``[K, 3]``: the oxygens of the molecules of ``group`` in one periodic image (the first one's)."""
+    first = frame[oxygens[group[0]]]
+    offsets = frame[oxygens[group]] - first
+    return first + offsets - box * np.round(offsets / box)
+
+
+def mean_pair_distance(points: np.ndarray) -> float:
+    """The mean distance between the points ``[K, 3]``, over all pairs."""
+    return float(np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(points, 2)]))
+
+
 def pressed(frame: np.ndarray, group: list[int], molecules: np.ndarray, oxygens: np.ndarray, box: np.ndarray,
             distances: np.ndarray) -> np.ndarray:
     """``[D, N, 3]``: ``frame`` with the molecules of ``group`` moved rigidly towards or away from their oxygens'
     centroid, all by one factor, so that their mean O-O distance is each of ``distances`` (nm)."""
-    first = frame[oxygens[group[0]]]
-    offsets = frame[oxygens[group]] - first
-    centres = first + offsets - box * np.round(offsets / box)  # one periodic image of the group
-    pairs = [(i, j) for i in range(len(group)) for j in range(i + 1, len(group))]
-    mean = np.mean([np.linalg.norm(centres[i] - centres[j]) for i, j in pairs])
+    centres = group_oxygens(frame, group, oxygens, box)
+    mean = mean_pair_distance(centres)
     out = np.repeat(frame[None], len(distances), axis=0)
     for column, distance in enumerate(distances):
         shifts = (distance / mean - 1.0) * (centres - centres.mean(0))

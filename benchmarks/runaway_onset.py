@@ -53,6 +53,7 @@ from openmm_actionml.ensemble_check import kick_weights, learned_energies
 from openmm_actionml.evaluate import model_candidate
 from openmm_actionml.examples import with_baseline
 from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, constraint_pairs, default_box, particle_masses
@@ -177,13 +178,7 @@ class FrameEnergies:
         key = tuple(baseline)
         if key not in self._force_fields:
             system = with_baseline(self.prepared, list(key)).system if key else self.prepared.system
-            context = create_context(system, mm.VerletIntegrator(0.001), "CPU")
-            energies = []
-            for frame in self.positions:
-                context.setPositions(frame)
-                energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
-                    u.kilojoule_per_mole))
-            self._force_fields[key] = np.array(energies)
+            self._force_fields[key] = OpenMMPotential(system, platform="CPU").energy(self.positions)
         return self._force_fields[key]
 
     def kick_potential(self, model: ActionMLModel) -> np.ndarray:
