@@ -18,8 +18,12 @@ of other frames:
   The frames are labelled with the datasets' force field (energies and forces) and written with their unpressed
   frames to ``--output``;
 - ``tune``: fine-tunes a model with Adam on force matching over its training data plus ``--pressed-weight`` times
-  force matching over pressed frames, logging the force and energy errors on validation frames and on the pressed
-  frames of ``--held-out``, and writes the model (the command in its recipe);
+  force matching over pressed frames, logging the force and energy errors on validation frames (and how far its
+  forces there moved from the starting model's) and on the pressed frames of ``--held-out``, and writes the model
+  (the command in its recipe). With ``--keep-start-forces`` the training frames' targets are the starting model's
+  own forces, not the force field's: force matching to the force field moves W on the liquid within its error
+  (and, measured, the model's liquid with it), while this holds W there and lets the pressed frames move it only
+  where they differ;
 - ``rate``: on a press file of other frames, tabulates the rise of AMOEBA's U and of each model's kick potential W
   from the unpressed frame, by cluster size and by U's rise: the mean, the RMS of W's rise minus U's, and the wells
   (frames a model rates below the unpressed one where AMOEBA charges them); and plots each model's rise against U's
@@ -32,7 +36,7 @@ Usage::
         [--model MODEL.pt | --splitting T3 [--step 12]] [--longest 0.27] [--time 0.6]
     python benchmarks/compressed_clusters.py tune MODEL.pt --data D.npz [D.npz ...] --pressed P.npz [P.npz ...]
         [--held-out OTHER-PRESSED.npz] [--iterations 400] [--learning-rate 3e-4] [--pressed-weight 1]
-        [--batch-size 8] --output OUT.pt
+        [--keep-start-forces] [--batch-size 8] --output OUT.pt
     python benchmarks/compressed_clusters.py rate MODEL.pt [MODEL.pt ...] --pressed OTHER-PRESSED.npz
         [--bins 25 100 200 400] [--output rate.md]
 """
@@ -59,11 +63,13 @@ from openmm_actionml.dataset import ReferenceDataset
 from openmm_actionml.errors import SimulationInstabilityError
 from openmm_actionml.evaluate import model_system
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from openmm_actionml.kicks import KickPotential
 from openmm_actionml.modelfile import ActionMLModel, export_model, load_model
 from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, default_box
+from openmm_actionml.training import Trainer
 from refine_on_own_samples import errors_text, trainer_from_model
 from runaway_onset import FrameEnergies
 
@@ -218,6 +224,21 @@ def read_pressed(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.as_tensor(arrays[name]) for name in ("positions", "forces", "energies"))
 
 
+def start_matching_loss(trainer: Trainer, start: KickPotential, q: torch.Tensor, forces: torch.Tensor
+                        ) -> torch.Tensor:
+    """Mean squared difference between each head's learned forces and the starting model's (``start``, a frozen
+    copy of its correction), relative to the force field's ``forces`` squared, as
+    :meth:`Trainer.force_matching_loss` scales it (constraint components removed alike)."""
+    scale = (trainer.dynamical_forces(q, forces) ** 2).mean()
+    loss = torch.zeros((), dtype=torch.float64)
+    for head in range(trainer.n_heads):
+        with torch.no_grad():
+            target = start.learned_forces(q, head)
+        difference = trainer.dynamical_forces(q, trainer.kicks.learned_forces(q, head) - target)
+        loss = loss + (difference ** 2).mean() / scale
+    return loss / trainer.n_heads
+
+
 def tune_command(args: argparse.Namespace) -> None:
     """Fine-tune a model on its training data and the pressed frames."""
     torch.set_num_threads(1)
@@ -228,10 +249,14 @@ def tune_command(args: argparse.Namespace) -> None:
     held_out = read_pressed(args.held_out) if args.held_out else None
     rng = np.random.default_rng(model.metadata.recipe["options"]["seed"])
     validation = trainer.windows(0, trainer.validation_segments, 64)
+    start = KickPotential(copy.deepcopy(trainer.network), None, trainer.box)
 
     def report(label: str) -> None:
         q, _, forces, energies = validation
         text = f"{label}: validation frames {errors_text(trainer.surrogate_errors(q[:, 0], forces, energies))}"
+        with torch.no_grad():
+            moved = float(start_matching_loss(trainer, start, q[:, 0], forces)) ** 0.5
+        text += f", off the starting model's forces {moved:.4f}"
         if held_out is not None:
             text += f"; held-out pressed frames {errors_text(trainer.surrogate_errors(*held_out))}"
         log(text)
@@ -240,7 +265,8 @@ def tune_command(args: argparse.Namespace) -> None:
     for iteration in range(1, args.iterations + 1):
         q, _, forces, _ = trainer.windows(0, trainer.train_segments, args.batch_size)
         pick = torch.as_tensor(rng.choice(len(pressed_q), min(args.batch_size, len(pressed_q)), replace=False))
-        loss = trainer.force_matching_loss(q[:, 0], forces) \
+        loss = (start_matching_loss(trainer, start, q[:, 0], forces) if args.keep_start_forces
+                else trainer.force_matching_loss(q[:, 0], forces)) \
             + args.pressed_weight * trainer.force_matching_loss(pressed_q[pick], pressed_f[pick])
         trainer.optimizer.zero_grad()
         loss.backward()
@@ -334,6 +360,9 @@ def main() -> None:
     tune.add_argument("--iterations", type=int, default=400)
     tune.add_argument("--learning-rate", type=float, default=3e-4)
     tune.add_argument("--pressed-weight", type=float, default=1.0)
+    tune.add_argument("--keep-start-forces", action="store_true",
+                      help="match the starting model's forces on the training frames instead of the force field's: "
+                           "W then holds on the liquid and moves where the pressed frames pull it")
     tune.add_argument("--batch-size", type=int, default=8, help="frames per batch of each term")
     tune.add_argument("--report-every", type=int, default=50)
     tune.add_argument("--output", required=True)
