@@ -4,12 +4,14 @@
 # kicks never call AMOEBA (the shipped amoeba64-pure-t3-12fs.pt, pure ML; amoeba64-tip3pfb-t3-12fs.pt, a learned
 # correction on TIP3P-FB; amoeba64-tip3pfb-wide-/-mid-t3-12fs.pt, the same on wider networks;
 # amoeba64-pure-mid-/-wide-t3-12fs.pt, pure ML on those wider networks; amoeba64-tip3pfb-mid-own-t3-12fs.pt, the
-# mid model retrained with a second round of AMOEBA data drawn from its own ensemble), then the 8 x 5 ps
+# mid model retrained with a second round of AMOEBA data drawn from its own ensemble; amoeba64-tip3pfb-mid-own-
+# clusters-t3-12fs.pt, that model tuned on compressed water clusters), then the 8 x 5 ps
 # ensembles with the O-O radial distribution (benchmarks/amoeba_water.py) and the speed side by side
 # (benchmarks/speed_vs_verlet.py).
 # Run it in an empty folder: bash examples/amoeba_water.sh [--train-only].
 # About 30 min of data and six trainings of 17-25 min on one core, then 20 min of the mid model's thermalisation,
-# 19 min of data from its states and a seventh training of 19 min; the ensembles about 50 min, the speed 15 min.
+# 19 min of data from its states and a seventh training of 19 min, then 16 min of squeezes and tuning; the ensembles
+# about 50 min, the speed 15 min.
 set -euo pipefail
 A="${ACTIONML:-actionml}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -34,7 +36,15 @@ $A train amoeba64.npz --pure-ml --network-cutoff 0.6 --angular-cutoff 0.45 --ste
 python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-mid-t3-12fs.pt --trajectories 16 --time 5 --thermalise 5 --t3-steps 12 --only "+ learned" --cache-dir trajectories --output-dir results/amoeba-water
 $A generate water-box --waters 64 --rigid-water --forcefield amoeba2018.xml --cutoff 0.6 --delta 1 --record-every 2 --segment-length 2 --seed 22 --store-forces --platform CPU --starts trajectories/starts-16-300K-own-amoeba64-tip3pfb-mid-t3-12fs-5ps.npz --output amoeba64-own-mid.npz --overwrite
 $A train amoeba64.npz amoeba64-own-mid.npz --baseline-forcefield amber14/tip3pfb.xml --network-cutoff 0.6 --angular-cutoff 0.4 --step 12 --splitting T3 --pretrain-iterations 1000 --pretrain-batch-size 16 --force-matching 1 --curriculum 1 --iterations 100 --batch-size 8 --energy-penalty 0 --hidden 128,128 --learning-rate 3e-3 --eval-every 50 --patience 4 --gate-trajectories 8 --gate-duration 5 --force-field-platform CPU --seed 0 --name "water box (64 rigid AMOEBA 2018 waters, PME) on TIP3P-FB, mid network, with AMOEBA data from its own ensemble" --output amoeba64-tip3pfb-mid-own-t3-12fs.pt --checkpoint amoeba-tip3pfb-mid-own.chk --overwrite
+# The own-data model tuned on compressed water clusters: 600 clusters in amoeba64.npz's frames squeezed by its own
+# restrained dynamics and labelled by AMOEBA (12 min), then 400 iterations of force matching on them with the
+# model's own forces held on the training frames (4 min): the learned correction's hole at compressed clusters, which
+# started the surrogates' runaways, closed without moving the liquid (docs/benchmarks/amoeba-water-compressed-clusters-12fs).
+CC="python $here/../benchmarks/compressed_clusters.py"
+$CC press amoeba64.npz --frames 300 --seed 1 --model amoeba64-tip3pfb-mid-own-t3-12fs.pt --output train-squeeze-base-1.npz
+$CC press amoeba64.npz --frames 300 --seed 2 --model amoeba64-tip3pfb-mid-own-t3-12fs.pt --output train-squeeze-base-2.npz
+$CC tune amoeba64-tip3pfb-mid-own-t3-12fs.pt --data amoeba64.npz amoeba64-own-mid.npz --pressed train-squeeze-base-1.npz train-squeeze-base-2.npz --iterations 400 --learning-rate 3e-4 --pressed-weight 1 --keep-start-forces --output amoeba64-tip3pfb-mid-own-clusters-t3-12fs.pt
 [ "${1:-}" = "--train-only" ] && exit 0
 
-python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --model amoeba64-pure-mid-t3-12fs.pt --model amoeba64-pure-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-own-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
-python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt amoeba64-pure-wide-t3-12fs.pt amoeba64-tip3pfb-mid-own-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md
+python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-t3-12fs.pt --model amoeba64-pure-t3-12fs.pt --model amoeba64-tip3pfb-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-t3-12fs.pt --model amoeba64-pure-mid-t3-12fs.pt --model amoeba64-pure-wide-t3-12fs.pt --model amoeba64-tip3pfb-mid-own-t3-12fs.pt --model amoeba64-tip3pfb-mid-own-clusters-t3-12fs.pt --trajectories 8 --time 5 --cache-dir trajectories --output-dir results/amoeba-water
+python "$here/../benchmarks/speed_vs_verlet.py" amoeba64-pure-t3-12fs.pt amoeba64-tip3pfb-t3-12fs.pt amoeba64-tip3pfb-wide-t3-12fs.pt amoeba64-tip3pfb-mid-t3-12fs.pt amoeba64-pure-mid-t3-12fs.pt amoeba64-pure-wide-t3-12fs.pt amoeba64-tip3pfb-mid-own-t3-12fs.pt amoeba64-tip3pfb-mid-own-clusters-t3-12fs.pt --platform CPU --threads 1 --seconds 3 --rounds 5 --output results/amoeba-water/speed.md
