@@ -23,7 +23,7 @@ of other frames:
   (the command in its recipe). With ``--keep-start-forces`` the training frames' targets are the starting model's
   own forces, not the force field's: force matching to the force field moves W on the liquid within its error
   (and, measured, the model's liquid with it), while this holds W there and lets the pressed frames move it only
-  where they differ;
+  where they differ. The model is written in single precision, as ``actionml train`` writes it;
 - ``rate``: on a press file of other frames, tabulates the rise of AMOEBA's U and of each model's kick potential W
   from the unpressed frame, by cluster size and by U's rise: the mean, the RMS of W's rise minus U's, and the wells
   (frames a model rates below the unpressed one where AMOEBA charges them); and plots each model's rise against U's
@@ -276,7 +276,7 @@ def tune_command(args: argparse.Namespace) -> None:
     meta = dataclasses.replace(model.metadata, system_name=f"{model.metadata.system_name}, tuned on compressed "
                                f"clusters", recipe=dict(model.metadata.recipe, compressed_clusters={
                                    "command": " ".join(sys.argv), "from": model.path.name}))
-    log(f"wrote {export_model(trainer.network, meta, args.output, overwrite=True)}")
+    log(f"wrote {export_model(copy.deepcopy(trainer.network).float(), meta, args.output, overwrite=True)}")
 
 
 def rate_command(args: argparse.Namespace) -> None:
