@@ -22,7 +22,7 @@ of other frames:
   forces there moved from the starting model's) and on the pressed frames of ``--held-out``, and writes the model
   (the command in its recipe). With ``--keep-start-forces`` the training frames' targets are the starting model's
   own forces, not the force field's: force matching to the force field moves W on the liquid within its error
-  (and, measured, the model's liquid with it), while this holds W there and lets the pressed frames move it only
+  (and, over 50 ps, the model's liquid with it), while this holds W there and lets the pressed frames move it only
   where they differ. The model is written in single precision, as ``actionml train`` writes it;
 - ``rate``: on a press file of other frames, tabulates the rise of AMOEBA's U and of each model's kick potential W
   from the unpressed frame, by cluster size and by U's rise: the mean, the RMS of W's rise minus U's, and the wells
