@@ -69,7 +69,6 @@ from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, default_box
-from openmm_actionml.training import Trainer
 from refine_on_own_samples import errors_text, trainer_from_model
 from runaway_onset import FrameEnergies
 
@@ -224,19 +223,11 @@ def read_pressed(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.as_tensor(arrays[name]) for name in ("positions", "forces", "energies"))
 
 
-def start_matching_loss(trainer: Trainer, start: KickPotential, q: torch.Tensor, forces: torch.Tensor
-                        ) -> torch.Tensor:
-    """Mean squared difference between each head's learned forces and the starting model's (``start``, a frozen
-    copy of its correction), relative to the force field's ``forces`` squared, as
-    :meth:`Trainer.force_matching_loss` scales it (constraint components removed alike)."""
-    scale = (trainer.dynamical_forces(q, forces) ** 2).mean()
-    loss = torch.zeros((), dtype=torch.float64)
-    for head in range(trainer.n_heads):
-        with torch.no_grad():
-            target = start.learned_forces(q, head)
-        difference = trainer.dynamical_forces(q, trainer.kicks.learned_forces(q, head) - target)
-        loss = loss + (difference ** 2).mean() / scale
-    return loss / trainer.n_heads
+def start_forces(start: KickPotential, q: torch.Tensor, n_heads: int) -> list[torch.Tensor]:
+    """Each head's learned forces of the starting model (``start``, a frozen copy of its correction) at ``q``: the
+    targets with which :meth:`Trainer.force_matching_loss` holds the tuned model where it was."""
+    with torch.no_grad():
+        return [start.learned_forces(q, head) for head in range(n_heads)]
 
 
 def tune_command(args: argparse.Namespace) -> None:
@@ -255,7 +246,8 @@ def tune_command(args: argparse.Namespace) -> None:
         q, _, forces, energies = validation
         text = f"{label}: validation frames {errors_text(trainer.surrogate_errors(q[:, 0], forces, energies))}"
         with torch.no_grad():
-            moved = float(start_matching_loss(trainer, start, q[:, 0], forces)) ** 0.5
+            held = start_forces(start, q[:, 0], trainer.n_heads)
+            moved = float(trainer.force_matching_loss(q[:, 0], forces, held)) ** 0.5
         text += f", off the starting model's forces {moved:.4f}"
         if held_out is not None:
             text += f"; held-out pressed frames {errors_text(trainer.surrogate_errors(*held_out))}"
@@ -265,8 +257,8 @@ def tune_command(args: argparse.Namespace) -> None:
     for iteration in range(1, args.iterations + 1):
         q, _, forces, _ = trainer.windows(0, trainer.train_segments, args.batch_size)
         pick = torch.as_tensor(rng.choice(len(pressed_q), min(args.batch_size, len(pressed_q)), replace=False))
-        loss = (start_matching_loss(trainer, start, q[:, 0], forces) if args.keep_start_forces
-                else trainer.force_matching_loss(q[:, 0], forces)) \
+        targets = start_forces(start, q[:, 0], trainer.n_heads) if args.keep_start_forces else None
+        loss = trainer.force_matching_loss(q[:, 0], forces, targets) \
             + args.pressed_weight * trainer.force_matching_loss(pressed_q[pick], pressed_f[pick])
         trainer.optimizer.zero_grad()
         loss.backward()

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -295,26 +295,39 @@ class Trainer:
             penalty = self.options.energy_penalty * (change ** 2).mean()
         return loss, penalty
 
-    def force_matching_loss(self, q: torch.Tensor, forces: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def force_matching_loss(self, q: torch.Tensor, forces: Optional[torch.Tensor] = None,
+                            learned_targets: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Mean squared difference between each head's kick forces (``dW``, ``V + dW`` or ``B + dW``) and the
         force field's, relative to |F_V|^2 (its square root is the relative force error). V's forces are ``forces``
         (the dataset's stored ones, so that an expensive force field is not evaluated again) or, if ``None``,
         computed. With no network (the classical row) the heads' forces are the baseline's alone.
+
+        ``learned_targets``, one tensor per head, replaces the target of each head's learned forces (V's less the
+        anchor) by another, e.g. a frozen model's learned forces, to hold a fine-tuned model where it was; the
+        relative scale stays V's.
 
         With constraints only the part of a force that moves the system matters: a kick's velocity change is
         RATTLE-projected, so forces are compared after the same projection of ``F/m`` (components along the
         constraints, which no dynamics sees, are neither fitted nor counted)."""
         reference = self.dynamical_forces(q, (self.reference_forces(q) if forces is None else forces).detach())
         scale = (reference ** 2).mean()
+        if learned_targets is not None and (self.kicks.network is None or len(learned_targets) != self.n_heads):
+            raise InputError(f"learned force targets need a network and one target per head ({self.n_heads}); "
+                             f"got {len(learned_targets)}: give each head's target.")
         if not self.options.anchored:
             anchor = torch.zeros_like(reference)
-        else:
+        elif learned_targets is None:
             anchor = reference if self.options.baseline is None else self.dynamical_forces(q, self.kick_forces(q))
         loss = torch.zeros((), dtype=torch.float64)
         for head in range(self.n_heads):
-            learned = 0.0 if self.kicks.network is None else \
-                self.dynamical_forces(q, self.kicks.learned_forces(q, head))
-            loss = loss + ((learned + anchor - reference) ** 2).mean() / scale
+            if learned_targets is not None:
+                target = learned_targets[head].detach()
+                difference = self.dynamical_forces(q, self.kicks.learned_forces(q, head) - target)
+            else:
+                learned = 0.0 if self.kicks.network is None else \
+                    self.dynamical_forces(q, self.kicks.learned_forces(q, head))
+                difference = learned + anchor - reference
+            loss = loss + (difference ** 2).mean() / scale
         return loss / self.n_heads
 
     def energy_matching_loss(self, q: torch.Tensor, energies: Optional[torch.Tensor] = None) -> torch.Tensor:

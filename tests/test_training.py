@@ -126,6 +126,27 @@ def test_force_matching_ignores_force_components_along_constraints(alanine_hbond
     assert trainer.dynamical_forces(q, across).abs().max().item() > 0.1 * normal.norm().item()
 
 
+def test_learned_force_targets_replace_the_force_fields_per_head(tiny_dataset):
+    """With ``learned_targets`` each head's learned forces are matched to its own target at V's scale: the heads'
+    own forces give zero, and zero targets give the anchored default (whose learned target is F_V less the anchor
+    F_V). A wrong number of targets is refused."""
+    trainer = Trainer(tiny_dataset, tiny_dataset.system(), tiny_options())
+    q, _, forces, _ = trainer.windows(0, trainer.train_segments, 4)
+    q = q[:, 0]
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for parameter in trainer.network.parameters():  # a network whose learned forces are not zero
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+        own = [trainer.kicks.learned_forces(q, head) for head in range(trainer.n_heads)]
+        assert min(f.abs().max().item() for f in own) > 0
+        assert trainer.force_matching_loss(q, forces, own).item() == 0.0
+        zero = [torch.zeros_like(f) for f in own]
+        assert trainer.force_matching_loss(q, forces, zero).item() == pytest.approx(
+            trainer.force_matching_loss(q, forces).item(), rel=1e-12)
+    with pytest.raises(InputError, match="one target per head"):
+        trainer.force_matching_loss(q, forces, own + own)
+
+
 def test_gate_result_table_cells():
     from openmm_actionml.nve_gate import GateResult
 
