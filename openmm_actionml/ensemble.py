@@ -270,7 +270,9 @@ def read_starts(path: str | Path, remedy: str) -> Starts:
 
 def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """The starts kept at ``path``, else ``draw()`` kept there (atomically): a resumed run needs the very same
-    starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine.
+    starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine. If another
+    process sharing the cache (a ``--reverse`` run) kept its draw while this one drew, its starts are returned, so
+    that both run from the same ones.
 
     Raises
     ------
@@ -278,10 +280,12 @@ def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
         If the file exists but is not a starts file.
     """
     path = Path(path)
+    remedy = "delete it and new starts will be drawn (the trajectories cached from the old ones are then run again)"
     if path.exists():
-        return read_starts(path, "delete it and new starts will be drawn (the trajectories cached from the old ones "
-                                 "are then run again)")
+        return read_starts(path, remedy)
     starts = draw()
+    if path.exists():
+        return read_starts(path, remedy)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)

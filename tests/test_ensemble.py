@@ -9,8 +9,8 @@ import pytest
 import openmm as mm
 import openmm.unit as u
 
-from openmm_actionml.ensemble import Candidate, EnsembleOptions, equilibrated_starts, failure_samples, \
-    resumable_starts, run_ensemble, run_ensembles, set_start, summarise_ensemble, thermalised_starts, \
+from openmm_actionml.ensemble import Candidate, EnsembleOptions, Starts, equilibrated_starts, failure_samples, \
+    read_starts, resumable_starts, run_ensemble, run_ensembles, set_start, summarise_ensemble, thermalised_starts, \
     velocity_autocorrelation
 from openmm_actionml.diagnostics import element_temperature_series, element_temperatures
 from openmm_actionml.errors import InputError
@@ -315,3 +315,18 @@ def test_starts_are_kept_and_read_back(tmp_path, starts):
     path.write_bytes(b"not an npz file")
     with pytest.raises(InputError, match="starts.npz is unreadable.*delete it"):
         resumable_starts(path, lambda: starts)
+
+
+def test_starts_kept_by_another_process_during_the_draw_win(tmp_path, starts):
+    """Two processes sharing a cache both draw when neither finds the file; the later one returns the starts the
+    first kept instead of failing on the existing file, so both run from the same starts."""
+    path = tmp_path / "starts.npz"
+    other = Starts(starts.positions + 1.0, starts.velocities, starts.masses)
+
+    def draw_while_another_keeps() -> Starts:
+        resumable_starts(path, lambda: other)
+        return starts
+
+    got = resumable_starts(path, draw_while_another_keeps)
+    np.testing.assert_array_equal(got.positions, other.positions)
+    np.testing.assert_array_equal(read_starts(path, "").positions, other.positions)
