@@ -39,6 +39,15 @@ def window_rises(series: np.ndarray, width: int) -> np.ndarray:
     return means[width:] - means[:-width]
 
 
+def row_files(cache_dir: str, prefix: str) -> list[Path]:
+    """The cache files of the row whose names start with ``prefix`` (up to the fingerprint), sorted."""
+    paths = sorted(p for p in Path(cache_dir).glob(f"{prefix}-*.npz")
+                   if len(p.stem) == len(prefix) + 17)  # the prefix and a 16-digit fingerprint, nothing more
+    if not paths:
+        raise SystemExit(f"no cache file in {cache_dir} is named {prefix}-<fingerprint>.npz")
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", required=True, help="amoeba_water.py's --cache-dir")
@@ -60,10 +69,7 @@ def main() -> None:
     events = ["| row | trajectory | jump at (ps) | E rise | K change | E - E0 " + " | ".join(
         f"{t:g} ps later" for t in LATER) + " | E - E0 at the end |", "|---" * (7 + len(LATER) - 1) + "|"]
     for prefix in args.row:
-        paths = sorted(p for p in Path(args.cache_dir).glob(f"{prefix}-*.npz")
-                       if len(p.stem) == len(prefix) + 17)  # the prefix and a 16-digit fingerprint, nothing more
-        if not paths:
-            raise SystemExit(f"no cache file in {args.cache_dir} is named {prefix}-<fingerprint>.npz")
+        paths = row_files(args.cache_dir, prefix)
         runaways, quiet_rises, jumps, simulated = 0, [], 0, 0.0
         for path in paths:
             arrays = read_arrays(path, ("energies", "velocities"), "cached trajectory", "delete it and rerun its row")
