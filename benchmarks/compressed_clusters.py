@@ -241,13 +241,13 @@ def tune_command(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(model.metadata.recipe["options"]["seed"])
     validation = trainer.windows(0, trainer.validation_segments, 64)
     start = KickPotential(copy.deepcopy(trainer.network), None, trainer.box)
+    validation_start_forces = start_forces(start, validation[0][:, 0], trainer.n_heads)
 
     def report(label: str) -> None:
         q, _, forces, energies = validation
         text = f"{label}: validation frames {errors_text(trainer.surrogate_errors(q[:, 0], forces, energies))}"
         with torch.no_grad():
-            held = start_forces(start, q[:, 0], trainer.n_heads)
-            moved = float(trainer.force_matching_loss(q[:, 0], forces, held)) ** 0.5
+            moved = float(trainer.force_matching_loss(q[:, 0], forces, validation_start_forces)) ** 0.5
         text += f", off the starting model's forces {moved:.4f}"
         if held_out is not None:
             text += f"; held-out pressed frames {errors_text(trainer.surrogate_errors(*held_out))}"

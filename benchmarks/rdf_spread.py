@@ -36,7 +36,7 @@ from energy_jumps import row_files  # noqa: E402
 from openmm_actionml.atomic import read_arrays  # noqa: E402
 from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution, degrees_of_freedom_per_atom  # noqa: E402
-from openmm_actionml.ensemble import curve_mean_error  # noqa: E402
+from openmm_actionml.ensemble import curve_mean_error, line_value_at  # noqa: E402
 from openmm_actionml.report import curve_deviation, save_figure  # noqa: E402
 from openmm_actionml.systems import constraint_pairs, particle_masses  # noqa: E402
 from openmm_actionml.units import BOLTZMANN  # noqa: E402
@@ -58,8 +58,7 @@ class Sample:
     def at(self, temperature: float) -> Curve:
         """Per bin, the least-squares line of g against the units' temperatures at ``temperature``, and its
         standard error (from the residuals)."""
-        (_, value), covariance = np.polyfit(self.temperatures - temperature, self.curves, 1, cov=True)
-        return value, np.sqrt(covariance[1, 1])
+        return line_value_at(self.temperatures, self.curves, temperature)
 
 
 class Thermometer:

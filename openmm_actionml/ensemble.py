@@ -498,7 +498,8 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     temperature_mean = _mean_error(list(trajectory_temperatures))
     trajectory_potentials = (energies[stable] - twice_kinetic / 2).mean(-1)
     potential_mean = _mean_error(list(trajectory_potentials))
-    potential_at_temperature = _line_value_at(trajectory_temperatures, trajectory_potentials, temperature)
+    potential_at_temperature = [float(v) for v in line_value_at(trajectory_temperatures, trajectory_potentials,
+                                                                 temperature)]
     ratios = {e: _mean_error([t[e] / total for t, total in zip(per_trajectory, trajectory_temperatures)])
               for e in symbols}
     series = ({e: np.mean([t[e] for t in series_per_trajectory], axis=0) for e in symbols} if stable.any()
@@ -567,14 +568,15 @@ def _mean_error(values: list[float]) -> tuple[float, float]:
     return float(values_array.mean()), error
 
 
-def _line_value_at(x: np.ndarray, y: np.ndarray, x0: float) -> tuple[float, float]:
+def line_value_at(x: np.ndarray, y: np.ndarray, x0: float) -> tuple[np.ndarray, np.ndarray]:
     """The least-squares straight line through the points ``(x, y)``, evaluated at ``x0``, and its standard error
-    (from the residuals, n - 2 degrees of freedom); NaN for fewer than three points or equal ``x``."""
+    (from the residuals, n - 2 degrees of freedom); NaN for fewer than three points or equal ``x``. ``y`` is ``[n]``
+    or ``[n, K]`` (K lines at once, e.g. a curve's bins); the results have the shape ``y.shape[1:]``."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0.0:
-        return float("nan"), float("nan")
+        return np.full(y.shape[1:], np.nan), np.full(y.shape[1:], np.nan)
     (_, value), covariance = np.polyfit(x - x0, y, 1, cov=True)  # the intercept of the shifted line is its value at x0
-    return float(value), float(np.sqrt(covariance[1, 1]))
+    return value, np.sqrt(covariance[1, 1])
 
 
 def _whole_steps(interval: float, step: float, what: str, name: str) -> int:
