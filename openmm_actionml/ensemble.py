@@ -145,7 +145,9 @@ class EnsembleResult:
     equipartition to about a per cent with a few trajectories.
 
     With :attr:`EnsembleOptions.rdf`, ``rdf`` and ``rdf_error`` are the radial distribution function at
-    ``rdf_radii`` (nm) and its standard error over stable trajectories; otherwise they are empty.
+    ``rdf_radii`` (nm) and its standard error over stable trajectories, and ``rdf_at_temperature`` and its error
+    are each bin's value at the bath's temperature, read as ``potential_energy_at_temperature`` is (below);
+    otherwise they are empty.
 
     ``potential_energy`` is the mean potential energy (kJ/mol, in the row's energy System): each sample's total
     energy minus its ``sum m v^2 / 2``, averaged over the samples of each stable trajectory, then over
@@ -187,12 +189,14 @@ class EnsembleResult:
     rdf_radii: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     rdf: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     rdf_error: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    rdf_at_temperature: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    rdf_at_temperature_error: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def to_dict(self) -> dict:
         """The scalar figures (JSON-serialisable)."""
         return {key: value for key, value in self.__dict__.items()
                 if key not in ("times", "energies", "element_series", "vacf", "vacf_error", "rdf_radii", "rdf",
-                               "rdf_error")}
+                               "rdf_error", "rdf_at_temperature", "rdf_at_temperature_error")}
 
 
 @dataclass
@@ -446,12 +450,11 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
     evaluations_per_fs = integrator.evaluations_per_step / (candidate.step * 1000.0)
     result = summarise_ensemble(candidate.name, candidate.step, times, energies, velocities, stable, masses,
                                 constraints, elements, temperature, options, reversibility, ps_per_second,
-                                evaluations_per_fs, symplecticity)
+                                evaluations_per_fs, symplecticity,
+                                None if rdf is None else rdf.normalise(rdf_counts, n_samples + 1))
     result.notes = getattr(integrator, "solver_summary", lambda: "")()
     if rdf is not None:
-        curves = rdf.normalise(rdf_counts[stable], n_samples + 1)
         result.rdf_label, result.rdf_radii = rdf.label, rdf.radii
-        result.rdf, result.rdf_error = curve_mean_error(curves, len(rdf.radii))
     return result
 
 
@@ -470,13 +473,15 @@ def _radial_distribution(system: mm.System, elements: Sequence[str],
 def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.ndarray, velocities: np.ndarray,
                        stable: np.ndarray, masses: np.ndarray, constraints: np.ndarray, elements: Sequence[str],
                        temperature: float, options: EnsembleOptions, reversibility: float, ps_per_second: float,
-                       evaluations_per_fs: float, symplecticity: float = float("nan")) -> EnsembleResult:
+                       evaluations_per_fs: float, symplecticity: float = float("nan"),
+                       rdf_curves: Optional[np.ndarray] = None) -> EnsembleResult:
     """The figures of an ensemble from its samples, however it was run (OpenMM here; a torch-only baseline
     in benchmarks/).
 
     ``energies`` is ``[B, T]`` (kJ/mol), ``velocities`` ``[B, T, N, 3]`` on the grid ``times`` (ps); ``stable``
     marks the trajectories that stayed finite and bounded, and those that ran away (``options.runaway_factor``)
-    are left out too; ``constraints`` is ``[C, 2]`` atom pairs.
+    are left out too; ``constraints`` is ``[C, 2]`` atom pairs; ``rdf_curves`` (``[B, bins]``), when given, are
+    each trajectory's radial distribution function.
     """
     dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
     n_dof = float(dof.sum())
@@ -508,6 +513,11 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     slopes = np.array([d.slope_kt_per_dof_per_ns for d in drifts])
     slopes_kj = np.array([d.slope_kj_per_ns for d in drifts])
     drift, drift_error = _mean_error(list(slopes))
+    rdf = {}
+    if rdf_curves is not None:
+        rdf["rdf"], rdf["rdf_error"] = curve_mean_error(rdf_curves[stable], rdf_curves.shape[1])
+        rdf["rdf_at_temperature"], rdf["rdf_at_temperature_error"] = line_value_at(
+            trajectory_temperatures, rdf_curves[stable], temperature)
     return EnsembleResult(
         name=name, step_fs=step * 1000.0, stable=int(stable.sum()), n_trajectories=len(stable),
         failure_time=_mean_error([float(times[failures[b]]) for b in np.flatnonzero(~stable)])[0],
@@ -519,7 +529,7 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
         equipartition=ratios,
         reversibility=reversibility, symplecticity=symplecticity, evaluations_per_fs=evaluations_per_fs,
         ps_per_second=ps_per_second, times=times, energies=energies - energies[:, :1], element_series=series,
-        vacf=vacf, vacf_error=vacf_error)
+        vacf=vacf, vacf_error=vacf_error, **rdf)
 
 
 def velocity_autocorrelation(velocities: np.ndarray, masses: np.ndarray, times: np.ndarray,

@@ -30,8 +30,13 @@ def vacf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[f
     return curve_deviation(result.vacf, result.vacf_error, reference.vacf, reference.vacf_error)
 
 
-def rdf_deviation(result: EnsembleResult, reference: EnsembleResult) -> tuple[float, float]:
-    """:func:`curve_deviation` of the radial distribution function over its bins."""
+def rdf_deviation(result: EnsembleResult, reference: EnsembleResult,
+                  at_temperature: bool = False) -> tuple[float, float]:
+    """:func:`curve_deviation` of the radial distribution function over its bins: the ensemble means, or each
+    bin's value at the bath's temperature (see :class:`EnsembleResult`)."""
+    if at_temperature:
+        return curve_deviation(result.rdf_at_temperature, result.rdf_at_temperature_error,
+                               reference.rdf_at_temperature, reference.rdf_at_temperature_error)
     return curve_deviation(result.rdf, result.rdf_error, reference.rdf, reference.rdf_error)
 
 
@@ -39,11 +44,12 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
     """One row per result: stable fraction, drift, E RMS, T, the potential energy (and its value at the bath's
     temperature, see :class:`EnsembleResult`) and each element's T over its trajectory's (mean ± s.e. over
     trajectories),
-    reversibility, VACF deviation from the first (reference) row, the RDF's deviation when measured, cost and speed;
-    then any row's notes (the scheme-B solver's statistics)."""
+    reversibility, VACF deviation from the first (reference) row, the RDF's deviation when measured (of the means,
+    and of the values at the bath's temperature), cost and speed; then any row's notes (the scheme-B solver's
+    statistics)."""
     reference = results[0]
     with_rdf = bool(reference.rdf.size)
-    rdf_header = f" g({reference.rdf_label}) deviation (noise) |" if with_rdf else ""
+    rdf_header = (f" g({reference.rdf_label}) deviation (noise) | at the bath's T (noise) |" if with_rdf else "")
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
               "potential energy (kJ/mol) | at the bath's T (kJ/mol) | per-element T / T (%) | reversibility (nm) | "
               "symplecticity defect | VACF deviation (noise) |"
@@ -56,8 +62,10 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
         rdf_cell = ""
         if with_rdf:
-            rdf, rdf_floor = rdf_deviation(result, reference)
-            rdf_cell = " reference |" if result is reference else f" {rdf:.4f} ({rdf_floor:.4f}) |"
+            cells = [" reference |"] * 2 if result is reference else [
+                " {:.4f} ({:.4f}) |".format(*rdf_deviation(result, reference, at_temperature))
+                for at_temperature in (False, True)]
+            rdf_cell = "".join(cells)
         stable = f"{result.stable}/{result.n_trajectories}" + (
             f"; unstable ones fail at {result.failure_time:.2g} ps" if result.stable < result.n_trajectories else "")
         lines.append(f"| {result.name} | {result.step_fs:g} | {stable} | "
@@ -77,7 +85,9 @@ def write_json(results: Sequence[EnsembleResult], path: str | Path, settings: di
     """The scalar figures and the run's settings, written atomically."""
     reference = results[0]
     rows = [{**r.to_dict(), "vacf_deviation": vacf_deviation(r, reference),
-             **({"rdf_deviation": rdf_deviation(r, reference)} if reference.rdf.size else {})} for r in results]
+             **({"rdf_deviation": rdf_deviation(r, reference),
+                 "rdf_deviation_at_temperature": rdf_deviation(r, reference, at_temperature=True)}
+                if reference.rdf.size else {})} for r in results]
     with atomic_path(path, overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps({"settings": settings, "results": rows}, indent=1, default=float))
 

@@ -136,6 +136,30 @@ def test_potential_energy_at_the_bath_temperature_follows_the_virial_theorem():
     assert result.potential_energy_at_temperature_error < result.potential_energy_error
 
 
+def test_rdf_is_read_over_the_kept_trajectories_and_at_the_bath_temperature():
+    """Per-trajectory curves that lie exactly on a line in each trajectory's kinetic temperature read back that
+    line's value at 300 K (to round-off, with a zero standard error), and their plain mean is the kept trajectories'
+    mean; a trajectory that ran away (its energy rose by more than the runaway limit) is left out of both, whatever
+    its curve."""
+    rng = np.random.default_rng(3)
+    masses = np.array([16.0, 1.0, 1.0])
+    times = np.arange(8) * 0.01
+    velocities = rng.normal(size=(5, 8, 3, 3)) * np.sqrt(BOLTZMANN * 300.0 / masses[:, None])
+    temperatures = (masses[:, None] * velocities ** 2).sum((-1, -2)).mean(-1) / (BOLTZMANN * 6)
+    base, slope = rng.uniform(0.5, 2.0, 10), rng.normal(size=10) * 0.01
+    curves = base + slope * (temperatures[:, None] - 300.0)
+    curves[4] = 1e3
+    energies = np.full((5, 8), -40.0)
+    energies[4, 3:] += 100.0  # runs away: more than half an n_dof kT (7.5 kJ/mol) from its start
+    result = summarise_ensemble("synthetic", 0.001, times, energies, velocities, np.ones(5, bool), masses,
+                                np.zeros((0, 2), dtype=int), ["O", "H", "H"], 300.0, OPTIONS, float("nan"), 1.0, 1.0,
+                                rdf_curves=curves)
+    assert result.stable == 4
+    np.testing.assert_allclose(result.rdf, curves[:4].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(result.rdf_at_temperature, base, rtol=1e-10)
+    assert np.all(result.rdf_at_temperature_error < 1e-10)
+
+
 def test_ensemble_figures_and_reversibility(alanine_hbonds, starts, elements):
     """T3 at 4 fs with HBonds on Reference: stable; reversible to round-off amplified over 25 steps (measured
     ~1e-12 nm; the bound 1e-8 nm sits far below what an irreversible map gives, checked with Langevin
