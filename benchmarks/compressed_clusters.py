@@ -32,7 +32,7 @@ of other frames:
 Usage::
 
     python benchmarks/compressed_clusters.py press D.npz [D.npz ...] --output PRESSED.npz [--frames 1024]
-        [--sizes 3 4] [--shortest 0.225] [--max-rise 300] [--attempts 4] [--seed 0]
+        [--sizes 3 4] [--shortest 0.225] [--max-rise 300] [--attempts 4] [--seed 1]
         [--model MODEL.pt | --splitting T3 [--step 12]] [--longest 0.27] [--time 0.6]
     python benchmarks/compressed_clusters.py tune MODEL.pt --data D.npz [D.npz ...] --pressed P.npz [P.npz ...]
         [--held-out OTHER-PRESSED.npz] [--iterations 400] [--learning-rate 3e-4] [--pressed-weight 1]
@@ -343,7 +343,8 @@ def main() -> None:
     press.add_argument("--step", type=float, default=12.0, help="fs, with --splitting")
     press.add_argument("--longest", type=float, default=0.27, help="with --model or --splitting (nm)")
     press.add_argument("--time", type=float, default=0.6, help="ps of each squeeze, with --model or --splitting")
-    press.add_argument("--seed", type=int, default=0)
+    press.add_argument("--seed", type=int, default=1, help="at least 1: squeeze n's Langevin seed is 100000 seed + n, "
+                       "and OpenMM draws a fresh random seed for 0")
     tune = commands.add_parser("tune", help="fine-tune a model on its data and pressed frames")
     tune.add_argument("model")
     tune.add_argument("--data", nargs="+", required=True, help="the model's training datasets")
@@ -367,6 +368,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "press" and args.model and args.splitting:
         parser.error("give --model or --splitting, not both")
+    if args.command == "press" and args.seed < 1:
+        parser.error(f"--seed {args.seed}: give a seed of at least 1, so that every squeeze repeats")
     for size in getattr(args, "sizes", []):
         if size < 2:
             raise SystemExit(f"--sizes {size}: a cluster needs at least two waters.")

@@ -86,8 +86,9 @@ def sample(model_path: Path, kick_xml: str, temperature: float, args: argparse.N
            ) -> np.ndarray:
     """The round's own frames, ``[trajectories, frames, N, 3]``, from ``args.jobs`` processes."""
     shares = np.array_split(np.arange(args.trajectories), args.jobs)
+    # Seeds from 1: OpenMM draws a fresh random seed for 0, so a run would not repeat.
     tasks = [(str(model_path), kick_xml, temperature, args.starts, int(share[0]) + round_index * args.trajectories,
-              argparse.Namespace(**{**vars(args), "trajectories": len(share)}), 1000 * round_index + k)
+              argparse.Namespace(**{**vars(args), "trajectories": len(share)}), 1000 * round_index + k + 1)
              for k, share in enumerate(shares) if len(share)]
     with multiprocessing.get_context("spawn").Pool(len(tasks)) as pool:
         return np.concatenate(pool.starmap(sample_share, tasks))
