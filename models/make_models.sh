@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The exact commands that made the shipped models are the generate and train steps of the example scripts
 # (examples/*.sh; for the compressed-clusters water model, benchmarks/compressed_clusters.py's press and tune, and for
-# the pair-terms one benchmarks/structure_correction.py). This
-# runs them with --train-only in a scratch folder (or the folder given) and copies the models here. About 6.5 h on one
-# core; the scripts are independent, so two can run side by side.
+# the pair-terms one benchmarks/structure_correction.py, whose shipped fit repeats only up to its sampling noise; see
+# models/README.md). This runs them with --train-only in a scratch folder (or the folder given) and copies the models
+# here. About 6.5 h on one core; the scripts are independent, so two can run side by side.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:-$(mktemp -d)}"
