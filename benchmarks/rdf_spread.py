@@ -36,7 +36,7 @@ from energy_jumps import row_files  # noqa: E402
 from openmm_actionml.atomic import read_arrays  # noqa: E402
 from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution, degrees_of_freedom_per_atom  # noqa: E402
-from openmm_actionml.ensemble import curve_mean_error, line_value_at  # noqa: E402
+from openmm_actionml.ensemble import EnsembleOptions, curve_mean_error, failure_samples, line_value_at  # noqa: E402
 from openmm_actionml.report import curve_deviation, save_figure  # noqa: E402
 from openmm_actionml.systems import constraint_pairs, particle_masses  # noqa: E402
 from openmm_actionml.units import BOLTZMANN  # noqa: E402
@@ -86,13 +86,16 @@ def dataset_sample(rdf: RadialDistribution, thermometer: Thermometer, positions:
     return Sample(segment_curves(rdf, positions), np.array([thermometer(segment) for segment in velocities]))
 
 
-def row_samples(rdf: RadialDistribution, thermometer: Thermometer, cache_dir: str, prefix: str) -> dict[int, Sample]:
-    """Per trajectory length (samples), the :class:`Sample` of a cached row's stable trajectories."""
+def row_samples(rdf: RadialDistribution, thermometer: Thermometer, cache_dir: str, prefix: str,
+                temperature: float) -> dict[int, Sample]:
+    """Per trajectory length (samples), the :class:`Sample` of a cached row's stable trajectories: those that
+    neither blew up nor ran away, by the ensemble tables' criterion at the bath's ``temperature`` (K)."""
+    runaway = EnsembleOptions.runaway_factor * thermometer.n_dof * BOLTZMANN * temperature
     by_length: dict[int, list[tuple[np.ndarray, float]]] = {}
     for path in row_files(cache_dir, prefix):
         arrays = read_arrays(path, ("energies", "velocities", "stable", "rdf_counts"), "cached trajectory",
                              "delete it and rerun its row")
-        if bool(arrays["stable"]):
+        if bool(arrays["stable"]) and failure_samples(arrays["energies"][None], runaway)[0] < 0:
             samples = len(arrays["energies"])
             by_length.setdefault(samples, []).append((rdf.normalise(arrays["rdf_counts"], samples),
                                                       thermometer(arrays["velocities"])))
@@ -148,7 +151,8 @@ def main() -> None:
     samples[pool] = Sample(np.concatenate([samples[Path(p).stem].curves for p in args.data]),
                            np.concatenate([samples[Path(p).stem].temperatures for p in args.data]))
     for prefix, label in zip(args.row, args.label or args.row):
-        for length, sample in sorted(row_samples(rdf, thermometer, args.cache_dir, prefix).items()):
+        for length, sample in sorted(row_samples(rdf, thermometer, args.cache_dir, prefix,
+                                                 datasets[0].temperature).items()):
             samples[f"{label} ({length} samples)"] = sample
     output = Path(args.output)
     lines = ["Mean kinetic temperature (K) of each sample's units, mean ± standard error: " + "; ".join(
