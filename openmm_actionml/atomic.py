@@ -33,7 +33,13 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     The temporary file keeps ``path``'s suffix, so writers that append a suffix
-    (``numpy.savez``) or check it still behave.
+    (``numpy.savez``) or check it still behave. Without ``overwrite`` the file is put in place by a hard link, which
+    fails if another process created ``path`` while the block ran, so nothing existing is replaced.
+
+    Raises
+    ------
+    InputError
+        If ``path`` exists (without ``overwrite``), when the block begins or when it ends.
     """
     final = check_writable(path, overwrite)
     fd, tmp_name = tempfile.mkstemp(prefix=".actionml-tmp-", suffix=final.suffix, dir=final.parent)
@@ -46,10 +52,29 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        if overwrite:
+            os.replace(tmp, final)
+        elif not _place_if_absent(tmp, final):
+            raise InputError(f"output file {final} was created by another process while this one was written; "
+                             f"choose another path or pass overwrite=True (--overwrite on the command line).")
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _place_if_absent(tmp: Path, final: Path) -> bool:
+    """Put ``tmp`` at ``final`` unless ``final`` exists; False if it does. A hard link does it atomically; on a
+    filesystem without hard links, a check and then a rename."""
+    try:
+        os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if final.exists():
+            return False
+        os.replace(tmp, final)
+        return True
 
 
 def read_arrays(path: str | os.PathLike, names: Sequence[str], what: str, remedy: str,

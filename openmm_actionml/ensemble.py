@@ -275,8 +275,8 @@ def read_starts(path: str | Path, remedy: str) -> Starts:
 def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     """The starts kept at ``path``, else ``draw()`` kept there (atomically): a resumed run needs the very same
     starts, and a Langevin draw on the CPU platform may differ in its last bits on another machine. If another
-    process sharing the cache (a ``--reverse`` run) kept its draw while this one drew, its starts are returned, so
-    that both run from the same ones.
+    process sharing the cache (a ``--reverse`` run) kept its draw while this one drew or wrote, its starts are
+    returned, so that both run from the same ones.
 
     Raises
     ------
@@ -288,11 +288,14 @@ def resumable_starts(path: str | Path, draw: Callable[[], Starts]) -> Starts:
     if path.exists():
         return read_starts(path, remedy)
     starts = draw()
-    if path.exists():
-        return read_starts(path, remedy)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)
+    try:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, positions=starts.positions, velocities=starts.velocities, masses=starts.masses)
+    except InputError:
+        if path.exists():  # another process kept its draw first
+            return read_starts(path, remedy)
+        raise
     return starts
 
 
