@@ -12,7 +12,10 @@ in full and its eigenphases are compared with the exact ``h w`` in order of freq
 A stable palindromic step conserves a quadratic form of its own (its modified energy), and a thermostat that keeps
 the on-step velocities at ``kT`` then samples positions from that form: for a mode of frequency ``w`` with
 ``h w = x`` the position variance is ``kT / w^2`` times :func:`sampled_variance_ratio` (``1 / (1 - x^2 / 4)`` for
-velocity Verlet), so each mode's mean potential energy is ``kT / 2`` times that ratio.
+velocity Verlet), so each mode's mean potential energy is ``kT / 2`` times that ratio. Without a thermostat,
+modes that exchange energy share the modified energy instead, in which ``v^2 / 2`` carries the coefficient
+:func:`modified_kinetic_coefficient` (above 1 for fast modes): a mode's kinetic temperature read from the step's
+velocities is then low by its inverse.
 """
 from __future__ import annotations
 
@@ -175,3 +178,17 @@ def sampled_variance_ratio(splitting: Splitting, x: float) -> float:
     """
     (a, b), (c, _) = harmonic_step(splitting, x)
     return float(b / -c) if abs(a) < 1.0 else float("nan")  # stable while |trace| = |2 A| < 2
+
+
+def modified_kinetic_coefficient(splitting: Splitting, x: float) -> float:
+    """The coefficient of ``v^2 / 2`` in the modified energy of a harmonic mode with ``h w = x`` (``w = 1``, unit
+    mass; 1 for the exact flow); NaN where the step is unstable.
+
+    The step ``[[A, B], [C, A]]`` with ``A = cos(theta)`` is ``exp(x J S)``, the flow over ``x`` of the energy
+    ``(q, v) S (q, v) / 2`` with ``S = theta / (x sin(theta)) diag(-C, B)``.
+    """
+    (a, b), _ = harmonic_step(splitting, x)
+    if not abs(a) < 1.0:
+        return float("nan")
+    theta = float(np.arccos(a))
+    return theta * b / (x * np.sin(theta))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-import openmm as mm
 import pytest
+import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
+import openmm as mm
 
 from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
-    harmonic_step, played_frequencies, projected, sampled_variance_ratio, stability_interval, step_matrix, \
-    vibration_basis
+    harmonic_step, modified_kinetic_coefficient, played_frequencies, projected, sampled_variance_ratio, \
+    stability_interval, step_matrix, vibration_basis
 from openmm_actionml.platforms import create_context
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses
@@ -42,6 +43,28 @@ def test_every_splitting_keeps_its_sampled_gaussian_and_is_exact_for_short_steps
             covariance = np.diag([ratio, 1.0])
             assert np.allclose(matrix @ covariance @ matrix.T, covariance, rtol=1e-12, atol=1e-12)
         assert abs(sampled_variance_ratio(splitting, 1e-3) - 1.0) < 1e-6
+
+
+def test_the_modified_energy_generates_the_step():
+    """The step is the flow over h w = x of the modified energy: expm(x J S) with S = diag(w~^2 a, a), where a is
+    the kinetic coefficient and w~^2 a / a the sampled position ratio's inverse, gives the step matrix back (every
+    splitting, stable x); for velocity Verlet a = theta / (x sqrt(1 - x^2 / 4)) with theta = 2 arcsin(x / 2); a -> 1
+    as x -> 0; NaN where unstable."""
+    def expm(matrix: np.ndarray) -> np.ndarray:
+        return torch.linalg.matrix_exp(torch.as_tensor(matrix, dtype=torch.float64)).numpy()
+
+    j = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    for splitting in SPLITTINGS.values():
+        for x in (0.3, 1.0, 1.7):
+            a = modified_kinetic_coefficient(splitting, x)
+            s = np.diag([a / sampled_variance_ratio(splitting, x), a])
+            assert np.allclose(expm(x * j @ s), harmonic_step(splitting, x), rtol=1e-10, atol=1e-12)
+        assert abs(modified_kinetic_coefficient(splitting, 1e-3) - 1.0) < 1e-6
+    for x in (0.5, 1.5, 1.9):
+        theta = 2.0 * np.arcsin(x / 2.0)
+        assert modified_kinetic_coefficient(SPLITTINGS["VV"], x) == pytest.approx(
+            theta / (x * np.sqrt(1.0 - x * x / 4.0)), rel=1e-12)
+    assert np.isnan(modified_kinetic_coefficient(SPLITTINGS["VV"], 2.1))
 
 
 def test_every_splitting_step_is_symplectic_and_at_least_as_stable_as_verlet():
