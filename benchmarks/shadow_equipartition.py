@@ -40,8 +40,9 @@ def motion_spectra(data: ReferenceDataset) -> tuple[np.ndarray, np.ndarray, np.n
     the mass-weighted velocities, Hann-windowed, summed over molecules, components and segments) of ``data``'s
     rigid three-atom molecules, and their number."""
     molecules = rigid_triatomics(data.constraint_pairs)
-    if not len(molecules):
-        raise SystemExit("the data has no rigid three-atom molecules (rigid water); nothing to split.")
+    if 3 * len(molecules) != len(data.masses):
+        raise SystemExit(f"{3 * len(molecules)} of the data's {len(data.masses)} atoms are in rigid three-atom "
+                         f"molecules; the split is reported for a box of rigid water alone.")
     atom_masses = data.masses[molecules]  # [M, 3]
     moving = data.velocities[:, :, molecules, :]  # [S, F, M, 3 atoms, 3]
     centre = np.einsum("ma,sfmax->sfmx", atom_masses, moving) / atom_masses.sum(-1)[:, None]
