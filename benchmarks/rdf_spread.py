@@ -33,10 +33,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmark_log import emit  # noqa: E402
 from energy_jumps import row_files  # noqa: E402
+from runaway_onset import runaway_limit  # noqa: E402
 from openmm_actionml.atomic import read_arrays  # noqa: E402
 from openmm_actionml.dataset import ReferenceDataset  # noqa: E402
 from openmm_actionml.diagnostics import RadialDistribution, degrees_of_freedom_per_atom  # noqa: E402
-from openmm_actionml.ensemble import EnsembleOptions, curve_mean_error, failure_samples, line_value_at  # noqa: E402
+from openmm_actionml.ensemble import curve_mean_error, failure_samples, line_value_at  # noqa: E402
 from openmm_actionml.report import curve_deviation, save_figure  # noqa: E402
 from openmm_actionml.systems import constraint_pairs, particle_masses  # noqa: E402
 from openmm_actionml.units import BOLTZMANN  # noqa: E402
@@ -87,15 +88,15 @@ def dataset_sample(rdf: RadialDistribution, thermometer: Thermometer, positions:
 
 
 def row_samples(rdf: RadialDistribution, thermometer: Thermometer, cache_dir: str, prefix: str,
-                temperature: float) -> dict[int, Sample]:
+                limit: float) -> dict[int, Sample]:
     """Per trajectory length (samples), the :class:`Sample` of a cached row's stable trajectories: those that
-    neither blew up nor ran away, by the ensemble tables' criterion at the bath's ``temperature`` (K)."""
-    runaway = EnsembleOptions.runaway_factor * thermometer.n_dof * BOLTZMANN * temperature
+    neither blew up nor ran away (their total energy left its start by more than ``limit`` kJ/mol; see
+    :func:`runaway_onset.runaway_limit`)."""
     by_length: dict[int, list[tuple[np.ndarray, float]]] = {}
     for path in row_files(cache_dir, prefix):
         arrays = read_arrays(path, ("energies", "velocities", "stable", "rdf_counts"), "cached trajectory",
                              "delete it and rerun its row")
-        if bool(arrays["stable"]) and failure_samples(arrays["energies"][None], runaway)[0] < 0:
+        if bool(arrays["stable"]) and failure_samples(arrays["energies"][None], limit)[0] < 0:
             samples = len(arrays["energies"])
             by_length.setdefault(samples, []).append((rdf.normalise(arrays["rdf_counts"], samples),
                                                       thermometer(arrays["velocities"])))
@@ -143,7 +144,8 @@ def main() -> None:
         raise SystemExit(f"give one --label per --row ({len(args.row)}), or none")
     datasets = [ReferenceDataset.load(path) for path in args.data]
     rdf = RadialDistribution.of_elements(args.pair, list(datasets[0].elements), datasets[0].box)
-    thermometer = Thermometer(datasets[0].system())
+    system = datasets[0].system()
+    thermometer = Thermometer(system)
     samples = {Path(path).stem: dataset_sample(rdf, thermometer, data.positions[:, ::args.stride],
                                                data.velocities[:, ::args.stride])
                for path, data in zip(args.data, datasets)}
@@ -152,7 +154,7 @@ def main() -> None:
                            np.concatenate([samples[Path(p).stem].temperatures for p in args.data]))
     for prefix, label in zip(args.row, args.label or args.row):
         for length, sample in sorted(row_samples(rdf, thermometer, args.cache_dir, prefix,
-                                                 datasets[0].temperature).items()):
+                                                 runaway_limit(system)).items()):
             samples[f"{label} ({length} samples)"] = sample
     output = Path(args.output)
     lines = ["Mean kinetic temperature (K) of each sample's units, mean ± standard error: " + "; ".join(

@@ -57,7 +57,6 @@ from openmm_actionml.openmm_potential import OpenMMPotential
 from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.systems import PreparedSystem, constraint_pairs, default_box, particle_masses
-from openmm_actionml.units import BOLTZMANN
 
 #: ps between kept samples: amoeba_water.py's default.
 SAMPLE_INTERVAL = 0.048
@@ -81,7 +80,7 @@ def runaway_limit(system: mm.System) -> float:
     n_dof kT, in kJ/mol."""
     masses = particle_masses(system)
     n_dof = float(degrees_of_freedom_per_atom(masses, constraint_pairs(system), remove_com=True).sum())
-    return EnsembleOptions().runaway_factor * n_dof * BOLTZMANN * TEMPERATURE
+    return EnsembleOptions().runaway_limit(n_dof, TEMPERATURE)
 
 
 def run_trajectory(context: mm.Context, integrator: mm.Integrator, meter: mm.Context, starts: Starts, index: int,

@@ -129,6 +129,11 @@ class EnsembleOptions:
             raise InputError(f"correlation_time ({self.correlation_time} ps) must be shorter than the trajectories "
                              f"({self.duration} ps).")
 
+    def runaway_limit(self, n_dof: float, temperature: float) -> float:
+        """The rise of the total energy (kJ/mol) past which a trajectory counts as a runaway: ``runaway_factor``
+        ``n_dof kT``."""
+        return self.runaway_factor * n_dof * BOLTZMANN * temperature
+
 
 @dataclass
 class EnsembleResult:
@@ -195,8 +200,7 @@ class EnsembleResult:
     def to_dict(self) -> dict:
         """The scalar figures (JSON-serialisable)."""
         return {key: value for key, value in self.__dict__.items()
-                if key not in ("times", "energies", "element_series", "vacf", "vacf_error", "rdf_radii", "rdf",
-                               "rdf_error", "rdf_at_temperature", "rdf_at_temperature_error")}
+                if not isinstance(value, np.ndarray) and key != "element_series"}  # series and curves stay out
 
 
 @dataclass
@@ -438,7 +442,7 @@ def run_ensemble(candidate: Candidate, starts: Starts, temperature: float,
         if progress is not None:
             progress(f"{candidate.name}: trajectory {index + 1}/{len(starts)} "
                      f"{'stable' if stable[index] else 'UNSTABLE'}")
-    stable &= failure_samples(energies, options.runaway_factor * n_dof * kT) < 0  # and a heating that levelled off
+    stable &= failure_samples(energies, options.runaway_limit(n_dof, temperature)) < 0  # and a heating that levelled off
     reversibility = _reversibility(context, integrator, starts, stable, masses,
                                    max(1, int(round(options.reversibility_time / candidate.step))))
     symplecticity = float("nan")
@@ -488,7 +492,7 @@ def summarise_ensemble(name: str, step: float, times: np.ndarray, energies: np.n
     """
     dof = degrees_of_freedom_per_atom(masses, constraints, remove_com=True)
     n_dof = float(dof.sum())
-    failures = failure_samples(energies, options.runaway_factor * n_dof * BOLTZMANN * temperature)
+    failures = failure_samples(energies, options.runaway_limit(n_dof, temperature))
     stable = stable & (failures < 0)
     kept = times >= options.burn_in * times[-1]
     drifts = [energy_drift(times[kept], energies[b, kept], n_dof, temperature) for b in np.flatnonzero(stable)]

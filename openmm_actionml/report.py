@@ -49,7 +49,7 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
     statistics)."""
     reference = results[0]
     with_rdf = bool(reference.rdf.size)
-    rdf_header = (f" g({reference.rdf_label}) deviation (noise) | at the bath's T (noise) |" if with_rdf else "")
+    rdf_header = f" g({reference.rdf_label}) deviation (noise) | at the bath's T (noise) |" if with_rdf else ""
     header = ("| integrator | h (fs) | stable | drift (kT/DOF/ns) | drift (kJ/mol/ns) | E RMS (kJ/mol) | T (K) | "
               "potential energy (kJ/mol) | at the bath's T (kJ/mol) | per-element T / T (%) | reversibility (nm) | "
               "symplecticity defect | VACF deviation (noise) |"
