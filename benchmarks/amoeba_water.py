@@ -4,7 +4,8 @@ AMOEBA (mutual polarisation, PME) is the expensive potential where a pure-ML ste
 equilibrated starts, NVE ensembles of:
 
 - the fine-step reference (velocity Verlet at ``--reference-step``, default 1 fs);
-- Verlet at 2 fs (rigid water's usual step) and at 4 fs with hydrogen-mass repartitioning (1.5 amu);
+- Verlet at 2 fs (rigid water's usual step) and at 4 fs (hydrogen-mass repartitioning leaves water alone, so
+  this row runs natural masses; before 2026-12-06 it was mislabelled "Verlet 4 fs + HMR (H 1.5 amu)");
 - the classical T3 splitting on AMOEBA itself at each of ``--t3-steps`` (how far the splitting reaches bounds
   what a surrogate in its kicks can reach), and likewise the two-stage S2 at ``--s2-steps`` and velocity Verlet as
   a splitting at ``--vv-steps`` (both make one evaluation fewer per step than T3, none by default);
@@ -15,6 +16,11 @@ equilibrated starts, NVE ensembles of:
   from AMOEBA's starts relaxes into the model's own ensemble at fixed energy, and this row tells that relaxation
   from a bias of the map; a splitting on AMOEBA's twin tells how far Langevin dynamics at that long step biases the
   ensemble it draws, with AMOEBA's exact forces.
+
+With ``--water-hydrogen-mass AMU`` every row, the reference included, runs on waters whose hydrogens weigh AMU,
+taken from their oxygen: the statics (g(r), energies) are the force field's, the librations slower. Each model's
+learned potential is a function of positions alone and runs unchanged on those masses; what its training matched
+to steps was for natural masses, so its rows judge it anew.
 
 Every row reports the O-O g(r) and its deviation from the reference beside the usual figures. Finished trajectories
 are kept in ``--cache-dir``, so that several processes can share the work (``--only``, repeatable, picks the rows
@@ -29,7 +35,7 @@ Usage::
     python benchmarks/amoeba_water.py [--model M.pt ...] [--waters 64] [--cutoff 0.6] [--trajectories 8]
         [--time 10] [--reference-time PS] [--sample-interval 48] [--t3-steps 8 12 16] [--s2-steps FS ...]
         [--vv-steps FS ...] [--only TEXT ...]
-        [--thermalise PS] [--reverse] [--cache-dir DIR] [--output-dir DIR]
+        [--thermalise PS] [--water-hydrogen-mass AMU] [--reverse] [--cache-dir DIR] [--output-dir DIR]
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import functools
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmark_log import log
@@ -50,7 +57,7 @@ from openmm_actionml.examples import build_input
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator
 from openmm_actionml.modelfile import ActionMLModel, load_model
 from openmm_actionml.report import write_report
-from openmm_actionml.systems import PreparedSystem
+from openmm_actionml.systems import PreparedSystem, particle_masses, with_hydrogen_mass
 
 TEMPERATURE = 300.0
 #: ps of Langevin dynamics between starts and before the first: water's structure and velocities decorrelate within
@@ -65,6 +72,12 @@ def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
     ``actionml generate water-box --forcefield amoeba2018.xml --rigid-water`` builds it."""
     return build_input("water-box", n_waters=n_waters, forcefield=["amoeba2018.xml"], rigid_water=True,
                        nonbonded_cutoff=cutoff)
+
+
+def on_masses(model: ActionMLModel, masses: np.ndarray) -> ActionMLModel:
+    """``model`` bound to ``masses`` (amu per particle) in place of its training data's: its learned potential,
+    a function of positions alone, is unchanged."""
+    return dataclasses.replace(model, metadata=dataclasses.replace(model.metadata, masses=masses.tolist()))
 
 
 def classical_row_name(splitting: str, step: float) -> str:
@@ -118,6 +131,8 @@ def main() -> None:
     parser.add_argument("--thermalise", type=float, help="ps of Langevin dynamics with each model's (and each "
                         "splitting on AMOEBA's) own integrator from each start before a second NVE row of it "
                         "(default: none)")
+    parser.add_argument("--water-hydrogen-mass", type=float, help="amu of every water hydrogen, taken from its "
+                        "oxygen, in every row and each --model (default: natural masses)")
     parser.add_argument("--only", action="append", help="run only the rows whose names contain this text "
                         "(repeatable), keeping them in the cache")
     parser.add_argument("--reverse", action="store_true", help="run each row's trajectories from the last start to "
@@ -129,6 +144,12 @@ def main() -> None:
     torch.set_num_threads(1)
     prepared = amoeba_water(args.waters, args.cutoff)
     models = [load_model(path) for path in args.model]
+    masses_tag = ""  # in the names of the kept starts, which are drawn with the rows' masses
+    if args.water_hydrogen_mass is not None:
+        prepared = dataclasses.replace(prepared, system=with_hydrogen_mass(
+            prepared.system, prepared.topology, args.water_hydrogen_mass, water=True))
+        models = [on_masses(model, particle_masses(prepared.system)) for model in models]
+        masses_tag = f"-H{args.water_hydrogen_mass:g}amu"
     for model in models:
         if model.metadata.scheme != "A" or (model.metadata.anchored and not model.metadata.baseline):
             raise SystemExit(f"{model.path.name} calls AMOEBA in its kicks; this benchmark compares scheme-A models "
@@ -156,9 +177,10 @@ def main() -> None:
                          "--only); the forward run reads its trajectories from the cache and writes the table.")
     cache = Path(args.cache_dir)
     log(f"starts: {args.trajectories} at {TEMPERATURE:g} K (kept in {cache})")
-    starts = resumable_starts(cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K.npz", lambda: equilibrated_starts(
-        prepared.system, prepared.positions, TEMPERATURE, args.trajectories, spacing=START_SPACING,
-        equilibration=START_EQUILIBRATION, platform=args.platform, seed=1))
+    starts = resumable_starts(
+        cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K{masses_tag}.npz", lambda: equilibrated_starts(
+            prepared.system, prepared.positions, TEMPERATURE, args.trajectories, spacing=START_SPACING,
+            equilibration=START_EQUILIBRATION, platform=args.platform, seed=1))
     elements = [atom.element.symbol for atom in prepared.topology.atoms()]
     reference_time = args.time if args.reference_time is None else args.reference_time
     results = []
@@ -169,7 +191,7 @@ def main() -> None:
             tag, make_integrator = own_rows[row.name]
             log(f"{row.name}: {args.thermalise:g} ps of the row's own Langevin dynamics from each start")
             row_starts = resumable_starts(
-                cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K-own-{tag}-{args.thermalise:g}ps.npz",
+                cache / f"starts-{args.trajectories}-{TEMPERATURE:g}K{masses_tag}-own-{tag}-{args.thermalise:g}ps.npz",
                 lambda: thermalised_starts(row.system, make_integrator(), starts, args.thermalise, args.platform,
                                            seed=2))
         if args.reverse:
@@ -180,8 +202,9 @@ def main() -> None:
         log(f"rows kept in {cache}; a run with the reference row writes the table")
         return
     lengths = f"{args.time:g} ps" + ("" if reference_time == args.time else f" (the reference {reference_time:g} ps)")
-    title = (f"Rigid AMOEBA water, {args.waters} molecules (PME, cutoff {args.cutoff:g} nm): {args.trajectories} x "
-             f"{lengths} NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs ({args.platform})")
+    heavy = "" if args.water_hydrogen_mass is None else f", hydrogens of {args.water_hydrogen_mass:g} amu"
+    title = (f"Rigid AMOEBA water, {args.waters} molecules (PME, cutoff {args.cutoff:g} nm{heavy}): "
+             f"{args.trajectories} x {lengths} NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs ({args.platform})")
     table, _ = write_report(results, args.output_dir, title, {"command": " ".join(sys.argv),
                                                               "models": [str(m.path) for m in models]})
     print(f"## {title}\n\n{table}")

@@ -4,8 +4,9 @@ where the learned step's time goes.
 For each model, on its own training system and one platform, the rows of ``actionml evaluate`` that a user would
 run (the learned model, its splitting unlearned, Verlet at the usual steps, Verlet at 4 fs with hydrogen-mass
 repartitioning) and, for constrained systems, ``LangevinMiddleIntegrator`` at 4 fs with HMR (1.5 amu), the usual
-production choice. Rounds are interleaved and the best round of each row kept, so a noisy machine slows every row
-alike. Then the parts of one learned step (``cost_model.py``): a force-field evaluation ``t_FF``, a learned-force
+production choice (on a box of water alone, whose hydrogens repartitioning leaves alone, both rows run natural
+masses and their names say so, without "+ HMR"). Rounds are interleaved and the best round of each row kept, so a
+noisy machine slows every row alike. Then the parts of one learned step (``cost_model.py``): a force-field evaluation ``t_FF``, a learned-force
 evaluation ``t_NN``, and the rest of the measured step, the CustomIntegrator's own work (constraints, kinetic
 bookkeeping, context updates). ``t_FF`` and ``t_NN`` are timed through ``Context.getState``, whose own copying
 is included, so when the evaluations are nearly all of a step the rest can read a few per cent below zero.
@@ -26,10 +27,9 @@ import openmm.unit as u
 from benchmark_log import emit
 from cost_model import force_field_time, measure
 from integrator_overhead import TEMPERATURE, make_runner, time_run
-from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP, model_system, standard_candidates
+from openmm_actionml.evaluate import HMR_STEP, hmr_system, model_system, standard_candidates
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.modelfile import ActionMLModel, load_model
-from openmm_actionml.systems import with_hydrogen_mass
 
 
 def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: float, rounds: int) -> str:
@@ -43,9 +43,10 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
                   if not c.name.endswith("(the learned step)")]        # Verlet at h blows up
     rows = {c.name: ((c.speed_integrator or c.make_integrator)(), c.system, c.step) for c in candidates}
     if prepared.system.getNumConstraints():
-        rows[f"LangevinMiddle {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)"] = (
+        system, label = hmr_system(prepared)
+        rows[f"LangevinMiddle {HMR_STEP * 1000:g} fs{label}"] = (
             mm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, HMR_STEP * u.picoseconds),
-            with_hydrogen_mass(prepared.system, prepared.topology, HMR_HYDROGEN_MASS), HMR_STEP)
+            system, HMR_STEP)
     contexts = [make_runner(mm.XmlSerializer.clone(system), integrator, prepared.positions, properties, platform)
                 for integrator, system, _ in rows.values()]  # kept alive while timing
     best = {name: 0.0 for name in rows}

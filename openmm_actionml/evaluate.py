@@ -30,7 +30,7 @@ from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_for
 from .modelfile import ActionMLModel
 from .platforms import create_context
 from .splitting import Splitting, get_splitting
-from .systems import PreparedSystem, topology_elements, with_hydrogen_mass
+from .systems import PreparedSystem, particle_masses, topology_elements, with_hydrogen_mass
 
 #: OpenMM's recommended hydrogen mass for 4 fs steps (user guide, LangevinMiddleIntegrator).
 HMR_HYDROGEN_MASS = 1.5
@@ -48,11 +48,19 @@ def splitting_candidate(name: str, system: mm.System, splitting: str | Splitting
     return Candidate(name, step, system, lambda: SplittingIntegrator(splitting, step))
 
 
+def hmr_system(prepared: PreparedSystem) -> tuple[mm.System, str]:
+    """``prepared``'s System with hydrogen masses repartitioned to :data:`HMR_HYDROGEN_MASS`, and what a row on it
+    adds to its name: " + HMR (H 1.5 amu)", or "" when no mass changed (every hydrogen is in water, which
+    repartitioning leaves alone), so that the row's name says what it runs."""
+    system = with_hydrogen_mass(prepared.system, prepared.topology, HMR_HYDROGEN_MASS)
+    changed = not np.array_equal(particle_masses(system), particle_masses(prepared.system))
+    return system, f" + HMR (H {HMR_HYDROGEN_MASS:g} amu)" if changed else ""
+
+
 def hmr_candidate(prepared: PreparedSystem) -> Candidate:
-    """Verlet at :data:`HMR_STEP` on ``prepared``'s System with hydrogen masses repartitioned to
-    :data:`HMR_HYDROGEN_MASS`."""
-    hmr_system = with_hydrogen_mass(prepared.system, prepared.topology, HMR_HYDROGEN_MASS)
-    return verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs + HMR (H {HMR_HYDROGEN_MASS:g} amu)", hmr_system, HMR_STEP)
+    """Verlet at :data:`HMR_STEP` on :func:`hmr_system`."""
+    system, label = hmr_system(prepared)
+    return verlet_candidate(f"Verlet {HMR_STEP * 1000:g} fs{label}", system, HMR_STEP)
 
 
 def model_system(prepared: PreparedSystem, model: ActionMLModel) -> PreparedSystem:

@@ -270,17 +270,20 @@ def _create_system(ff: app.ForceField, topology: app.Topology, source: Any, file
         raise _template_error(error, source, files) from error
 
 
-def with_hydrogen_mass(system: mm.System, topology: app.Topology, hydrogen_mass: u.Quantity | float) -> mm.System:
+def with_hydrogen_mass(system: mm.System, topology: app.Topology, hydrogen_mass: u.Quantity | float,
+                       water: bool = False) -> mm.System:
     """A copy of ``system`` with hydrogen-mass repartitioning, as ``ForceField.createSystem(hydrogenMass=)`` does
     it: each hydrogen gets ``hydrogen_mass`` (amu) and the heavy atom bonded to it gives up the difference.
-    Water hydrogens are left alone."""
+    Water hydrogens are left alone unless ``water`` is true (the molecule's mass is kept, its moment of inertia
+    grows: librations slow while the statics stay those of the force field)."""
     mass_h = _hydrogen_mass(hydrogen_mass)
     system = copy.deepcopy(system)
     hydrogen = app.element.hydrogen
     for atom1, atom2 in topology.bonds():
         if atom1.element is hydrogen:
             atom1, atom2 = atom2, atom1
-        if atom2.element is not hydrogen or atom1.element in (hydrogen, None) or atom2.residue.name == "HOH":
+        if atom2.element is not hydrogen or atom1.element in (hydrogen, None) or \
+                (atom2.residue.name == "HOH" and not water):
             continue
         transfer = mass_h - system.getParticleMass(atom2.index).value_in_unit(u.dalton)
         heavy = system.getParticleMass(atom1.index).value_in_unit(u.dalton) - transfer

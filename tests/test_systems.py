@@ -1,11 +1,12 @@
 """Building Systems from PDB files and the bundled examples."""
 from __future__ import annotations
 
+import pytest
 import openmm as mm
 import openmm.unit as u
-import pytest
 
 from openmm_actionml.errors import InputError
+from openmm_actionml.evaluate import hmr_system
 from openmm_actionml.examples import EXAMPLES, EXAMPLES_DIR, build_example, build_input, build_training_system
 from openmm_actionml.systems import build_system, water_box, with_hydrogen_mass
 
@@ -64,6 +65,21 @@ def test_water_box_is_flexible_and_periodic():
     assert water_box(64, rigid_water=True, nonbonded_cutoff=0.45).system.getNumConstraints() == 192
     with pytest.raises(InputError, match="exceeds half the shortest box edge"):
         water_box(64, nonbonded_cutoff=1.0)
+
+
+def test_water_hydrogens_are_repartitioned_only_when_asked():
+    """Repartitioning leaves water alone, as createSystem does, and hmr_system's row name then says no HMR; with
+    water=True each hydrogen gets the mass and its oxygen gives it up, so every molecule keeps its mass."""
+    box = water_box(8, rigid_water=True, nonbonded_cutoff=0.3)
+    assert _masses(with_hydrogen_mass(box.system, box.topology, 2.0)) == _masses(box.system)
+    system, label = hmr_system(box)
+    assert label == "" and _masses(system) == _masses(box.system)
+    heavy = _masses(with_hydrogen_mass(box.system, box.topology, 2.0, water=True))
+    natural = _masses(box.system)
+    for residue in box.topology.residues():
+        indices = [atom.index for atom in residue.atoms()]
+        assert [heavy[i] for i in indices if natural[i] < 2] == [2.0, 2.0]
+        assert sum(heavy[i] for i in indices) == pytest.approx(sum(natural[i] for i in indices), rel=1e-12)
 
 
 def test_water_box_takes_the_force_fields_own_water():
