@@ -172,23 +172,31 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
     save(figure, "vacf.png")
 
     if results[0].rdf.size:
-        figure, (axis, difference) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
-                                                  gridspec_kw={"height_ratios": [2, 1]})
         reference = results[0]
+        # The curves read at the bath's temperature (EnsembleResult.rdf_at_temperature) where the reference has them:
+        # a row whose trajectories run warmer or cooler is then compared at the same temperature.
+        panels = [("rdf", "rdf_error", "minus reference (± s.e.)")]
+        if np.isfinite(reference.rdf_at_temperature).all():
+            panels.append(("rdf_at_temperature", "rdf_at_temperature_error", "at the bath's T,\nminus reference's"))
+        figure, axes = plt.subplots(1 + len(panels), 1, figsize=(7.5, 4.5 + 2 * len(panels)), sharex=True,
+                                    gridspec_kw={"height_ratios": [2] + [1] * len(panels)})
+        axis = axes[0]
         for index, result in enumerate(results):
             if result.rdf.shape != reference.rdf.shape or not np.isfinite(result.rdf).all():
                 continue
             colour = colours[index % len(colours)]
             axis.plot(result.rdf_radii, result.rdf, color=colour, lw=1.2, label=result.name)
-            difference.errorbar(result.rdf_radii, result.rdf - reference.rdf, yerr=result.rdf_error, color=colour,
-                                lw=0.8, elinewidth=0.5)
-        difference.fill_between(reference.rdf_radii, -reference.rdf_error, reference.rdf_error, color="grey",
-                                alpha=0.3, lw=0)
+            for difference, (curve, error, _) in zip(axes[1:], panels):
+                difference.errorbar(result.rdf_radii, getattr(result, curve) - getattr(reference, curve),
+                                    yerr=getattr(result, error), color=colour, lw=0.8, elinewidth=0.5)
+        for difference, (_, error, label) in zip(axes[1:], panels):
+            difference.fill_between(reference.rdf_radii, -getattr(reference, error), getattr(reference, error),
+                                    color="grey", alpha=0.3, lw=0)
+            difference.axhline(0.0, color="black", lw=0.5)
+            difference.set_ylabel(label)
         axis.set_ylabel(f"g({reference.rdf_label}), ensemble mean")
         axis.legend(fontsize=7)
-        difference.axhline(0.0, color="black", lw=0.5)
-        difference.set_xlabel("r (nm)")
-        difference.set_ylabel("minus reference (± s.e.)")
+        axes[-1].set_xlabel("r (nm)")
         save(figure, "rdf.png")
     return written
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from openmm_actionml.diagnostics import RadialDistribution
 from openmm_actionml.ensemble import EnsembleOptions, equilibrated_starts, run_ensemble
@@ -92,6 +93,10 @@ def test_ensembles_measure_the_rdf_and_keep_it_in_the_cache(tmp_path, water):
     assert "g(O-O) deviation (noise) | at the bath's T (noise) |" in table[0]
     assert "| reference | reference | reference |" in table[2]  # VACF, g(r) and g(r) at the bath's T
     assert [p.name for p in plot([fresh, cached], tmp_path, "test")][-1] == "rdf.png"
+    two_panels = imread(tmp_path / "rdf.png").shape[0]  # two trajectories: no curve at the bath's T
+    at_temperature = replace(fresh, rdf_at_temperature=fresh.rdf, rdf_at_temperature_error=fresh.rdf_error)
+    plot([at_temperature, at_temperature], tmp_path, "test")
+    assert imread(tmp_path / "rdf.png").shape[0] / two_panels == pytest.approx((4.5 + 4) / (4.5 + 2), abs=0.01)
 
 
 def test_an_rdf_needs_a_periodic_box(alanine, water):
