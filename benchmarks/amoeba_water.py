@@ -204,7 +204,8 @@ def main() -> None:
     lengths = f"{args.time:g} ps" + ("" if reference_time == args.time else f" (the reference {reference_time:g} ps)")
     heavy = "" if args.water_hydrogen_mass is None else f", hydrogens of {args.water_hydrogen_mass:g} amu"
     title = (f"Rigid AMOEBA water, {args.waters} molecules (PME, cutoff {args.cutoff:g} nm{heavy}): "
-             f"{args.trajectories} x {lengths} NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs ({args.platform})")
+             f"{args.trajectories} x {lengths} NVE at {TEMPERATURE:g} K, sampled every {args.sample_interval:g} fs "
+             f"({args.platform})")
     table, _ = write_report(results, args.output_dir, title, {"command": " ".join(sys.argv),
                                                               "models": [str(m.path) for m in models]})
     print(f"## {title}\n\n{table}")

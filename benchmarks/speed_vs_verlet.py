@@ -6,10 +6,11 @@ run (the learned model, its splitting unlearned, Verlet at the usual steps, Verl
 repartitioning) and, for constrained systems, ``LangevinMiddleIntegrator`` at 4 fs with HMR (1.5 amu), the usual
 production choice (on a box of water alone, whose hydrogens repartitioning leaves alone, both rows run natural
 masses and their names say so, without "+ HMR"). Rounds are interleaved and the best round of each row kept, so a
-noisy machine slows every row alike. Then the parts of one learned step (``cost_model.py``): a force-field evaluation ``t_FF``, a learned-force
-evaluation ``t_NN``, and the rest of the measured step, the CustomIntegrator's own work (constraints, kinetic
-bookkeeping, context updates). ``t_FF`` and ``t_NN`` are timed through ``Context.getState``, whose own copying
-is included, so when the evaluations are nearly all of a step the rest can read a few per cent below zero.
+noisy machine slows every row alike. Then the parts of one learned step (``cost_model.py``): a force-field
+evaluation ``t_FF``, a learned-force evaluation ``t_NN``, and the rest of the measured step, the CustomIntegrator's
+own work (constraints, kinetic bookkeeping, context updates). ``t_FF`` and ``t_NN`` are timed through
+``Context.getState``, whose own copying is included, so when the evaluations are nearly all of a step the rest can
+read a few per cent below zero.
 
 Usage::
 
