@@ -45,7 +45,6 @@ import functools
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmark_log import log
@@ -72,12 +71,6 @@ def amoeba_water(n_waters: int, cutoff: float) -> PreparedSystem:
     ``actionml generate water-box --forcefield amoeba2018.xml --rigid-water`` builds it."""
     return build_input("water-box", n_waters=n_waters, forcefield=["amoeba2018.xml"], rigid_water=True,
                        nonbonded_cutoff=cutoff)
-
-
-def on_masses(model: ActionMLModel, masses: np.ndarray) -> ActionMLModel:
-    """``model`` bound to ``masses`` (amu per particle) in place of its training data's: its learned potential,
-    a function of positions alone, is unchanged."""
-    return dataclasses.replace(model, metadata=dataclasses.replace(model.metadata, masses=masses.tolist()))
 
 
 def classical_row_name(splitting: str, step: float) -> str:
@@ -148,7 +141,7 @@ def main() -> None:
     if args.water_hydrogen_mass is not None:
         prepared = dataclasses.replace(prepared, system=with_hydrogen_mass(
             prepared.system, prepared.topology, args.water_hydrogen_mass, water=True))
-        models = [on_masses(model, particle_masses(prepared.system)) for model in models]
+        models = [model.on_masses(particle_masses(prepared.system)) for model in models]
         masses_tag = f"-H{args.water_hydrogen_mass:g}amu"
     for model in models:
         if model.metadata.scheme != "A" or (model.metadata.anchored and not model.metadata.baseline):

@@ -22,6 +22,10 @@ over bins, with its statistical floor) per round, and ``OUT.png`` plots each fit
 and U. The pairs not fitted test whether the terms move the liquid's structure or only the fitted curves. Judge the
 models with ``amoeba_water.py --thermalise``, as every surrogate.
 
+The sampling runs take the starts' masses (:meth:`~openmm_actionml.modelfile.ActionMLModel.on_masses`), and the
+rounds' models carry them: starts from ``amoeba_water.py --water-hydrogen-mass`` fit the terms for heavier water
+hydrogens, whose long step samples a configurational ensemble nearer the force field's own.
+
 Fitting two pairs at once, both updates move the same first shell, so a round can overshoot. If g - g_target
 changes sign from round to round (``OUT.png``) and its RMS grows by a factor a, the update's gain is about (1 + a)
 / damping, and a damping of damping / (1 + a) would remove the deviation in one round: on a model whose g(O-O) was
@@ -68,6 +72,7 @@ from openmm_actionml.units import BOLTZMANN  # noqa: E402
 TARGET_STRIDE = 10
 #: g below this is too sparse to invert.
 TRUSTED_G = 0.05
+STARTS_REMEDY = "give a starts file written by amoeba_water.py."
 #: nm within which pairs are bonded within a molecule (rigid water's O-H 0.1 nm, H-H 0.15 nm): never fitted.
 INTRAMOLECULAR_RANGE = 0.16
 
@@ -76,9 +81,9 @@ def sample_share(model_path: str, kick_xml: str, temperature: float, starts_path
                  args: argparse.Namespace, seed: int) -> np.ndarray:
     """:func:`own_samples` in a worker process: ``[runs, frames, N, 3]`` positions (nm)."""
     torch.set_num_threads(1)
-    starts = read_starts(starts_path, "give a starts file written by amoeba_water.py.")
-    frames = own_samples(load_model(model_path), mm.XmlSerializer.deserialize(kick_xml), temperature, starts, first,
-                         args, seed)
+    starts = read_starts(starts_path, STARTS_REMEDY)
+    frames = own_samples(load_model(model_path).on_masses(starts.masses), mm.XmlSerializer.deserialize(kick_xml),
+                         temperature, starts, first, args, seed)
     return frames.reshape(args.trajectories, -1, *frames.shape[1:])
 
 
@@ -120,10 +125,14 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="OUT.pt: the rounds' models are OUT-i1.pt, ...")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model(args.model)
     data = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.target_data])
+    masses = read_starts(args.starts, STARTS_REMEDY).masses
+    model = load_model(args.model).on_masses(masses)
     system = data.system()
-    kick_system = baseline_system(data, system, model.metadata.baseline) if model.metadata.baseline else system
+    kick_system = mm.XmlSerializer.clone(baseline_system(data, system, model.metadata.baseline)
+                                         if model.metadata.baseline else system)
+    for index, mass in enumerate(masses):  # the sampling's; the data's System keeps the data's (its thermometer)
+        kick_system.setParticleMass(index, float(mass))
     model.validate(kick_system)
     kick_xml = mm.XmlSerializer.serialize(kick_system)
     kT = BOLTZMANN * data.temperature

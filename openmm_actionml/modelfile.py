@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -225,6 +225,22 @@ class ActionMLModel:
         if step is not None and abs(step - meta.step) > 1e-9 * meta.step:
             raise ModelMismatchError(f"{name} takes steps of {meta.step * 1000:g} fs, not {step * 1000:g} fs; "
                                      f"a learned map is only valid at the step it was trained for.")
+
+    def on_masses(self, masses: np.ndarray) -> ActionMLModel:
+        """This model bound to other particle ``masses`` (amu), e.g. heavier water hydrogens: its learned potential,
+        a function of positions alone, is unchanged, so the step stays symplectic and reversible; what its training
+        matched to steps was for the training masses, so judge the result anew (NVE ensembles).
+
+        Raises
+        ------
+        InputError
+            If ``masses`` are not one positive finite value per particle.
+        """
+        masses = np.asarray(masses, dtype=float)
+        if masses.shape != (self.metadata.n_particles,) or not np.all(np.isfinite(masses) & (masses > 0)):
+            raise InputError(f"masses for model {self.path.name} must be {self.metadata.n_particles} positive finite "
+                             f"values (amu), one per particle; got shape {masses.shape}.")
+        return ActionMLModel(self.path, self.module, replace(self.metadata, masses=masses.tolist()))
 
     def create_force(self) -> openmmtorch.TorchForce:
         """A TorchForce in group 30 with the two control parameters, outputting forces."""

@@ -8,7 +8,7 @@ import torch
 
 import openmm as mm
 import openmm.unit as u
-from openmm_actionml.errors import ModelFileError, ModelMismatchError
+from openmm_actionml.errors import InputError, ModelFileError, ModelMismatchError
 from openmm_actionml.modelfile import ModelMetadata, export_model, load_model
 from openmm_actionml.network import build_network
 from openmm_actionml.splitting import SPLITTINGS
@@ -66,6 +66,24 @@ def test_validate_names_each_mismatch(exported, alanine):
     bigger.addParticle(1.0)
     with pytest.raises(ModelMismatchError, match="23"):
         model.validate(bigger)
+
+
+def test_on_masses_binds_the_same_potential_to_other_masses(exported, alanine):
+    """A model bound to heavier masses fits the System with them and not the original one, with the same
+    TorchScript module (the learned potential); masses that cannot be a System's are refused."""
+    model = load_model(exported[2])
+    heavier = copy.deepcopy(alanine.system)
+    heavier.setParticleMass(0, 2.0 * u.dalton)
+    masses = [heavier.getParticleMass(i).value_in_unit(u.dalton) for i in range(heavier.getNumParticles())]
+    bound = model.on_masses(masses)
+    bound.validate(heavier)
+    assert bound.module is model.module and bound.metadata.masses == masses
+    with pytest.raises(ModelMismatchError, match="particle 0 has mass"):
+        bound.validate(alanine.system)
+    assert model.metadata.masses != masses  # the original is not modified
+    for bad in (masses[:-1], [0.0] + masses[1:], [float("nan")] + masses[1:]):
+        with pytest.raises(InputError, match="positive finite"):
+            model.on_masses(bad)
 
 
 def test_truncated_file_is_reported(exported, tmp_path):
