@@ -247,8 +247,17 @@ def equilibrated_starts(system: mm.System, positions: u.Quantity, temperature: f
 
 def thermalised_starts(system: mm.System, integrator: mm.Integrator, starts: Starts, duration: float,
                        platform: Optional[str], seed: int) -> Starts:
-    """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system`` (masses as the
-    starts'), without centre-of-mass velocity, as :func:`equilibrated_starts` gives them."""
+    """Each start after ``duration`` ps of the thermostatted ``integrator`` on ``system``, without centre-of-mass
+    velocity, as :func:`equilibrated_starts` gives them.
+
+    Raises
+    ------
+    InputError
+        If the System's masses are not the starts' (the result would carry the wrong ones).
+    """
+    if not np.allclose(particle_masses(system), starts.masses):
+        raise InputError("the starts were drawn with other masses than the System's (hydrogen-mass repartitioning?); "
+                         "draw them on this System (equilibrated_starts) before thermalising them.")
     integrator.setRandomNumberSeed(seed)
     context = create_context(system, integrator, platform)
     steps = int(round(duration / integrator.getStepSize().value_in_unit(u.picosecond)))

@@ -325,6 +325,9 @@ def test_thermalised_starts_are_states_of_the_thermostatted_integrator(alanine_h
     atom_momenta = moved.masses[None, :, None] * moved.velocities
     rounding = 4 * len(moved.masses) * np.finfo(float).eps * np.abs(atom_momenta).sum(1)  # of a sum of n terms
     assert np.all(np.abs(atom_momenta.sum(1)) <= rounding)
+    hmr = with_hydrogen_mass(alanine_hbonds.system, alanine_hbonds.topology, 1.5)
+    with pytest.raises(InputError, match="other masses"):  # the result would carry the starts' masses, not hmr's
+        thermalised_starts(hmr, SplittingIntegrator("T3", 0.004, temperature=300.0), starts, 0.04, "Reference", 3)
 
 
 def test_starts_are_kept_and_read_back(tmp_path, starts):
