@@ -152,9 +152,9 @@ def main() -> None:
     pool = "all datasets"
     samples[pool] = Sample(np.concatenate([samples[Path(p).stem].curves for p in args.data]),
                            np.concatenate([samples[Path(p).stem].temperatures for p in args.data]))
+    limit = runaway_limit(system)
     for prefix, label in zip(args.row, args.label or args.row):
-        for length, sample in sorted(row_samples(rdf, thermometer, args.cache_dir, prefix,
-                                                 runaway_limit(system)).items()):
+        for length, sample in sorted(row_samples(rdf, thermometer, args.cache_dir, prefix, limit).items()):
             samples[f"{label} ({length} samples)"] = sample
     output = Path(args.output)
     lines = ["Mean kinetic temperature (K) of each sample's units, mean ± standard error: " + "; ".join(

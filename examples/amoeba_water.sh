@@ -57,12 +57,12 @@ for seed in 24 25 26; do
 done
 mkdir -p trajectories pairs
 python -c "
-import numpy as np; from openmm_actionml.atomic import atomic_path
+import numpy as np; from openmm_actionml.ensemble import Starts, resumable_starts, without_centre_of_mass_velocity
 a, h = np.load('amoeba64.npz'), np.load('heldout-24.npz')
 q = np.concatenate([a['positions'][:, 0], h['positions'][:, 0], h['positions'][:, 500]])
 v = np.concatenate([a['velocities'][:, 0], h['velocities'][:, 0], h['velocities'][:, 500]])
-m = a['masses']; v -= ((m[:, None] * v).sum(1) / m.sum())[:, None, :]
-with atomic_path('trajectories/starts-32-300K.npz', overwrite=True) as t: np.savez(t, positions=q, velocities=v, masses=m)"
+m = a['masses']
+resumable_starts('trajectories/starts-32-300K.npz', lambda: Starts(q, without_centre_of_mass_velocity(v, m), m))"
 python "$here/../benchmarks/amoeba_water.py" --model amoeba64-tip3pfb-mid-own-clusters-t3-12fs.pt --trajectories 32 --time 1 --thermalise 5 --t3-steps 12 --only "clusters-t3-12fs), own" --cache-dir trajectories
 python "$here/../benchmarks/structure_correction.py" amoeba64-tip3pfb-mid-own-clusters-t3-12fs.pt --target-data heldout-25.npz heldout-26.npz --starts trajectories/starts-32-300K-own-amoeba64-tip3pfb-mid-own-clusters-t3-12fs-5ps.npz --pairs O-O O-H --rounds 4 --trajectories 16 --time 10 --burn-in 2 --damping 0.3 --target-at-temperature --output pairs/clusters-pairs.pt
 cp pairs/clusters-pairs-i4.pt amoeba64-tip3pfb-mid-own-clusters-pairs-t3-12fs.pt
