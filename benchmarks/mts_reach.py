@@ -18,7 +18,7 @@ by side (``--jobs`` processes, one thread each).
 
 Usage::
 
-    OPENMM_CPU_THREADS=1 python benchmarks/mts_reach.py [--model models/villin-t3-8fs.pt] [--trajectories 16]
+    OPENMM_CPU_THREADS=1 python benchmarks/mts_reach.py [--model models/villin-t3-8fs.pt] [--trajectories 32]
         [--time 10] [--outer-steps 4 6 8] [--inner-step 2] [--reference-step 1] [--platform CPU] [--jobs 2]
         [--only TEXT ...] [--cache-dir DIR] [--output-dir results/mts-reach]
 """
@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/villin-t3-8fs.pt",
                         help="the system, temperature and T3 step come from this model's recipe")
-    parser.add_argument("--trajectories", type=int, default=16)
+    parser.add_argument("--trajectories", type=int, default=32)
     parser.add_argument("--time", type=float, default=10.0, help="ps per trajectory")
     parser.add_argument("--outer-steps", type=float, nargs="+", default=[4.0, 6.0, 8.0], help="fs")
     parser.add_argument("--inner-step", type=float, default=2.0, help="the longest inner step (fs)")
