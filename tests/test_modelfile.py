@@ -12,6 +12,7 @@ from openmm_actionml.errors import InputError, ModelFileError, ModelMismatchErro
 from openmm_actionml.modelfile import ModelMetadata, export_model, load_model
 from openmm_actionml.network import build_network
 from openmm_actionml.splitting import SPLITTINGS
+from openmm_actionml.systems import particle_masses
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_on_masses_binds_the_same_potential_to_other_masses(exported, alanine):
     model = load_model(exported[2])
     heavier = copy.deepcopy(alanine.system)
     heavier.setParticleMass(0, 2.0 * u.dalton)
-    masses = [heavier.getParticleMass(i).value_in_unit(u.dalton) for i in range(heavier.getNumParticles())]
+    masses = particle_masses(heavier).tolist()
     bound = model.on_masses(masses)
     bound.validate(heavier)
     assert bound.module is model.module and bound.metadata.masses == masses
