@@ -212,6 +212,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
                         help=f"NVE gate ensemble size (default {gate.n_trajectories})")
     parser.add_argument("--gate-duration", type=float, default=gate.duration,
                         help=f"ps per gate trajectory (default {gate.duration:g})")
+    parser.add_argument("--candidate", metavar="NAME", help="export this candidate (e.g. k=8) whatever the gate said, "
+                        "instead of the most accurate that passed; its verdict stays in the report")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="", help="a name for the training system, stored in the model")
     parser.add_argument("--output", "-o", required=True, help="model file to write")
@@ -247,7 +249,7 @@ def run_train(args: argparse.Namespace) -> int:
                               energy_penalty=args.energy_penalty,
                               gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
-                   system_name=name, command=args.command_line)
+                   system_name=name, command=args.command_line, candidate=args.candidate)
     print(report.summary())
     print(f"wrote {args.output}")
     return 0

@@ -7,7 +7,8 @@ intermediate state against the reference trajectory, in thermal units (DESIGN.md
 
 where dE is the change of the true total energy over the unroll. ``k`` follows a curriculum
 (1, 2, 4, 8, 16 by default). After each curriculum stage the NVE ensemble gate runs; the exported
-model is the most accurate candidate that passed it, and a run in which none passes exports nothing.
+model is the most accurate candidate that passed it, and a run in which none passes exports nothing (unless a
+candidate is named, which is exported whatever its verdict).
 """
 from __future__ import annotations
 
@@ -470,7 +471,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train(dataset: ReferenceDataset, system: Optional[mm.System], options: TrainingOptions, output: str | Path,
           checkpoint: Optional[str | Path] = None, overwrite: bool = False, system_name: str = "",
-          progress: bool = True, command: str = "") -> TrainingReport:
+          progress: bool = True, command: str = "", candidate: Optional[str] = None) -> TrainingReport:
     """Train a scheme-A model, gate it on NVE ensembles and export the chosen candidate.
 
     Parameters
@@ -489,6 +490,9 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         Replace an existing output file.
     system_name, command
         Stored in the model's metadata and recipe.
+    candidate
+        Export the candidate of this name (e.g. ``"k=8"``) whatever the gate said, instead of the most accurate
+        one that passed; its verdict stays in the report. For studies that judge candidates by larger ensembles.
     """
     output = check_writable(output, overwrite)
     started = time.time()
@@ -530,6 +534,9 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
             if classical else {"name": "classical", "validation_loss": float("nan"),
                                "errors": {"dv": float("nan"), "dq": float("nan")}, "gate": {"summary": "n/a (pure ML)"}}
     phases = (["pretrain"] if options.pretrain_iterations else []) + [f"k={k}" for k in options.curriculum]
+    if candidate is not None and candidate not in phases:
+        raise InputError(f"candidate {candidate!r} is not one of this run's candidates ({', '.join(phases)}); pass "
+                         f"one of those names.")
     while state["phase"] < len(phases):
         phase = phases[state["phase"]]
         pretrain = phase == "pretrain"
@@ -578,10 +585,11 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
     passing = [i for i, c in enumerate(state["candidates"]) if c["gate"]["passed"]]
     report = TrainingReport([{key: value for key, value in c.items() if key != "network"} for c in state["candidates"]],
                             -1, state["classical"], resumed_wall + time.time() - started)
-    if not passing:
+    if candidate is None and not passing:
         raise GateFailedError("no candidate passed the NVE ensemble gate, so no model was written:\n" + report.summary()
                               + "\nTry a larger energy_penalty, a longer curriculum, more data, or a smaller step.")
-    chosen = min(passing, key=lambda i: state["candidates"][i]["validation_loss"])
+    chosen = phases.index(candidate) if candidate is not None else min(
+        passing, key=lambda i: state["candidates"][i]["validation_loss"])
     report.chosen = chosen
     trainer.network.load_state_dict(state["candidates"][chosen]["network"])
     export_model(copy.deepcopy(trainer.network).float(), _metadata(trainer, system_name, report, command), output,

@@ -56,6 +56,28 @@ def test_gate_refusal_writes_nothing(tiny_dataset, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_named_candidate_is_exported_whatever_the_gate_said(tiny_dataset, tmp_path):
+    impossible = tiny_options(gate=GateOptions(n_trajectories=2, duration=0.02, record_every=1, min_stable_fraction=1.5))
+    checkpoint = tmp_path / "run.chk"
+    first = train(tiny_dataset, None, impossible, tmp_path / "k1.pt", checkpoint=checkpoint, progress=False,
+                  candidate="k=1")
+    # The finished checkpoint exports another stage's candidate without training again.
+    second = train(tiny_dataset, None, impossible, tmp_path / "k2.pt", checkpoint=checkpoint, progress=False,
+                   candidate="k=2")
+    assert (first.chosen, second.chosen) == (0, 1)
+    assert not any(c["gate"]["passed"] for c in second.candidates)
+    assert [load_model(tmp_path / f"k{k}.pt").metadata.recipe["report"]["chosen"] for k in (1, 2)] == [0, 1]
+    q = torch.as_tensor(tiny_dataset.positions[0, :2])
+    energies = [load_model(tmp_path / f"k{k}.pt").network(q.float(), None) for k in (1, 2)]
+    assert not torch.equal(energies[0], energies[1])
+
+
+def test_an_unknown_candidate_is_refused_before_training(tiny_dataset, tmp_path):
+    with pytest.raises(InputError, match=r"\(k=1, k=2\); pass one"):
+        train(tiny_dataset, None, tiny_options(), tmp_path / "model.pt", progress=False, candidate="k=8")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_after_interruption_continues_from_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     checkpoint = tmp_path / "run.chk"
     output = tmp_path / "model.pt"
