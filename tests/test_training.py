@@ -56,13 +56,15 @@ def test_gate_refusal_writes_nothing(tiny_dataset, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_named_candidate_is_exported_whatever_the_gate_said(tiny_dataset, tmp_path):
-    impossible = tiny_options(gate=GateOptions(n_trajectories=2, duration=0.02, record_every=1, min_stable_fraction=1.5))
+def test_a_named_candidate_is_exported_whatever_the_gate_said(tiny_dataset, tmp_path, monkeypatch):
+    refusing = tiny_options(gate=GateOptions(n_trajectories=2, duration=0.02, record_every=1, min_stable_fraction=1.5))
     checkpoint = tmp_path / "run.chk"
-    first = train(tiny_dataset, None, impossible, tmp_path / "k1.pt", checkpoint=checkpoint, progress=False,
+    first = train(tiny_dataset, None, refusing, tmp_path / "k1.pt", checkpoint=checkpoint, progress=False,
                   candidate="k=1")
-    # The finished checkpoint exports another stage's candidate without training again.
-    second = train(tiny_dataset, None, impossible, tmp_path / "k2.pt", checkpoint=checkpoint, progress=False,
+    # The finished checkpoint exports another stage's candidate without training or gating again.
+    monkeypatch.setattr(Trainer, "gate", lambda self: pytest.fail("a finished run was gated again"))
+    monkeypatch.setattr(Trainer, "unroll_loss", lambda *args: pytest.fail("a finished run trained again"))
+    second = train(tiny_dataset, None, refusing, tmp_path / "k2.pt", checkpoint=checkpoint, progress=False,
                    candidate="k=2")
     assert (first.chosen, second.chosen) == (0, 1)
     assert not any(c["gate"]["passed"] for c in second.candidates)
