@@ -495,6 +495,10 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
         one that passed; its verdict stays in the report. For studies that judge candidates by larger ensembles.
     """
     output = check_writable(output, overwrite)
+    phases = (["pretrain"] if options.pretrain_iterations else []) + [f"k={k}" for k in options.curriculum]
+    if candidate is not None and candidate not in phases:
+        raise InputError(f"candidate {candidate!r} is not one of this run's candidates ({', '.join(phases)}); pass "
+                         f"one of those names.")
     started = time.time()
     trainer = Trainer(dataset, system if system is not None else dataset.system(), options)
     state = {"phase": 0, "iteration": 0, "candidates": [], "classical": None, "wall_seconds": 0.0}
@@ -533,10 +537,6 @@ def train(dataset: ReferenceDataset, system: Optional[mm.System], options: Train
                               "errors": classical["errors"], "gate": {**gate.to_dict(), "summary": gate.summary()}} \
             if classical else {"name": "classical", "validation_loss": float("nan"),
                                "errors": {"dv": float("nan"), "dq": float("nan")}, "gate": {"summary": "n/a (pure ML)"}}
-    phases = (["pretrain"] if options.pretrain_iterations else []) + [f"k={k}" for k in options.curriculum]
-    if candidate is not None and candidate not in phases:
-        raise InputError(f"candidate {candidate!r} is not one of this run's candidates ({', '.join(phases)}); pass "
-                         f"one of those names.")
     while state["phase"] < len(phases):
         phase = phases[state["phase"]]
         pretrain = phase == "pretrain"

@@ -74,7 +74,8 @@ def test_a_named_candidate_is_exported_whatever_the_gate_said(tiny_dataset, tmp_
     assert not torch.equal(energies[0], energies[1])
 
 
-def test_an_unknown_candidate_is_refused_before_training(tiny_dataset, tmp_path):
+def test_an_unknown_candidate_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "gate", lambda self: pytest.fail("the classical splitting was gated first"))
     with pytest.raises(InputError, match=r"\(k=1, k=2\); pass one"):
         train(tiny_dataset, None, tiny_options(), tmp_path / "model.pt", progress=False, candidate="k=8")
     assert list(tmp_path.iterdir()) == []
