@@ -26,13 +26,13 @@ import numpy as np
 from amoeba_water import TEMPERATURE, amoeba_water
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.ensemble import read_starts
-from openmm_actionml.linear_stability import (constraint_curvature, force_field_gradient, force_field_hessian,
-                                              projected, sampled_variance_ratio, vibration_basis)
+from openmm_actionml.linear_stability import (LIGHT_SPEED, constraint_curvature, force_field_gradient,
+                                              force_field_hessian, minimised, projected, sampled_variance_ratio,
+                                              vibration_basis)
 from openmm_actionml.report import save_figure
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses
 from openmm_actionml.units import BOLTZMANN
-from stability_analysis import LIGHT_SPEED, minimised
 
 
 def parse_steps(texts: list[str]) -> list[tuple[str, float]]:

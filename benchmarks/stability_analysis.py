@@ -24,9 +24,11 @@ from openmm_actionml.atomic import atomic_path
 from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.linear_stability import (
+    LIGHT_SPEED,
     constraint_curvature,
     force_field_gradient,
     force_field_hessian,
+    minimised,
     network_derivatives,
     played_frequencies,
     projected,
@@ -39,18 +41,6 @@ from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses, with_hydrogen_mass
-
-#: Speed of light in cm/ps: wavenumber (cm^-1) = omega (rad/ps) / (2 pi C).
-LIGHT_SPEED = 0.0299792458
-
-
-def minimised(system: mm.System, positions: u.Quantity) -> np.ndarray:
-    """Positions (nm) at a local minimum, tightly converged, on the Reference platform."""
-    context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
-    context.setPositions(positions)
-    mm.LocalEnergyMinimizer.minimize(context, 1e-3, 0)
-    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
-
 
 def mode_labels(topology, basis: np.ndarray, vectors: np.ndarray) -> list[str]:
     """The two atoms with the largest mass-weighted amplitude (kinetic-energy share) in each mode, e.g. ``C5-O6``."""

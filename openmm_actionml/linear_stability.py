@@ -31,6 +31,16 @@ from .systems import constraint_pairs
 
 #: Central-difference displacement of the Hessian (nm); forces in double precision (Reference).
 HESSIAN_DELTA = 1e-5
+#: Speed of light in cm/ps: wavenumber (cm^-1) = omega (rad/ps) / (2 pi C).
+LIGHT_SPEED = 0.0299792458
+
+
+def minimised(system: mm.System, positions: u.Quantity | np.ndarray) -> np.ndarray:
+    """Positions (nm) at a local minimum, tightly converged, on the Reference platform."""
+    context = create_context(system, mm.VerletIntegrator(0.001), "Reference")
+    context.setPositions(positions)
+    mm.LocalEnergyMinimizer.minimize(context, 1e-3, 0)
+    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
 
 
 def force_field_gradient(system: mm.System, positions: np.ndarray) -> np.ndarray:
