@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import openmm as mm
-import openmm.unit as u
 
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.evaluate import HMR_HYDROGEN_MASS, HMR_STEP
@@ -37,7 +36,6 @@ from openmm_actionml.linear_stability import (
     vibration_basis,
 )
 from openmm_actionml.modelfile import load_model
-from openmm_actionml.platforms import create_context
 from openmm_actionml.report import save_figure
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import particle_masses, with_hydrogen_mass
