@@ -172,6 +172,9 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--step", type=float, required=True, help="long step h in fs (a multiple of the frame spacing)")
     parser.add_argument("--splitting", default="T3", choices=["T3", "S2", "VV"],
                         help="scheme A's splitting (default T3, BCSS); with --implicit, the predictor")
+    parser.add_argument("--tied-heads", action="store_true",
+                        help="one learned kick potential for every kick (default: one per group of kicks with the "
+                             "same coefficient, which heats in NVE; see docs/benchmarks/frequency-matched-t3-8fs)")
     parser.add_argument("--implicit", choices=["gauss3", "gauss2", "midpoint"],
                         help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
                              "matching, instead of scheme A; flexible systems only")
@@ -224,6 +227,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the report, and write the model."""
+    if args.implicit and args.tied_heads:
+        raise InputError("--tied-heads ties scheme A's kicks; scheme B (--implicit) has no heads to tie.")
     check_writable(args.output, args.overwrite)
     dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
     common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, baseline=args.baseline_forcefield,
@@ -245,7 +250,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(report.summary())
         print(f"wrote {args.output}")
         return 0
-    options = TrainingOptions(**common, splitting=args.splitting, curriculum=_integers(args.curriculum, "--curriculum"),
+    options = TrainingOptions(**common, splitting=args.splitting, tied_heads=args.tied_heads,
+                              curriculum=_integers(args.curriculum, "--curriculum"),
                               energy_penalty=args.energy_penalty,
                               gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,

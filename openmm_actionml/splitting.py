@@ -117,6 +117,13 @@ def get_splitting(name: str | Splitting) -> Splitting:
                          f"or build a Splitting from stages.") from None
 
 
+def with_tied_heads(splitting: Splitting) -> Splitting:
+    """``splitting`` with every kick on head 0: one kick potential for all kicks, so that a learned correction
+    keeps the step a splitting of one Hamiltonian (T3 with a head per kick group heats, see
+    ``docs/benchmarks/frequency-matched-t3-8fs``)."""
+    return Splitting(splitting.name, tuple(Stage(stage.kind, stage.coefficient, 0) for stage in splitting.stages))
+
+
 KickForces = Callable[[Tensor, int], Tensor]
 """``kick_forces(q, head) -> F``: forces (kJ/mol/nm) of kick potential ``head`` at positions ``q[..., N, 3]``."""
 

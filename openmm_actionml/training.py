@@ -36,7 +36,7 @@ from .modelfile import ModelMetadata, export_model
 from .network import build_network, check_cutoff_fits
 from .nve_gate import GateOptions, GateResult, run_gate
 from .openmm_potential import OpenMMPotential
-from .splitting import SplittingStepper, get_splitting
+from .splitting import SplittingStepper, get_splitting, with_tied_heads
 from .systems import force_classes, replace_forces
 from .units import BOLTZMANN, positive_float
 
@@ -132,6 +132,9 @@ class TrainingOptions(OptimisationOptions):
     ----------
     splitting
         ``"T3"`` (default), ``"S2"`` or ``"VV"``.
+    tied_heads
+        One learned head for every kick (:func:`~openmm_actionml.splitting.with_tied_heads`) instead of one per
+        group of kicks with the same coefficient.
     curriculum
         Unroll lengths, trained in turn, ``iterations`` each.
     energy_penalty
@@ -143,6 +146,7 @@ class TrainingOptions(OptimisationOptions):
     """
 
     splitting: str = "T3"
+    tied_heads: bool = False
     curriculum: tuple[int, ...] = (1, 2, 4, 8, 16)
     energy_penalty: float = 0.3
     checkpoint_every: int = 25
@@ -213,6 +217,8 @@ class Trainer:
 
     def __init__(self, dataset: ReferenceDataset, system: mm.System, options: TrainingOptions) -> None:
         splitting = get_splitting(options.splitting)
+        if options.tied_heads:
+            splitting = with_tied_heads(splitting)
         # From the dataset, so that its masses are exactly the stepper's (a System read back from XML differs by
         # float rounding).
         self.constraints = ConstraintSet(dataset.constraint_pairs, dataset.constraint_distances, dataset.masses) \

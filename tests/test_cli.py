@@ -99,6 +99,8 @@ def test_evaluate_refuses_a_model_whose_network_is_off(tmp_path, capsys):
     (["generate", "alanine-dipeptide", "--platform", "Nope"], "unknown or unavailable OpenMM platform 'Nope'"),
     (["generate", "water-box", "--padding", "1"], "do not apply to example 'water-box'"),
     (["generate", "alanine-dipeptide", "--segment-length", "0.0051"], "whole multiple"),
+    (["train", "data.npz", "--step", "2", "--implicit", "gauss3", "--tied-heads", "--output", "b.pt"],
+     "scheme B (--implicit) has no heads to tie"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,7 @@ import torch
 from openmm_actionml.constraints import ConstraintSet
 from openmm_actionml.errors import ActionMLConvergenceError, InputError
 from openmm_actionml.nve_gate import GateOptions, run_gate
-from openmm_actionml.splitting import SPLITTINGS, Splitting, SplittingStepper, Stage, get_splitting
+from openmm_actionml.splitting import SPLITTINGS, Splitting, SplittingStepper, Stage, get_splitting, with_tied_heads
 from toy_systems import toy_energy, toy_forces, toy_state
 
 EPS = np.finfo(np.float64).eps
@@ -24,6 +24,13 @@ def test_coefficients_are_consistent(name):
     splitting = SPLITTINGS[name]
     assert Splitting.from_dict(splitting.to_dict()) == splitting
     assert splitting.evaluations_per_step == {"T3": 3, "S2": 2, "VV": 1}[name]
+
+
+@pytest.mark.parametrize("name", list(SPLITTINGS))
+def test_tied_heads_keep_the_stages_on_one_head(name):
+    tied = with_tied_heads(SPLITTINGS[name])
+    assert tied.n_heads == 1 and tied.evaluations_per_step == SPLITTINGS[name].evaluations_per_step
+    assert [(s.kind, s.coefficient) for s in tied.stages] == [(s.kind, s.coefficient) for s in SPLITTINGS[name].stages]
 
 
 def test_bad_splittings_are_refused():

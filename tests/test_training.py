@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
+import openmm as mm
 import openmm.unit as u
 from openmm_actionml.errors import InputError, ModelFileError
 from openmm_actionml.generate import generate_reference_data
+from openmm_actionml.integrator import ActionMLIntegrator, add_learned_force
 from openmm_actionml.kicks import KickPotential
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.nve_gate import GateOptions
@@ -45,6 +48,24 @@ def test_train_exports_a_model_whose_network_is_on(tiny_dataset, tmp_path):
     q = torch.as_tensor(tiny_dataset.positions[0, :2])
     learned = KickPotential(load_model(output).network.double(), None)  # a copy: .double() changes it in place
     assert learned(q, 0).abs().max().item() > 0.0
+
+
+def test_tied_heads_export_one_head_for_every_kick(tiny_dataset, tmp_path, alanine):
+    """With tied heads the exported model has one head, every kick of its splitting uses it, and the OpenMM
+    integrator runs it."""
+    output = tmp_path / "tied.pt"
+    train(tiny_dataset, None, tiny_options(tied_heads=True), output, progress=False)
+    model = load_model(output)
+    splitting = model.metadata.get_splitting()
+    assert splitting.n_heads == 1 and [s.head for s in splitting.stages if s.kind == "kick"] == [0, 0, 0]
+    q = torch.as_tensor(tiny_dataset.positions[0, :1]).to(next(model.network.parameters()).dtype)
+    assert model.network(q, None).shape[-1] == 1
+    system = add_learned_force(alanine.system, model)
+    integrator = ActionMLIntegrator(model)
+    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(alanine.positions)
+    integrator.step(5)
+    assert np.isfinite(context.getState(getPositions=True).getPositions(asNumpy=True)._value).all()
 
 
 def test_gate_refusal_writes_nothing(tiny_dataset, tmp_path):
