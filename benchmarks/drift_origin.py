@@ -70,6 +70,16 @@ def half_window_drifts(result: EnsembleResult, n_dof: float, temperature: float,
     return halves
 
 
+def half_window_table(results: list[EnsembleResult], n_dof: float, temperature: float, burn_in: float) -> list[str]:
+    """Markdown lines: each row's :func:`half_window_drifts`."""
+    lines = [f"Drift over each half of the {100 * (1 - burn_in):.0f} % of each trajectory after the burn-in:", "",
+             "| integrator | drift, first half (kT/DOF/ns) | drift, second half |", "|---|---|---|"]
+    for result in results:
+        first, second = half_window_drifts(result, n_dof, temperature, burn_in)
+        lines.append(f"| {result.name} | {first[0]:+.3f} ± {first[1]:.3f} | {second[0]:+.3f} ± {second[1]:.3f} |")
+    return lines
+
+
 def plot_energy_growth(growths: dict[str, EnergyGrowth], temperature: float, path: Path) -> None:
     """Variance of the energy displacements and 2 kT times their mean, against the lag, one colour per row."""
     import matplotlib
@@ -148,11 +158,7 @@ def main() -> None:
                              "trajectories": args.trajectories, "duration": args.time, "thermalise": args.thermalise,
                              "protocols": args.protocols})
     n_dof = float(degrees_of_freedom_per_atom(starts.masses, constraint_pairs(system), remove_com=True).sum())
-    lines = [f"Drift over each half of the {100 * (1 - options.burn_in):.0f} % of each trajectory after the burn-in:",
-             "", "| integrator | drift, first half (kT/DOF/ns) | drift, second half |", "|---|---|---|"]
-    for result in results:
-        first, second = half_window_drifts(result, n_dof, temperature, options.burn_in)
-        lines.append(f"| {result.name} | {first[0]:+.3f} ± {first[1]:.3f} | {second[0]:+.3f} ± {second[1]:.3f} |")
+    lines = half_window_table(results, n_dof, temperature, options.burn_in)
     growths = {result.name: energy_growth(result.times, result.energies, temperature, options.burn_in)
                for result in results}
     a, b = next(iter(growths.values())).ends

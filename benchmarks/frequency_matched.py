@@ -38,7 +38,7 @@ import torch  # before openmm: openmmtorch's plugins need torch's libraries load
 import numpy as np
 import openmm as mm
 
-from drift_origin import half_window_drifts
+from drift_origin import half_window_table
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import Candidate, EnsembleOptions
@@ -295,11 +295,7 @@ def main() -> None:
     table, _ = write_report(results, output, title, {"model": str(model.path), "ridges": args.ridge,
                                                       "seed": args.seed, "command": command})
     n_dof = float(degrees_of_freedom_per_atom(particle_masses(system), constraint_pairs(system), remove_com=True).sum())
-    lines = ["Drift over each half of the post-burn-in window (kT/DOF/ns):", "",
-             "| integrator | first half | second half |", "|---|---|---|"]
-    for result in results:
-        first, second = half_window_drifts(result, n_dof, temperature, options.burn_in)
-        lines.append(f"| {result.name} | {first[0]:+.3f} ± {first[1]:.3f} | {second[0]:+.3f} ± {second[1]:.3f} |")
+    lines = half_window_table(results, n_dof, temperature, options.burn_in)
     report = f"# {title}\n\n`{command}`\n\n{table}\n\n" + "\n".join(lines) + "\n"
     with atomic_path(output / "results.md", overwrite=True) as tmp:
         tmp.write_text(report)
