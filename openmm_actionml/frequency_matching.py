@@ -18,8 +18,8 @@ What the match cannot do: one factor per term fixes a mode's phase per step, not
 palindromic step on a harmonic mode is ``[[A, B], [C, A]]`` with ``A = cos(theta)``; the exact flow over ``h`` has
 ``theta = h w`` and ``B / -C = 1 / w^2`` (the spread of positions against velocities). Matching ``theta`` leaves
 ``B / -C`` off, so the step samples the matched modes' positions wider than the force field does
-(:attr:`FrequencyMatch.variance_ratio_after`; about 9 % for the fastest alanine modes with T3 at 8 fs, against
-0.3 % unmatched), and the matched System's energies are the scaled force field's: measure the true energy with
+(:attr:`FrequencyMatch.variance_ratio_after`; 5-9 % wider for the fastest alanine modes with T3 at 8 fs, against
+at most 1.2 % unmatched), and the matched System's energies are the scaled force field's: measure the true energy with
 the unscaled System. Matching both takes a second factor per class for a second set of kicks (T3's outer and
 middle kicks), and such a step heats in NVE (``benchmarks/frequency_matched.py --two-head``).
 """
@@ -226,11 +226,6 @@ class ClassStiffness:
     def scaled(self, scales: Sequence[float]) -> np.ndarray:
         """The stiffness with class ``c``'s force constants multiplied by ``scales[c]``."""
         return self.full + sum((float(s) - 1.0) * part for s, part in zip(scales, self.parts))
-
-    @property
-    def omega(self) -> np.ndarray:
-        """The exact angular frequencies (rad/ps, ascending) of the unscaled System."""
-        return np.sqrt(np.clip(np.linalg.eigvalsh(self.full), 0.0, None))
 
 
 def class_stiffness(system: mm.System, elements: Sequence[str], positions: np.ndarray) -> ClassStiffness:

@@ -10,9 +10,9 @@ import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's l
 import openmm as mm
 import openmm.unit as unit
 
-from openmm_actionml.errors import InputError
+from openmm_actionml.errors import ActionMLConvergenceError, InputError
 from openmm_actionml.frequency_matching import class_stiffness, fit_frequency_match, harmonic_term_classes, \
-    with_scaled_force_constants
+    levenberg_marquardt, with_scaled_force_constants
 from openmm_actionml.linear_stability import LIGHT_SPEED, minimised, played_frequencies
 from openmm_actionml.splitting import SPLITTINGS
 from openmm_actionml.systems import topology_elements
@@ -141,3 +141,16 @@ def test_bad_input_is_refused_with_the_reason(alanine_minimum):
     empty.addParticle(1.0)
     with pytest.raises(InputError, match="no HarmonicBondForce or HarmonicAngleForce"):
         harmonic_term_classes(empty, ["C"])
+
+
+def test_levenberg_marquardt_solves_a_linear_fit_and_refuses_one_cut_short():
+    """A consistent linear system is solved to round-off; a fit stopped after one iteration raises."""
+    matrix, target = np.array([[2.0, 1.0], [0.5, 3.0], [1.0, 1.0]]), np.array([2.5, 2.0, 1.5])
+
+    def residuals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return matrix @ x - target, matrix
+
+    solution, residual, _ = levenberg_marquardt(residuals, np.array([5.0, 5.0]), max_iterations=100)
+    assert np.allclose(solution, [1.0, 1.0 / 2.0], atol=1e-6) and np.abs(residual).max() < 1e-6
+    with pytest.raises(ActionMLConvergenceError, match="did not converge in 1 iterations"):
+        levenberg_marquardt(residuals, np.array([5.0, 5.0]), max_iterations=1)
