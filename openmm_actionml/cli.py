@@ -174,7 +174,7 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
                         help="scheme A's splitting (default T3, BCSS); with --implicit, the predictor")
     parser.add_argument("--tied-heads", action="store_true",
                         help="one learned kick potential for every kick (default: one per group of kicks with the "
-                             "same coefficient, which heats in NVE; see docs/benchmarks/frequency-matched-t3-8fs)")
+                             "same coefficient, which heats faster in NVE; docs/benchmarks/frequency-matched-t3-8fs)")
     parser.add_argument("--implicit", choices=["gauss3", "gauss2", "midpoint"],
                         help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
                              "matching, instead of scheme A; flexible systems only")

@@ -119,7 +119,7 @@ def get_splitting(name: str | Splitting) -> Splitting:
 
 def with_tied_heads(splitting: Splitting) -> Splitting:
     """``splitting`` with every kick on head 0: one kick potential for all kicks, so that a learned correction
-    keeps the step a splitting of one Hamiltonian (T3 with a head per kick group heats, see
+    keeps the step a splitting of one Hamiltonian (kicks of different potentials heat in NVE, see
     ``docs/benchmarks/frequency-matched-t3-8fs``)."""
     return Splitting(splitting.name, tuple(Stage(stage.kind, stage.coefficient, 0) for stage in splitting.stages))
 
