@@ -40,7 +40,6 @@ from typing import Callable
 import torch  # before openmm: openmmtorch's plugins need torch's libraries loaded
 import numpy as np
 
-from openmm_actionml.atomic import atomic_path
 from openmm_actionml.diagnostics import EnergyGrowth, degrees_of_freedom_per_atom, energy_drift, energy_growth
 from openmm_actionml.ensemble import Candidate, EnsembleOptions, EnsembleResult, equilibrated_starts, \
     run_ensemble, thermalised_starts
@@ -153,10 +152,6 @@ def main() -> None:
     title = (f"{model.path.name}: drift from force-field and from own-ensemble starts, {args.trajectories} x "
              f"{args.time:g} ps NVE at {temperature:g} K ({args.platform})")
     output = Path(args.output_dir)
-    table, _ = write_report(results, output, title,
-                            {"model": str(model.path), "platform": args.platform, "seed": args.seed,
-                             "trajectories": args.trajectories, "duration": args.time, "thermalise": args.thermalise,
-                             "protocols": args.protocols})
     n_dof = float(degrees_of_freedom_per_atom(starts.masses, constraint_pairs(system), remove_com=True).sum())
     lines = half_window_table(results, n_dof, temperature, options.burn_in)
     growths = {result.name: energy_growth(result.times, result.energies, temperature, options.burn_in)
@@ -170,11 +165,13 @@ def main() -> None:
     for name, growth in growths.items():
         lines.append(f"| {name} | {growth.mean[a]:+.3f}, {growth.mean[b]:+.3f} | {growth.variance[a]:.3f}, "
                      f"{growth.variance[b]:.3f} | {growth.walk_share:.2f} ± {growth.walk_share_error:.2f} |")
+    notes = "\n".join(lines)
+    table, _ = write_report(results, output, title,
+                            {"model": str(model.path), "platform": args.platform, "seed": args.seed,
+                             "trajectories": args.trajectories, "duration": args.time, "thermalise": args.thermalise,
+                             "protocols": args.protocols}, notes)
     plot_energy_growth(growths, temperature, output / "energy_growth.png")
-    report = f"# {title}\n\n{table}\n\n" + "\n".join(lines) + "\n"
-    with atomic_path(output / "results.md", overwrite=True) as tmp:
-        tmp.write_text(report)
-    print(report)
+    print(f"# {title}\n\n{table}\n\n{notes}")
 
 
 if __name__ == "__main__":

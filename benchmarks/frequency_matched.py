@@ -47,9 +47,9 @@ from openmm_actionml.examples import build_training_system
 from openmm_actionml.frequency_matching import ClassStiffness, FrequencyMatch, TermClass, along, class_stiffness, \
     fit_frequency_match, levenberg_marquardt, with_scaled_force_constants
 from openmm_actionml.integrator import SplittingIntegrator
-from openmm_actionml.linear_stability import LIGHT_SPEED, constraint_curvature, force_field_gradient, \
-    force_field_hessian, minimised, network_derivatives, projected, step_matrix, vibration_basis
-from openmm_actionml.modelfile import ActionMLModel, load_model
+from openmm_actionml.linear_stability import LIGHT_SPEED, force_field_gradient, force_field_hessian, \
+    learned_kick_stiffnesses, minimised, step_matrix, vibration_basis
+from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure, write_report
 from openmm_actionml.splitting import Splitting
 from openmm_actionml.systems import constraint_pairs, particle_masses, topology_elements
@@ -106,7 +106,7 @@ def fit_head_factors(stiffness: ClassStiffness, splitting: Splitting, h: float, 
                      min_wavenumber: float) -> np.ndarray:
     """Factors [heads, classes] whose linearised step reproduces the exact flow along each mode above
     ``min_wavenumber`` (entries in percent, plus ``100 ridge (s - 1)``; Jacobian by forward differences)."""
-    squared, vectors = np.linalg.eigh(stiffness.full)
+    squared, vectors = stiffness.normal_modes
     omega = np.sqrt(np.clip(squared, 0.0, None))
     fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
     modes, w = vectors[:, fitted], omega[fitted]
@@ -129,25 +129,15 @@ def fit_head_factors(stiffness: ClassStiffness, splitting: Splitting, h: float, 
 
 def head_curvatures(stiffness: ClassStiffness, heads: list[np.ndarray]) -> list[np.ndarray]:
     """Each head's curvature along the :data:`COMPARED_MODES` fastest exact modes, over the force field's."""
-    squared, vectors = np.linalg.eigh(stiffness.full)
+    squared, vectors = stiffness.normal_modes
     modes = vectors[:, -COMPARED_MODES:]
     return [along(head, modes) / squared[-COMPARED_MODES:] for head in heads]
-
-
-def learned_heads(model: ActionMLModel, system: mm.System, positions: np.ndarray) -> list[np.ndarray]:
-    """The stiffness of each kick of an anchored model (force field plus head), on ``system``'s vibrations."""
-    masses = particle_masses(system)
-    basis = vibration_basis(system, positions, masses)
-    gradient = force_field_gradient(system, positions)
-    hessian = force_field_hessian(system, positions)
-    return [projected(hessian + extra_hessian - constraint_curvature(system, positions, gradient + extra_gradient),
-                      masses, basis) for extra_gradient, extra_hessian in network_derivatives(model, positions)]
 
 
 def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, ridge: float,
                     factors: np.ndarray, learned: list[np.ndarray], min_wavenumber: float) -> str:
     """``fit.md``'s section on the two-head fit: factors, phase and variance errors, heads beside the model's."""
-    squared, vectors = np.linalg.eigh(stiffness.full)
+    squared, vectors = stiffness.normal_modes
     omega = np.sqrt(np.clip(squared, 0.0, None))
     fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
     heads = [stiffness.scaled(row) for row in factors]
@@ -260,7 +250,10 @@ def main() -> None:
     report = fit_report(matches, temperature, command)
     head_factors = []
     if args.two_head:
-        learned = learned_heads(model, system, minimum) if meta.anchored else []
+        masses = particle_masses(system)
+        learned = learned_kick_stiffnesses(model, system, minimum, masses, vibration_basis(system, minimum, masses),
+                                           force_field_gradient(system, minimum),
+                                           force_field_hessian(system, minimum)) if meta.anchored else []
         for ridge in args.two_head:
             head_factors.append(fit_head_factors(stiffness, splitting, h, ridge, args.min_wavenumber))
             report += two_head_report(stiffness, splitting, h, ridge, head_factors[-1], learned, args.min_wavenumber)
@@ -292,14 +285,11 @@ def main() -> None:
                        cache_dir=args.cache_dir)
     title = (f"{splitting.name} with force constants matched to {h * 1000:g} fs: {args.trajectories} x "
              f"{args.time:g} ps NVE at {temperature:g} K ({args.platform}, seed {args.seed})")
-    table, _ = write_report(results, output, title, {"model": str(model.path), "ridges": args.ridge,
-                                                      "seed": args.seed, "command": command})
     n_dof = float(degrees_of_freedom_per_atom(particle_masses(system), constraint_pairs(system), remove_com=True).sum())
-    lines = half_window_table(results, n_dof, temperature, options.burn_in)
-    report = f"# {title}\n\n`{command}`\n\n{table}\n\n" + "\n".join(lines) + "\n"
-    with atomic_path(output / "results.md", overwrite=True) as tmp:
-        tmp.write_text(report)
-    print(report)
+    notes = f"`{command}`\n\n" + "\n".join(half_window_table(results, n_dof, temperature, options.burn_in))
+    table, _ = write_report(results, output, title, {"model": str(model.path), "ridges": args.ridge,
+                                                      "seed": args.seed, "command": command}, notes)
+    print(f"# {title}\n\n{table}\n\n{notes}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from openmm_actionml.linear_stability import (
     constraint_curvature,
     force_field_gradient,
     force_field_hessian,
+    learned_kick_stiffnesses,
     minimised,
-    network_derivatives,
     played_frequencies,
     projected,
     stability_interval,
@@ -70,12 +70,7 @@ def main() -> None:
     omega = np.sqrt(np.clip(squared, 0.0, None))
     labels = mode_labels(prepared.topology, basis, vectors)
 
-    anchored = float(model.metadata.anchored)
-    learned = []
-    for extra_gradient, extra_hessian in network_derivatives(model, positions):
-        total = anchored * gradient + extra_gradient
-        learned.append(projected(anchored * raw_hessian + extra_hessian
-                                 - constraint_curvature(system, positions, total), masses, basis))
+    learned = learned_kick_stiffnesses(model, system, positions, masses, basis, gradient, raw_hessian)
     splitting = model.metadata.get_splitting()
     classical = [stiffness] * splitting.n_heads
     # The rows of actionml evaluate: Verlet at its usual steps, HMR at 4 fs with constraints; then the model.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ from .linear_stability import (
     constraint_curvature,
     force_field_gradient,
     force_field_hessian,
-    harmonic_step,
+    phase,
     projected,
     sampled_variance_ratio,
     vibration_basis,
@@ -198,12 +199,6 @@ class FrequencyMatch:
                 "variance_ratio_after": self.variance_ratio_after.tolist()}
 
 
-def _phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
-    """``theta(x)`` of the harmonic step at each ``h w = x``; NaN where it is unstable."""
-    traces = np.array([np.trace(harmonic_step(splitting, value)) for value in np.atleast_1d(x)])
-    return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)), np.nan)
-
-
 @dataclass
 class ClassStiffness:
     """The mass-weighted stiffness (1/ps^2) of a System on its constraint manifold at ``positions``, and each
@@ -226,6 +221,11 @@ class ClassStiffness:
     def scaled(self, scales: Sequence[float]) -> np.ndarray:
         """The stiffness with class ``c``'s force constants multiplied by ``scales[c]``."""
         return self.full + sum((float(s) - 1.0) * part for s, part in zip(scales, self.parts))
+
+    @cached_property
+    def normal_modes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The unscaled stiffness's eigenvalues (squared angular frequencies, 1/ps^2, ascending) and eigenvectors."""
+        return np.linalg.eigh(self.full)
 
 
 def class_stiffness(system: mm.System, elements: Sequence[str], positions: np.ndarray) -> ClassStiffness:
@@ -317,7 +317,7 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     h = positive_float(step, u.picosecond, "step")
     if ridge < 0:
         raise InputError(f"ridge must be zero or positive, got {ridge}.")
-    exact_squared = np.linalg.eigvalsh(stiffness.full)
+    exact_squared = stiffness.normal_modes[0]
     omega = np.sqrt(np.clip(exact_squared, 0.0, None))
     fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
     if not fitted.any():
@@ -333,8 +333,8 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     def residuals(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values, derivatives = eigenvalues(scales)
         x = h * np.sqrt(np.clip(values, 0.0, None))
-        theta = _phase(splitting, x)
-        slope = (_phase(splitting, x * (1 + 1e-6)) - _phase(splitting, x * (1 - 1e-6))) / (2e-6 * x)
+        theta = phase(splitting, x)
+        slope = (phase(splitting, x * (1 + 1e-6)) - phase(splitting, x * (1 - 1e-6))) / (2e-6 * x)
         # d theta / d s = theta'(x) h^2 / (2 x) d lambda / d s, with x = h sqrt(lambda)
         jacobian = 100.0 / target[:, None] * (slope * h * h / (2.0 * x))[:, None] * derivatives
         return (np.concatenate([100.0 * (theta / target - 1.0), 100.0 * ridge * (scales - 1.0)]),

@@ -136,6 +136,16 @@ def network_derivatives(model: ActionMLModel, positions: np.ndarray) -> list[tup
     return derivatives
 
 
+def learned_kick_stiffnesses(model: ActionMLModel, system: mm.System, positions: np.ndarray, masses: np.ndarray,
+                             basis: np.ndarray, gradient: np.ndarray, hessian: np.ndarray) -> list[np.ndarray]:
+    """The stiffness of each kick of ``model`` (force field, if anchored, plus head ``k``) on ``basis``, with the
+    force field's ``gradient`` and raw ``hessian`` at ``positions`` and the constraint curvature of their sum."""
+    anchored = float(model.metadata.anchored)
+    return [projected(anchored * hessian + extra_hessian
+                      - constraint_curvature(system, positions, anchored * gradient + extra_gradient), masses, basis)
+            for extra_gradient, extra_hessian in network_derivatives(model, positions)]
+
+
 def step_matrix(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
     """The linearised step [2d, 2d] of ``splitting`` at step ``h`` (ps), kick ``k`` using ``kick_hessians[k]``."""
     d = len(kick_hessians[0])
@@ -163,6 +173,13 @@ def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
     return 20.0
 
 
+def phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
+    """The phase ``theta`` the harmonic step of ``splitting`` advances per step at each ``h w = x``; NaN where it is
+    unstable."""
+    traces = np.array([np.trace(harmonic_step(splitting, value)) for value in np.atleast_1d(x)])
+    return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)), np.nan)
+
+
 def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
     """The frequencies (rad/ps, ascending) the linearised step plays, ``theta / h``; NaN for unstable modes.
 
@@ -171,9 +188,7 @@ def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.nd
     an eigenvalue leaves the unit circle.
     """
     if all(np.array_equal(k, kick_hessians[0]) for k in kick_hessians):
-        omega = np.sqrt(np.clip(np.linalg.eigvalsh(kick_hessians[0]), 0.0, None))
-        traces = np.array([np.trace(harmonic_step(splitting, h * w)) for w in omega])
-        return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)) / h, np.nan)
+        return phase(splitting, h * np.sqrt(np.clip(np.linalg.eigvalsh(kick_hessians[0]), 0.0, None))) / h
     values = np.linalg.eigvals(step_matrix(splitting, h, kick_hessians))
     phases = np.sort(np.abs(np.angle(values)))[::2] / h
     return phases if np.abs(values).max() < 1.0 + 1e-6 else np.full_like(phases, np.nan)

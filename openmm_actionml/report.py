@@ -202,13 +202,13 @@ def plot(results: Sequence[EnsembleResult], directory: str | Path, title: str) -
 
 
 def write_report(results: Sequence[EnsembleResult], directory: str | Path, title: str,
-                 settings: dict) -> tuple[str, list[Path]]:
-    """``results.md`` (titled :func:`markdown_table`), ``results.json`` (with ``settings``) and the plots in
-    ``directory``, created if needed; returns the table and the plots' paths."""
+                 settings: dict, notes: str = "") -> tuple[str, list[Path]]:
+    """``results.md`` (titled :func:`markdown_table`, then ``notes``), ``results.json`` (with ``settings``) and the
+    plots in ``directory``, created if needed; returns the table and the plots' paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
     with atomic_path(directory / "results.md", overwrite=True) as tmp:
-        tmp.write_text(f"# {title}\n\n{table}\n")
+        tmp.write_text(f"# {title}\n\n{table}\n" + (f"\n{notes}\n" if notes else ""))
     write_json(results, directory / "results.json", settings)
     return table, plot(results, directory, title)
