@@ -29,6 +29,7 @@ from .evaluate import evaluate, model_system
 from .report import write_report
 from .units import BOLTZMANN
 from .errors import ActionMLError, InputError
+from .force_constant_correction import model_factors
 from .examples import EXAMPLES, SYSTEM_OPTIONS, build_input, build_training_system
 from .generate import generate_reference_data
 from .platforms import SINGLE_THREAD_BELOW, configure_torch_threads, get_platform
@@ -175,6 +176,10 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tied-heads", action="store_true",
                         help="one learned kick potential for every kick (default: one per group of kicks with the "
                              "same coefficient, which heats faster in NVE; docs/benchmarks/frequency-matched-t3-8fs)")
+    parser.add_argument("--force-constants", action="store_true",
+                        help="learn one factor per class of harmonic bond and angle term (by element) and kick "
+                             "potential instead of a network: the kicks use the force field with those force "
+                             "constants scaled (anchored scheme A only)")
     parser.add_argument("--implicit", choices=["gauss3", "gauss2", "midpoint"],
                         help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
                              "matching, instead of scheme A; flexible systems only")
@@ -229,6 +234,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Train, print the report, and write the model."""
     if args.implicit and args.tied_heads:
         raise InputError("--tied-heads ties scheme A's kicks; scheme B (--implicit) has no heads to tie.")
+    if args.implicit and args.force_constants:
+        raise InputError("--force-constants is a scheme-A correction; scheme B (--implicit) learns a network.")
     check_writable(args.output, args.overwrite)
     dataset = ReferenceDataset.concatenate([ReferenceDataset.load(path) for path in args.dataset])
     common = dict(step=args.step / 1000.0, anchored=not args.pure_ml, baseline=args.baseline_forcefield,
@@ -251,12 +258,17 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}")
         return 0
     options = TrainingOptions(**common, splitting=args.splitting, tied_heads=args.tied_heads,
+                              force_constants=args.force_constants,
                               curriculum=_integers(args.curriculum, "--curriculum"),
                               energy_penalty=args.energy_penalty,
                               gate=GateOptions(n_trajectories=args.gate_trajectories, duration=args.gate_duration))
     report = train(dataset, None, options, args.output, checkpoint=args.checkpoint, overwrite=args.overwrite,
                    system_name=name, command=args.command_line, candidate=args.candidate)
     print(report.summary())
+    if args.force_constants:
+        for head, factors in enumerate(model_factors(load_model(args.output))):
+            print(f"head {head} force-constant factors: "
+                  + ", ".join(f"{name} {factor:.4f}" for name, factor in factors.items()))
     print(f"wrote {args.output}")
     return 0
 

@@ -26,6 +26,7 @@ middle kicks), and such a step heats in NVE (``benchmarks/frequency_matched.py -
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping, Sequence
@@ -50,7 +51,7 @@ from .systems import particle_masses
 from .units import positive_float
 
 __all__ = ["TermClass", "ClassStiffness", "FrequencyMatch", "harmonic_term_classes", "with_scaled_force_constants",
-           "class_stiffness", "along", "levenberg_marquardt", "fit_frequency_match"]
+           "class_stiffness", "along", "levenberg_marquardt", "fit_frequency_match", "played_with"]
 
 #: Relative change of the fit's cost below which Levenberg-Marquardt stops.
 COST_TOLERANCE = 1e-10
@@ -116,11 +117,7 @@ def with_scaled_force_constants(system: mm.System, classes: Sequence[TermClass],
     InputError
         If ``scales`` names a class that ``classes`` does not have, or a factor is not positive and finite.
     """
-    known = {term_class.name for term_class in classes}
-    unknown = sorted(set(scales) - known)
-    if unknown:
-        raise InputError(f"no harmonic terms of class {', '.join(unknown)} in this System (it has "
-                         f"{', '.join(sorted(known))}); the factors were fitted for another system.")
+    _check_known(classes, scales)
     for name, factor in scales.items():
         if not (np.isfinite(factor) and factor > 0):
             raise InputError(f"the factor of {name} must be positive and finite, got {factor}.")
@@ -136,6 +133,23 @@ def with_scaled_force_constants(system: mm.System, classes: Sequence[TermClass],
                 i, j, m, angle, k = force.getAngleParameters(term)
                 force.setAngleParameters(term, i, j, m, angle, k * factor)
     return scaled
+
+
+def _check_known(classes: Sequence[TermClass], scales: Mapping[str, float]) -> None:
+    known = {term_class.name for term_class in classes}
+    unknown = sorted(set(scales) - known)
+    if unknown:
+        raise InputError(f"no harmonic terms of class {', '.join(unknown)} in this System (it has "
+                         f"{', '.join(sorted(known))}); the factors were fitted for another system.")
+
+
+def _fitted_modes(exact_squared: np.ndarray, min_wavenumber: float) -> tuple[np.ndarray, np.ndarray]:
+    """Angular frequencies (1/ps) of the exact modes and which are above ``min_wavenumber`` (cm^-1)."""
+    omega = np.sqrt(np.clip(exact_squared, 0.0, None))
+    fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
+    if not fitted.any():
+        raise InputError(f"no mode above {min_wavenumber:g} cm^-1 to match; lower min_wavenumber.")
+    return omega, fitted
 
 
 def _class_system(system: mm.System, term_class: TermClass) -> mm.System:
@@ -174,7 +188,7 @@ class FrequencyMatch:
         Each fitted mode's position variance in the step's invariant Gaussian (velocities at ``kT``) over the
         exact ``kT / w^2``, unscaled and matched.
     ridge, min_wavenumber, iterations
-        The fit's settings and the Levenberg-Marquardt iterations it took.
+        The fit's settings and the Levenberg-Marquardt iterations it took (NaN and 0 from :func:`played_with`).
     """
 
     splitting: str
@@ -318,10 +332,7 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     if ridge < 0:
         raise InputError(f"ridge must be zero or positive, got {ridge}.")
     exact_squared = stiffness.normal_modes[0]
-    omega = np.sqrt(np.clip(exact_squared, 0.0, None))
-    fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
-    if not fitted.any():
-        raise InputError(f"no mode above {min_wavenumber:g} cm^-1 to match; lower min_wavenumber.")
+    omega, fitted = _fitted_modes(exact_squared, min_wavenumber)
     target = h * omega[fitted]
 
     def eigenvalues(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -347,13 +358,38 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
         raise InputError(f"{splitting.name} at {h * 1000:g} fs is unstable for the {slowest:.0f} cm^-1 mode and "
                          f"faster: no force constants can be matched beyond the stability interval; take a "
                          f"shorter step.")
-    scales, residual, iterations = levenberg_marquardt(residuals, start, max_iterations)
+    scales, _, iterations = levenberg_marquardt(residuals, start, max_iterations)
+    played = played_with(stiffness, splitting, h, {c.name: float(s) for c, s in zip(stiffness.classes, scales)},
+                         min_wavenumber)
+    return dataclasses.replace(played, ridge=ridge, iterations=iterations)
 
-    def variance_ratios(values: np.ndarray) -> np.ndarray:
-        x = h * np.sqrt(np.clip(values, 0.0, None))
-        return np.array([w * w / (y * y) * sampled_variance_ratio(splitting, y) for w, y in zip(target, x)])
 
-    return FrequencyMatch(splitting.name, h, {c.name: float(s) for c, s in zip(stiffness.classes, scales)},
-                          omega[fitted] / (2 * np.pi * LIGHT_SPEED), before, residual[:fitted.sum()].copy(),
-                          variance_ratios(exact_squared[fitted]), variance_ratios(eigenvalues(scales)[0]), ridge,
-                          min_wavenumber, iterations)
+def played_with(stiffness: ClassStiffness, splitting: str | Splitting, step, scales: Mapping[str, float],
+                min_wavenumber: float = 300.0) -> FrequencyMatch:
+    """What ``splitting`` at ``step`` plays with given factors (fitted elsewhere, e.g. learned from trajectories),
+    as a :class:`FrequencyMatch` (``ridge`` NaN, ``iterations`` 0); errors are NaN for modes beyond the stability
+    interval.
+
+    Raises
+    ------
+    InputError
+        If ``scales`` names a class ``stiffness`` does not have, or no mode is above ``min_wavenumber``.
+    """
+    splitting = get_splitting(splitting)
+    h = positive_float(step, u.picosecond, "step")
+    _check_known(stiffness.classes, scales)
+    names = [term_class.name for term_class in stiffness.classes]
+    exact_squared = stiffness.normal_modes[0]
+    omega, fitted = _fitted_modes(exact_squared, min_wavenumber)
+    target = h * omega[fitted]
+
+    def errors_and_variance_ratios(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = h * np.sqrt(np.clip(values[fitted], 0.0, None))
+        ratios = np.array([w * w / (y * y) * sampled_variance_ratio(splitting, y) for w, y in zip(target, x)])
+        return 100.0 * (phase(splitting, x) / target - 1.0), ratios
+
+    played = np.linalg.eigvalsh(stiffness.scaled([scales.get(name, 1.0) for name in names]))
+    (before, ratios_before), (after, ratios_after) = map(errors_and_variance_ratios, (exact_squared, played))
+    return FrequencyMatch(splitting.name, h, {name: float(scales.get(name, 1.0)) for name in names},
+                          omega[fitted] / (2 * np.pi * LIGHT_SPEED), before, after, ratios_before, ratios_after,
+                          float("nan"), min_wavenumber, 0)

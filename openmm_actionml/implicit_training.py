@@ -89,6 +89,9 @@ class ImplicitTrainingOptions(OptimisationOptions):
         if self.baseline is not None:
             raise InputError("scheme B is trained against the data's own force field; a baseline force field is a "
                              "scheme-A option (leave --implicit out).")
+        if self.force_constants:
+            raise InputError("learned force constants are a scheme-A correction; scheme B learns a network (leave "
+                             "--implicit or --force-constants out).")
         get_implicit_scheme(self.scheme)
         self.solver_settings()
         if self.predictor_forces is None:

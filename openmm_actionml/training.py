@@ -33,6 +33,7 @@ from .errors import ActionMLError, InputError, SimulationInstabilityError
 from .examples import build_baseline
 from .kicks import KickPotential
 from .modelfile import ModelMetadata, export_model
+from .force_constant_correction import ForceConstantCorrection
 from .network import build_network, check_cutoff_fits
 from .nve_gate import GateOptions, GateResult, run_gate
 from .openmm_potential import OpenMMPotential
@@ -79,6 +80,10 @@ class OptimisationOptions:
         Seeds torch and the data sampling.
     network
         Options passed to :func:`openmm_actionml.network.build_network`.
+    force_constants
+        Learn one factor per class of harmonic term and head
+        (:class:`~openmm_actionml.force_constant_correction.ForceConstantCorrection`) instead of a network; anchored
+        scheme A only.
     force_field_platform
         OpenMM platform of V inside training (forces, Hessian-vector products, energies, the gate). Reference
         (default) is double precision; CPU is faster for hundreds of atoms, with single-precision forces that make
@@ -101,6 +106,7 @@ class OptimisationOptions:
     patience: int = 3
     seed: int = 0
     network: dict = field(default_factory=dict)
+    force_constants: bool = False
     force_field_platform: str = "Reference"
 
     def __post_init__(self) -> None:
@@ -119,6 +125,9 @@ class OptimisationOptions:
         if self.energy_matching < 0 or (self.energy_matching > 0 and self.force_matching <= 0):
             raise InputError(f"energy_matching ({self.energy_matching}) must be zero or positive, and positive only "
                              f"with force_matching > 0: it weights the energy part of the tie to the force field.")
+        if self.force_constants and not self.anchored:
+            raise InputError("learned force constants scale the force field's terms; pure-ML kicks have none. Train "
+                             "anchored kicks, or a network.")
         if self.energy_matching > 0 and min(self.batch_size, self.pretrain_batch_size) < 2:
             raise InputError("energy matching compares energy differences within a batch; use batch sizes of at "
                              "least 2.")
@@ -246,11 +255,14 @@ class Trainer:
         self.kick_system = system if options.baseline is None else baseline_system(dataset, system, options.baseline)
         self.kick_potential = self.potential if options.baseline is None else \
             OpenMMPotential(self.kick_system, platform=options.force_field_platform, nonfinite="nan")
-        excluded = None if self.constraints is None else self.constraints.pairs.tolist()
-        self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
-                                     excluded_pairs=excluded, **options.network).double()
-        if dataset.box is not None:
-            check_cutoff_fits(self.network.config.cutoff, dataset.box)
+        if options.force_constants:
+            self.network = ForceConstantCorrection(self.kick_system, dataset.elements, n_heads)
+        else:
+            excluded = None if self.constraints is None else self.constraints.pairs.tolist()
+            self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
+                                         excluded_pairs=excluded, **options.network).double()
+            if dataset.box is not None:
+                check_cutoff_fits(self.network.config.cutoff, dataset.box)
         self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
         #: Variance of V over the training frames (kJ/mol)^2: the energy-matching loss's unit, or None without
@@ -260,8 +272,10 @@ class Trainer:
         if options.energy_matching > 0 and not self.energy_scale:
             raise InputError("energy matching needs a dataset with potential energies of several distinct values; "
                              "generate the data with `actionml generate`, which records them.")
-        frames = self.windows(0, self.train_segments, 256)[0]
-        self.network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
+        if not options.force_constants:
+            frames = self.windows(0, self.train_segments, 256)[0]
+            self.network.fit_feature_scaling(frames[:, 0],
+                                             None if self.box is None else self.box.expand(len(frames), 3, 3))
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
         decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total_iterations, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)

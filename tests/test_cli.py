@@ -6,6 +6,7 @@ import pytest
 
 from openmm_actionml.cli import MODELS_DIR, main
 from openmm_actionml.dataset import ReferenceDataset
+from openmm_actionml.force_constant_correction import model_factors
 from openmm_actionml.modelfile import export_model, load_model
 from openmm_actionml.network import build_network
 
@@ -101,6 +102,8 @@ def test_evaluate_refuses_a_model_whose_network_is_off(tmp_path, capsys):
     (["generate", "alanine-dipeptide", "--segment-length", "0.0051"], "whole multiple"),
     (["train", "data.npz", "--step", "2", "--implicit", "gauss3", "--tied-heads", "--output", "b.pt"],
      "scheme B (--implicit) has no heads to tie"),
+    (["train", "data.npz", "--step", "2", "--implicit", "gauss3", "--force-constants", "--output", "b.pt"],
+     "--force-constants is a scheme-A correction"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -134,3 +137,15 @@ def test_train_scheme_b_from_the_command_line(tmp_path, capsys):
     meta = load_model(model).metadata
     assert meta.scheme == "B" and meta.implicit["name"] == "gauss3" and meta.recipe["system"]["input"] == "alanine-dipeptide"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_train_force_constants_prints_the_factors(tmp_path, capsys):
+    dataset = tmp_path / "flex.npz"
+    assert main(["generate", "alanine-dipeptide", "--record-every", "2", *TINY, "--output", str(dataset)]) == 0
+    model = tmp_path / "factors.pt"
+    assert main(["train", str(dataset), "--step", "2", "--splitting", "S2", "--force-constants", "--tied-heads",
+                 "--curriculum", "1", "--iterations", "3", "--eval-every", "1", "--gate-trajectories", "2",
+                 "--gate-duration", "0.02", "--candidate", "k=1", "--output", str(model)]) == 0
+    factors = model_factors(load_model(model))
+    printed = capsys.readouterr().out
+    assert len(factors) == 1 and f"angle C-N-H {factors[0]['angle C-N-H']:.4f}" in printed

@@ -25,7 +25,7 @@ from openmm_actionml.kicks import KickPotential
 from openmm_actionml.modelfile import ActionMLModel, ModelMetadata, export_model, load_model
 from openmm_actionml.network import build_network
 from openmm_actionml.openmm_potential import OpenMMPotential
-from openmm_actionml.splitting import SplittingStepper, get_splitting
+from openmm_actionml.splitting import Splitting, SplittingStepper, get_splitting
 from openmm_actionml.systems import PreparedSystem
 from toy_systems import ToyNetwork
 
@@ -46,19 +46,24 @@ class Scaled(torch.nn.Module):
         return self.factor * self.network(q, box)
 
 
-def metadata_for(system: mm.System, topology: app.Topology, h: float, anchored: bool = True) -> ModelMetadata:
+def metadata_for(system: mm.System, topology: app.Topology, h: float, anchored: bool = True,
+                 splitting: Optional[Splitting] = None, network: Optional[dict] = None) -> ModelMetadata:
     masses = [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
     constraints = [[i, j, d.value_in_unit(u.nanometer)]
                    for i, j, d in (system.getConstraintParameters(k) for k in range(system.getNumConstraints()))]
-    return ModelMetadata(scheme="A", step=h, splitting=get_splitting("T3").to_dict(), anchored=anchored,
+    return ModelMetadata(scheme="A", step=h, splitting=(splitting or get_splitting("T3")).to_dict(), anchored=anchored,
                          elements=[atom.element.symbol for atom in topology.atoms()], masses=masses,
-                         constraints=constraints, periodic=False, network={"kind": "toy"}, temperature=300.0,
+                         constraints=constraints, periodic=False, network=network or {"kind": "toy"}, temperature=300.0,
                          system_name="test system")
 
 
-def make_model(path: Path, network: torch.nn.Module, prepared: PreparedSystem, anchored: bool = True) -> ActionMLModel:
+def make_model(path: Path, network: torch.nn.Module, prepared: PreparedSystem, anchored: bool = True,
+               splitting: Optional[Splitting] = None) -> ActionMLModel:
+    """An exported model of ``network`` for ``prepared`` (T3 unless ``splitting`` is given); its metadata describe
+    the network by its ``config_dict()`` if it has one."""
     h = H_CONSTRAINED if prepared.system.getNumConstraints() else H_FLEXIBLE
-    export_model(network, metadata_for(prepared.system, prepared.topology, h, anchored), path)
+    config = network.config_dict() if hasattr(network, "config_dict") else None
+    export_model(network, metadata_for(prepared.system, prepared.topology, h, anchored, splitting, config), path)
     return load_model(path)
 
 

@@ -1,0 +1,142 @@
+"""The force-constant correction: the torch energy against OpenMM's scaled force field, and its training end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
+import openmm as mm
+
+from openmm_actionml.errors import InputError
+from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, with_learned_factors
+from openmm_actionml.frequency_matching import harmonic_term_classes, with_scaled_force_constants
+from openmm_actionml.implicit_training import ImplicitTrainingOptions
+from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from openmm_actionml.modelfile import load_model
+from openmm_actionml.splitting import get_splitting, with_tied_heads
+from openmm_actionml.systems import topology_elements
+from openmm_actionml.training import TrainingOptions, train
+
+from conftest import platform_params
+from test_integrator import N_STEPS, TOLERANCE, assert_matches_torch, make_context, make_model, state
+from test_training import tiny_dataset, tiny_options  # noqa: F401  (a fixture and its options)
+
+#: Both sides are double precision and the same sums of the same terms, so they agree to round-off of the
+#: largest energies summed (hundreds of kJ/mol at 1e-16); this is far above that and far below any real mismatch.
+ENERGY_TOLERANCE = 1e-8  # kJ/mol
+FORCE_TOLERANCE = 1e-7  # kJ/mol/nm
+
+
+def energy_and_forces(system: mm.System, positions: np.ndarray) -> tuple[float, np.ndarray]:
+    context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True)
+    return (state.getPotentialEnergy().value_in_unit(mm.unit.kilojoule_per_mole),
+            state.getForces(asNumpy=True).value_in_unit(mm.unit.kilojoule_per_mole / mm.unit.nanometer))
+
+
+def random_correction(prepared, n_heads: int = 2) -> ForceConstantCorrection:
+    """A correction of ``prepared``'s force field with factors drawn around 1 (log-normal, 20 %)."""
+    correction = ForceConstantCorrection(prepared.system, topology_elements(prepared.topology), n_heads)
+    with torch.no_grad():
+        correction.log_scales.copy_(torch.as_tensor(np.random.default_rng(0).normal(0.0, 0.2, (len(
+            correction.class_names), n_heads))))
+    return correction
+
+
+@pytest.mark.parametrize("prepared", ["alanine", "alanine_hbonds"])
+def test_each_head_is_the_scaled_force_field_less_the_force_field(prepared, request):
+    """dW_k at displaced configurations equals V with each class's force constants times s_ck less V, in energy and
+    forces, as OpenMM computes both."""
+    prepared = request.getfixturevalue(prepared)
+    system, elements = prepared.system, topology_elements(prepared.topology)
+    correction = random_correction(prepared)
+    rng = np.random.default_rng(1)
+    configurations = np.asarray(prepared.positions.value_in_unit(mm.unit.nanometer))[None] + \
+        rng.normal(0.0, 0.01, (3, system.getNumParticles(), 3))
+    q = torch.as_tensor(configurations).requires_grad_(True)
+    energies = correction(q)
+    classes = harmonic_term_classes(system, elements)
+    for head, factors in enumerate(correction.factors()):
+        (gradient,) = torch.autograd.grad(energies[:, head].sum(), q, retain_graph=True)
+        scaled = with_scaled_force_constants(system, classes, factors)
+        for b, positions in enumerate(configurations):
+            energy, forces = energy_and_forces(scaled, positions)
+            energy_ff, forces_ff = energy_and_forces(system, positions)
+            assert energies[b, head].item() == pytest.approx(energy - energy_ff, abs=ENERGY_TOLERANCE)
+            np.testing.assert_allclose(-gradient[b].numpy(), forces - forces_ff, rtol=0, atol=FORCE_TOLERANCE)
+
+
+@pytest.mark.parametrize("platform", platform_params())
+def test_the_openmm_integrator_steps_as_the_torch_stepper(tmp_path, systems, platform):
+    """Exported into the TorchForce, the correction gives the OpenMM program the torch stepper's trajectory (T3 at
+    8 fs with HBonds, two heads), to the tolerance each platform's precision allows (test_integrator)."""
+    correction = random_correction(systems[True])
+    model = make_model(tmp_path / "factors.pt", correction, systems[True])
+    assert_matches_torch(model, correction, systems[True], platform, TOLERANCE[platform])
+
+
+def test_a_tied_model_is_its_splitting_on_the_scaled_system(tmp_path, systems):
+    """The classical splitting on with_learned_factors' System steps as the model's own integrator (TorchForce),
+    to the Reference tolerance of test_integrator (constraints at 1e-10 on both sides)."""
+    prepared = systems[True]
+    correction = random_correction(prepared, n_heads=1)
+    model = make_model(tmp_path / "tied.pt", correction, prepared, splitting=with_tied_heads(get_splitting("T3")))
+    h = model.metadata.step
+    learned = make_context(add_learned_force(prepared.system, model), ActionMLIntegrator(model), prepared.positions)
+    baked = make_context(with_learned_factors(prepared.system, model), SplittingIntegrator("T3", h),
+                         prepared.positions)
+    q0, v0 = state(learned)
+    baked.setPositions(q0)
+    baked.setVelocities(v0)
+    for context in (learned, baked):
+        context.getIntegrator().step(N_STEPS)
+    (q, v), (q_baked, v_baked) = state(learned), state(baked)
+    assert np.abs(q_baked - q).max() / np.abs(q - q0).max() < TOLERANCE["Reference"]
+    assert np.abs(v_baked - v).max() / np.abs(v).max() < TOLERANCE["Reference"]
+    two_heads = make_model(tmp_path / "two.pt", random_correction(prepared), prepared)
+    with pytest.raises(InputError, match="one set of factors per kick potential"):
+        with_learned_factors(prepared.system, two_heads)
+
+
+def test_it_starts_at_the_force_field(alanine):
+    correction = ForceConstantCorrection(alanine.system, topology_elements(alanine.topology), n_heads=1)
+    q = torch.as_tensor(np.asarray(alanine.positions.value_in_unit(mm.unit.nanometer)))[None]
+    assert correction(q).abs().max().item() == 0.0
+    assert set(correction.factors()[0].values()) == {1.0}
+
+
+def test_training_exports_factors_that_run_in_openmm(tiny_dataset, tmp_path, alanine):  # noqa: F811
+    """The trained factors moved from 1, the model file says what they are, and the OpenMM integrator steps with
+    them (its TorchForce is checked against the torch stepper for any exported correction in test_integrator)."""
+    output = tmp_path / "factors.pt"
+    train(tiny_dataset, None, tiny_options(force_constants=True, tied_heads=True), output, progress=False)
+    model = load_model(output)
+    classes = [c.name for c in harmonic_term_classes(alanine.system, topology_elements(alanine.topology))]
+    assert model.metadata.network == {"kind": KIND, "classes": classes, "n_heads": 1}
+    log_scales = model.network.log_scales.detach()
+    assert log_scales.shape == (len(classes), 1) and log_scales.abs().max().item() > 0.0
+    system = add_learned_force(alanine.system, model)
+    integrator = ActionMLIntegrator(model)
+    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(alanine.positions)
+    integrator.step(5)
+    assert np.isfinite(context.getState(getPositions=True).getPositions(asNumpy=True)._value).all()
+
+
+def test_refusals(alanine):
+    with pytest.raises(InputError, match="pure-ML kicks have none"):
+        TrainingOptions(step=0.002, anchored=False, force_matching=1.0, force_constants=True)
+    with pytest.raises(InputError, match="scheme-A correction"):
+        ImplicitTrainingOptions(step=0.002, force_constants=True)
+    periodic = mm.System()
+    periodic.addParticle(12.0)
+    periodic.addParticle(12.0)
+    bonds = mm.HarmonicBondForce()
+    bonds.addBond(0, 1, 0.15, 1000.0)
+    bonds.setUsesPeriodicBoundaryConditions(True)
+    periodic.addForce(bonds)
+    with pytest.raises(InputError, match="needs whole molecules"):
+        ForceConstantCorrection(periodic, ["C", "C"], n_heads=1)
+    periodic.removeForce(0)
+    with pytest.raises(InputError, match="no HarmonicBondForce or HarmonicAngleForce"):
+        ForceConstantCorrection(periodic, ["C", "C"], n_heads=1)
