@@ -20,6 +20,11 @@ mode ``u`` the linearised step's ``u``-block ``[[A, B], [C, D]]`` is fitted to t
 ``30 + k`` (:class:`HeadGroupsIntegrator`, an experiment of this benchmark). ``fit.md`` then sets each head's
 curvature along the fastest modes beside the learned model's heads (linearised at the same minimum).
 
+A model trained with ``--force-constants`` has its learned factors set beside the fitted ones: as a column of the
+tables (one head), or as a section like the two-head fit's (several heads). With ``--learned`` a tied one also runs
+baked into the System (:func:`~openmm_actionml.force_constant_correction.with_learned_factors`), the same step at the
+classical splitting's cost.
+
 Usage::
 
     python benchmarks/frequency_matched.py [--model models/alanine-t3-8fs.pt] [--ridge 0.1 0.3] [--two-head 0.1]
@@ -44,8 +49,9 @@ from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import Candidate, EnsembleOptions
 from openmm_actionml.evaluate import evaluate, standard_candidates
 from openmm_actionml.examples import build_training_system
+from openmm_actionml.force_constant_correction import KIND as FORCE_CONSTANTS, model_factors, with_learned_factors
 from openmm_actionml.frequency_matching import ClassStiffness, FrequencyMatch, TermClass, along, class_stiffness, \
-    fit_frequency_match, levenberg_marquardt, with_scaled_force_constants
+    fit_frequency_match, levenberg_marquardt, played_with, with_scaled_force_constants
 from openmm_actionml.integrator import SplittingIntegrator
 from openmm_actionml.linear_stability import LIGHT_SPEED, force_field_gradient, force_field_hessian, \
     learned_kick_stiffnesses, minimised, step_matrix, vibration_basis
@@ -134,9 +140,10 @@ def head_curvatures(stiffness: ClassStiffness, heads: list[np.ndarray]) -> list[
     return [along(head, modes) / squared[-COMPARED_MODES:] for head in heads]
 
 
-def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, ridge: float,
+def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, title: str,
                     factors: np.ndarray, learned: list[np.ndarray], min_wavenumber: float) -> str:
-    """``fit.md``'s section on the two-head fit: factors, phase and variance errors, heads beside the model's."""
+    """``fit.md``'s section on factors per class and head (``factors`` [heads, classes], e.g. the two-head fit):
+    factors, phase and variance errors, heads beside the model's."""
     squared, vectors = stiffness.normal_modes
     omega = np.sqrt(np.clip(squared, 0.0, None))
     fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
@@ -145,7 +152,7 @@ def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, r
     a, b, c = mode_blocks(matrix, vectors[:, fitted])
     phase_error = 100.0 * (np.arccos(np.clip(a, -1, 1)) / (h * omega[fitted]) - 1.0)
     variance = b / -c * omega[fitted] ** 2
-    lines = ["", f"## Two heads (ridge {ridge:g}): phase and amplitude", "",
+    lines = ["", f"## {title}", "",
              "| class | " + " | ".join(f"head {k}" for k in range(len(factors))) + " |",
              "|---|" + "---|" * len(factors)]
     for index, term_class in enumerate(stiffness.classes):
@@ -156,17 +163,22 @@ def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, r
               f"{np.abs(np.linalg.eigvals(matrix)).max():.6f}.", "",
               f"Each kick's curvature along the {COMPARED_MODES} fastest exact modes, over the force field's "
               f"(fastest last):", "", "| kicks | curvature ratio |", "|---|---|"]
-    rows = [(f"two-head fit, head {k}", ratio) for k, ratio in enumerate(head_curvatures(stiffness, heads))]
+    rows = [(f"these factors, head {k}", ratio) for k, ratio in enumerate(head_curvatures(stiffness, heads))]
     rows += [(f"learned model, head {k}", ratio) for k, ratio in enumerate(head_curvatures(stiffness, learned))]
     lines += [f"| {name} | {' '.join(f'{value:.3f}' for value in ratio)} |" for name, ratio in rows]
     return "\n".join(lines) + "\n"
+
+
+def column_label(match: FrequencyMatch) -> str:
+    """A fit's column, ``ridge R``, or ``learned`` for factors read from a model (:func:`played_with`)."""
+    return "learned" if np.isnan(match.ridge) else f"ridge {match.ridge:g}"
 
 
 def fit_report(matches: list[FrequencyMatch], temperature: float, command: str) -> str:
     """``fit.md``: the factors by class, then each fitted mode's error and position-variance ratio."""
     kT = BOLTZMANN * temperature
     first = matches[0]
-    head = " | ".join(f"ridge {m.ridge:g}" for m in matches)
+    head = " | ".join(column_label(m) for m in matches)
     lines = [f"# Frequency match of {first.splitting} at {first.step * 1000:g} fs", "", f"`{command}`", "",
              f"Force-constant factor by class (modes above {first.min_wavenumber:g} cm^-1 fitted):", "",
              f"| class | {head} |", "|---|" + "---|" * len(matches)]
@@ -181,7 +193,7 @@ def fit_report(matches: list[FrequencyMatch], temperature: float, command: str) 
               f"| predicted potential-energy excess, kT/2 per mode times (ratio - 1) (kJ/mol) | "
               f"{0.5 * kT * (first.variance_ratio_before - 1).sum():+.2f} | "
               + " | ".join(f"{0.5 * kT * (m.variance_ratio_after - 1).sum():+.2f}" for m in matches) + " |",
-              "", "Per mode: frequency error (%) and position variance over the exact one, unscaled then per ridge:",
+              "", "Per mode: frequency error (%) and position variance over the exact one, unscaled then per column:",
               "", "| mode (cm^-1) | unscaled | " + head + " |", "|---|---|" + "---|" * len(matches)]
     for index in reversed(range(len(first.wavenumbers))):
         cells = [f"{first.error_before[index]:+.2f}, {first.variance_ratio_before[index]:.3f}"]
@@ -200,8 +212,9 @@ def plot_fit(matches: list[FrequencyMatch], path: Path) -> None:
     top.plot(first.wavenumbers, first.error_before, "o-", label=f"{first.splitting} unscaled")
     bottom.plot(first.wavenumbers, first.variance_ratio_before, "o-", label=f"{first.splitting} unscaled")
     for match in matches:
-        top.plot(match.wavenumbers, match.error_after, "s-", label=f"matched, ridge {match.ridge:g}")
-        bottom.plot(match.wavenumbers, match.variance_ratio_after, "s-", label=f"matched, ridge {match.ridge:g}")
+        label = "learned factors" if np.isnan(match.ridge) else f"matched, {column_label(match)}"
+        top.plot(match.wavenumbers, match.error_after, "s-", label=label)
+        bottom.plot(match.wavenumbers, match.variance_ratio_after, "s-", label=label)
     top.axhline(0.0, color="k", lw=0.5)
     bottom.axhline(1.0, color="k", lw=0.5)
     top.set_ylabel("played frequency error (%)")
@@ -247,7 +260,14 @@ def main() -> None:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/frequency_matched.py " + " ".join(sys.argv[1:])
-    report = fit_report(matches, temperature, command)
+    learned_factors = model_factors(model) if meta.network.get("kind") == FORCE_CONSTANTS else []
+    columns = matches + [played_with(stiffness, splitting, h, factors, args.min_wavenumber)
+                         for factors in learned_factors if len(learned_factors) == 1]
+    report = fit_report(columns, temperature, command)
+    if len(learned_factors) > 1:
+        report += two_head_report(stiffness, splitting, h, f"Learned factors of {model.path.name}, per class and head",
+                                  np.array([[head[c.name] for c in classes] for head in learned_factors]), [],
+                                  args.min_wavenumber)
     head_factors = []
     if args.two_head:
         masses = particle_masses(system)
@@ -256,15 +276,16 @@ def main() -> None:
                                            force_field_hessian(system, minimum)) if meta.anchored else []
         for ridge in args.two_head:
             head_factors.append(fit_head_factors(stiffness, splitting, h, ridge, args.min_wavenumber))
-            report += two_head_report(stiffness, splitting, h, ridge, head_factors[-1], learned, args.min_wavenumber)
+            report += two_head_report(stiffness, splitting, h, f"Two heads (ridge {ridge:g}): phase and amplitude",
+                                      head_factors[-1], learned, args.min_wavenumber)
     with atomic_path(output / "fit.md", overwrite=True) as tmp:
         tmp.write_text(report)
     with atomic_path(output / "fit.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"matches": [match.to_dict() for match in matches],
+        tmp.write_text(json.dumps({"matches": [match.to_dict() for match in matches], "learned": learned_factors,
                                    "two_head": [{"ridge": ridge, "factors": {c.name: factors[:, i].tolist()
                                                                              for i, c in enumerate(classes)}}
                                                 for ridge, factors in zip(args.two_head, head_factors)]}, indent=1))
-    plot_fit(matches, output / "fit.png")
+    plot_fit(columns, output / "fit.png")
     print((output / "fit.md").read_text(), flush=True)
 
     rows = [row for row in standard_candidates(prepared, model)
@@ -278,6 +299,10 @@ def main() -> None:
         rows.insert(1 + len(matches) + offset, Candidate(
             f"{splitting.name} two-head matched (ridge {ridge:g}) {h * 1000:g} fs", h,
             head_system(system, classes, factors), lambda: HeadGroupsIntegrator(splitting, h), energy_system=system))
+    if len(learned_factors) == 1 and args.learned:
+        rows.insert(1 + len(matches) + len(head_factors), Candidate(
+            f"{splitting.name} learned factors, baked {h * 1000:g} fs", h, with_learned_factors(system, model),
+            lambda: SplittingIntegrator(splitting, h), energy_system=system))
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h,
                               correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))
     results = evaluate(prepared, model, options, rows, platform=args.platform, seed=args.seed,
