@@ -7,7 +7,10 @@ import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's l
 import openmm as mm
 
 from openmm_actionml.errors import InputError
-from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, with_learned_factors
+from openmm_actionml.cli import MODELS_DIR
+from openmm_actionml.examples import build_training_system
+from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, model_factors, \
+    with_learned_factors
 from openmm_actionml.frequency_matching import harmonic_term_classes, with_scaled_force_constants
 from openmm_actionml.implicit_training import ImplicitTrainingOptions
 from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
@@ -140,3 +143,21 @@ def test_refusals(alanine):
     periodic.removeForce(0)
     with pytest.raises(InputError, match="no HarmonicBondForce or HarmonicAngleForce"):
         ForceConstantCorrection(periodic, ["C", "C"], n_heads=1)
+
+
+@pytest.mark.parametrize("name", ["alanine-t3-8fs-factors.pt", "villin-t3-8fs-factors.pt"])
+def test_shipped_factor_models_bake_into_their_systems(name):
+    """Each shipped force-constant model has one factor for every class of its system's harmonic terms, and its
+    factors go into the System it was trained on."""
+    model = load_model(MODELS_DIR / name)
+    prepared = build_training_system(model.metadata.recipe)
+    classes = harmonic_term_classes(prepared.system, topology_elements(prepared.topology))
+    (factors,) = model_factors(model)
+    assert list(factors) == [c.name for c in classes]
+    baked = with_learned_factors(prepared.system, model)
+    force = baked.getForce(classes[0].force_index)
+    original = prepared.system.getForce(classes[0].force_index)
+    term = classes[0].terms[0]
+    scaled_k, k = (f.getAngleParameters(term)[-1] if isinstance(f, mm.HarmonicAngleForce) else
+                   f.getBondParameters(term)[-1] for f in (force, original))
+    assert scaled_k / k == pytest.approx(factors[classes[0].name], rel=1e-12)
