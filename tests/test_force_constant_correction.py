@@ -21,7 +21,7 @@ from openmm_actionml.training import TrainingOptions, train
 
 from conftest import platform_params
 from test_integrator import N_STEPS, TOLERANCE, assert_matches_torch, make_context, make_model, state
-from test_training import tiny_dataset, tiny_options  # noqa: F401  (a fixture and its options)
+from test_training import assert_steps_in_openmm, tiny_dataset, tiny_options  # noqa: F401  (a fixture)
 
 #: Both sides are double precision and the same sums of the same terms, so they agree to round-off of the
 #: largest energies summed (hundreds of kJ/mol at 1e-16); this is far above that and far below any real mismatch.
@@ -118,12 +118,7 @@ def test_training_exports_factors_that_run_in_openmm(tiny_dataset, tmp_path, ala
     assert model.metadata.network == {"kind": KIND, "classes": classes, "n_heads": 1}
     log_scales = model.network.log_scales.detach()
     assert log_scales.shape == (len(classes), 1) and log_scales.abs().max().item() > 0.0
-    system = add_learned_force(alanine.system, model)
-    integrator = ActionMLIntegrator(model)
-    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("Reference"))
-    context.setPositions(alanine.positions)
-    integrator.step(5)
-    assert np.isfinite(context.getState(getPositions=True).getPositions(asNumpy=True)._value).all()
+    assert_steps_in_openmm(model, alanine)
 
 
 def test_refusals(alanine):

@@ -35,6 +35,16 @@ def tiny_options(**changes) -> TrainingOptions:
     return TrainingOptions(**options)
 
 
+def assert_steps_in_openmm(model, prepared, steps: int = 5) -> None:
+    """The model's OpenMM integrator takes ``steps`` steps on Reference from ``prepared``'s positions, finite."""
+    integrator = ActionMLIntegrator(model)
+    context = mm.Context(add_learned_force(prepared.system, model), integrator,
+                         mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(prepared.positions)
+    integrator.step(steps)
+    assert np.isfinite(context.getState(getPositions=True).getPositions(asNumpy=True)._value).all()
+
+
 def test_train_exports_a_model_whose_network_is_on(tiny_dataset, tmp_path):
     output = tmp_path / "model.pt"
     report = train(tiny_dataset, None, tiny_options(), output, progress=False)
@@ -60,12 +70,7 @@ def test_tied_heads_export_one_head_for_every_kick(tiny_dataset, tmp_path, alani
     assert splitting.n_heads == 1 and [s.head for s in splitting.stages if s.kind == "kick"] == [0, 0, 0]
     q = torch.as_tensor(tiny_dataset.positions[0, :1]).to(next(model.network.parameters()).dtype)
     assert model.network(q, None).shape[-1] == 1
-    system = add_learned_force(alanine.system, model)
-    integrator = ActionMLIntegrator(model)
-    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("Reference"))
-    context.setPositions(alanine.positions)
-    integrator.step(5)
-    assert np.isfinite(context.getState(getPositions=True).getPositions(asNumpy=True)._value).all()
+    assert_steps_in_openmm(model, alanine)
 
 
 def test_gate_refusal_writes_nothing(tiny_dataset, tmp_path):
