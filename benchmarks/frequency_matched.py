@@ -261,8 +261,8 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/frequency_matched.py " + " ".join(sys.argv[1:])
     learned_factors = model_factors(model) if meta.network.get("kind") == FORCE_CONSTANTS else []
-    columns = matches + [played_with(stiffness, splitting, h, factors, args.min_wavenumber)
-                         for factors in learned_factors if len(learned_factors) == 1]
+    columns = matches + ([played_with(stiffness, splitting, h, learned_factors[0], args.min_wavenumber)]
+                         if len(learned_factors) == 1 else [])
     report = fit_report(columns, temperature, command)
     if len(learned_factors) > 1:
         report += two_head_report(stiffness, splitting, h, f"Learned factors of {model.path.name}, per class and head",
