@@ -179,7 +179,8 @@ def add_train(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--force-constants", action="store_true",
                         help="learn one factor per class of harmonic bond and angle term (by element) and kick "
                              "potential instead of a network: the kicks use the force field with those force "
-                             "constants scaled (anchored scheme A only)")
+                             "constants scaled (anchored scheme A only; the shipped *-factors models add --tied-heads "
+                             "--energy-penalty 0, docs/benchmarks/learned-force-constants-t3-8fs)")
     parser.add_argument("--implicit", choices=["gauss3", "gauss2", "midpoint"],
                         help="train scheme B (implicit midpoint generating function) with these nodes, by gradient "
                              "matching, instead of scheme A; flexible systems only")
