@@ -51,9 +51,9 @@ from openmm_actionml.evaluate import evaluate, standard_candidates
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import KIND as FORCE_CONSTANTS, model_factors, with_learned_factors
 from openmm_actionml.frequency_matching import ClassStiffness, FrequencyMatch, TermClass, along, class_stiffness, \
-    fit_frequency_match, levenberg_marquardt, played_with, with_scaled_force_constants
+    fit_frequency_match, fitted_modes, levenberg_marquardt, played_with, with_scaled_force_constants
 from openmm_actionml.integrator import SplittingIntegrator
-from openmm_actionml.linear_stability import LIGHT_SPEED, force_field_gradient, force_field_hessian, \
+from openmm_actionml.linear_stability import force_field_gradient, force_field_hessian, \
     learned_kick_stiffnesses, minimised, step_matrix, vibration_basis
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure, write_report
@@ -113,8 +113,7 @@ def fit_head_factors(stiffness: ClassStiffness, splitting: Splitting, h: float, 
     """Factors [heads, classes] whose linearised step reproduces the exact flow along each mode above
     ``min_wavenumber`` (entries in percent, plus ``100 ridge (s - 1)``; Jacobian by forward differences)."""
     squared, vectors = stiffness.normal_modes
-    omega = np.sqrt(np.clip(squared, 0.0, None))
-    fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
+    omega, fitted = fitted_modes(squared, min_wavenumber)
     modes, w = vectors[:, fitted], omega[fitted]
     n = len(stiffness.classes)
 
@@ -145,8 +144,7 @@ def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, t
     """``fit.md``'s section on factors per class and head (``factors`` [heads, classes], e.g. the two-head fit):
     factors, phase and variance errors, heads beside the model's."""
     squared, vectors = stiffness.normal_modes
-    omega = np.sqrt(np.clip(squared, 0.0, None))
-    fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
+    omega, fitted = fitted_modes(squared, min_wavenumber)
     heads = [stiffness.scaled(row) for row in factors]
     matrix = step_matrix(splitting, h, heads)
     a, b, c = mode_blocks(matrix, vectors[:, fitted])

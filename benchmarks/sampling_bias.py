@@ -26,8 +26,7 @@ import numpy as np
 from amoeba_water import TEMPERATURE, amoeba_water
 from openmm_actionml.atomic import atomic_path
 from openmm_actionml.ensemble import read_starts
-from openmm_actionml.linear_stability import (LIGHT_SPEED, constraint_curvature, force_field_gradient,
-                                              force_field_hessian, minimised, projected, sampled_variance_ratio,
+from openmm_actionml.linear_stability import (LIGHT_SPEED, constrained_stiffness, minimised, sampled_variance_ratio,
                                               vibration_basis)
 from openmm_actionml.report import save_figure
 from openmm_actionml.splitting import SPLITTINGS
@@ -50,9 +49,8 @@ def mode_frequencies(system, positions: np.ndarray) -> np.ndarray:
     """The angular frequencies (rad/ps, ascending) of the constrained, mass-weighted Hessian at ``positions``;
     negative values stand for imaginary frequencies."""
     masses = particle_masses(system)
-    gradient = force_field_gradient(system, positions)
-    hessian = force_field_hessian(system, positions) - constraint_curvature(system, positions, gradient)
-    eigenvalues = np.linalg.eigvalsh(projected(hessian, masses, vibration_basis(system, positions, masses)))
+    eigenvalues = np.linalg.eigvalsh(constrained_stiffness(system, positions, masses,
+                                                           vibration_basis(system, positions, masses)))
     return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues))
 
 

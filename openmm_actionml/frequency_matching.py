@@ -10,7 +10,7 @@ the relative frequency error (%) of every mode above ``min_wavenumber``, plus a 
 per class that keeps the factors the modes do not pin near 1; :func:`with_scaled_force_constants` applies them.
 
 The stiffness on the constraint manifold is affine in the factors: each class's Hessian enters linearly, and so
-does its gradient, through the constraint multipliers (:func:`~openmm_actionml.linear_stability.constraint_curvature`).
+does its gradient, through the constraint multipliers (:func:`~openmm_actionml.linear_stability.constrained_stiffness`).
 Each class's part is therefore computed once, from a System that holds that class alone, and every iteration of
 the fit costs one eigendecomposition, with the derivatives of the eigenvalues from the eigenvectors.
 
@@ -36,22 +36,13 @@ import openmm as mm
 import openmm.unit as u
 
 from .errors import ActionMLConvergenceError, InputError
-from .linear_stability import (
-    LIGHT_SPEED,
-    constraint_curvature,
-    force_field_gradient,
-    force_field_hessian,
-    phase,
-    projected,
-    sampled_variance_ratio,
-    vibration_basis,
-)
+from .linear_stability import LIGHT_SPEED, constrained_stiffness, phase, sampled_variance_ratio, vibration_basis
 from .splitting import Splitting, get_splitting
 from .systems import particle_masses
 from .units import positive_float
 
 __all__ = ["TermClass", "ClassStiffness", "FrequencyMatch", "harmonic_term_classes", "with_scaled_force_constants",
-           "class_stiffness", "along", "levenberg_marquardt", "fit_frequency_match", "played_with"]
+           "class_stiffness", "along", "levenberg_marquardt", "fit_frequency_match", "played_with", "fitted_modes"]
 
 #: Relative change of the fit's cost below which Levenberg-Marquardt stops.
 COST_TOLERANCE = 1e-10
@@ -143,7 +134,7 @@ def _check_known(classes: Sequence[TermClass], scales: Mapping[str, float]) -> N
                          f"{', '.join(sorted(known))}); the factors were fitted for another system.")
 
 
-def _fitted_modes(exact_squared: np.ndarray, min_wavenumber: float) -> tuple[np.ndarray, np.ndarray]:
+def fitted_modes(exact_squared: np.ndarray, min_wavenumber: float) -> tuple[np.ndarray, np.ndarray]:
     """Angular frequencies (1/ps) of the exact modes and which are above ``min_wavenumber`` (cm^-1)."""
     omega = np.sqrt(np.clip(exact_squared, 0.0, None))
     fitted = omega > 2 * np.pi * LIGHT_SPEED * min_wavenumber
@@ -250,12 +241,9 @@ def class_stiffness(system: mm.System, elements: Sequence[str], positions: np.nd
     masses = particle_masses(system)
     basis = vibration_basis(system, positions, masses)
 
-    def stiffness(part: mm.System) -> np.ndarray:
-        gradient = force_field_gradient(part, positions)
-        return projected(force_field_hessian(part, positions) - constraint_curvature(system, positions, gradient),
-                         masses, basis)
-
-    return ClassStiffness(classes, stiffness(system), [stiffness(_class_system(system, c)) for c in classes])
+    return ClassStiffness(classes, constrained_stiffness(system, positions, masses, basis),
+                          [constrained_stiffness(system, positions, masses, basis, _class_system(system, c))
+                           for c in classes])
 
 
 def along(matrix: np.ndarray, modes: np.ndarray) -> np.ndarray:
@@ -332,7 +320,7 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     if ridge < 0:
         raise InputError(f"ridge must be zero or positive, got {ridge}.")
     exact_squared = stiffness.normal_modes[0]
-    omega, fitted = _fitted_modes(exact_squared, min_wavenumber)
+    omega, fitted = fitted_modes(exact_squared, min_wavenumber)
     target = h * omega[fitted]
 
     def eigenvalues(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -380,7 +368,7 @@ def played_with(stiffness: ClassStiffness, splitting: str | Splitting, step, sca
     _check_known(stiffness.classes, scales)
     names = [term_class.name for term_class in stiffness.classes]
     exact_squared = stiffness.normal_modes[0]
-    omega, fitted = _fitted_modes(exact_squared, min_wavenumber)
+    omega, fitted = fitted_modes(exact_squared, min_wavenumber)
     target = h * omega[fitted]
 
     def errors_and_variance_ratios(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,8 @@ velocities is then low by its inverse.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import openmm as mm
 import openmm.unit as u
@@ -134,6 +136,17 @@ def network_derivatives(model: ActionMLModel, positions: np.ndarray) -> list[tup
         hessian = torch.autograd.functional.hessian(head_energy(k), x).numpy()
         derivatives.append((gradient, 0.5 * (hessian + hessian.T)))  # float32 round-off breaks the symmetry
     return derivatives
+
+
+def constrained_stiffness(system: mm.System, positions: np.ndarray, masses: np.ndarray, basis: np.ndarray,
+                          terms: Optional[mm.System] = None) -> np.ndarray:
+    """The mass-weighted stiffness on ``basis`` of ``terms`` (a System of some of ``system``'s forces; default
+    ``system`` itself) at ``positions``: its Hessian less the curvature its gradient has on ``system``'s
+    constraints."""
+    terms = system if terms is None else terms
+    gradient = force_field_gradient(terms, positions)
+    return projected(force_field_hessian(terms, positions) - constraint_curvature(system, positions, gradient),
+                     masses, basis)
 
 
 def learned_kick_stiffnesses(model: ActionMLModel, system: mm.System, positions: np.ndarray, masses: np.ndarray,

@@ -255,15 +255,6 @@ class Trainer:
         self.kick_system = system if options.baseline is None else baseline_system(dataset, system, options.baseline)
         self.kick_potential = self.potential if options.baseline is None else \
             OpenMMPotential(self.kick_system, platform=options.force_field_platform, nonfinite="nan")
-        if options.force_constants:
-            self.network = ForceConstantCorrection(self.kick_system, dataset.elements, n_heads)
-        else:
-            excluded = None if self.constraints is None else self.constraints.pairs.tolist()
-            self.network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
-                                         excluded_pairs=excluded, **options.network).double()
-            if dataset.box is not None:
-                check_cutoff_fits(self.network.config.cutoff, dataset.box)
-        self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.train_segments, self.validation_segments = dataset.split(options.validation_fraction, options.seed)
         #: Variance of V over the training frames (kJ/mol)^2: the energy-matching loss's unit, or None without
         #: stored energies.
@@ -272,13 +263,26 @@ class Trainer:
         if options.energy_matching > 0 and not self.energy_scale:
             raise InputError("energy matching needs a dataset with potential energies of several distinct values; "
                              "generate the data with `actionml generate`, which records them.")
-        if not options.force_constants:
-            frames = self.windows(0, self.train_segments, 256)[0]
-            self.network.fit_feature_scaling(frames[:, 0],
-                                             None if self.box is None else self.box.expand(len(frames), 3, 3))
+        self.network = self.learned_correction(n_heads)
+        self.kicks = KickPotential(self.network, self.kick_forces if options.anchored else None, self.box)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=options.learning_rate)
         decay = (options.final_learning_rate / options.learning_rate) ** (1.0 / max(total_iterations, 1))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
+
+    def learned_correction(self, n_heads: int) -> torch.nn.Module:
+        """The learned dW, in double precision: force-constant factors on the kick force field's harmonic terms, or a
+        network bound to the data's particles with its feature scaling fitted on training frames."""
+        dataset, options = self.dataset, self.options
+        if options.force_constants:
+            return ForceConstantCorrection(self.kick_system, dataset.elements, n_heads)
+        excluded = None if self.constraints is None else self.constraints.pairs.tolist()
+        network = build_network(dataset.elements, n_heads=n_heads, periodic=self.box is not None,
+                                excluded_pairs=excluded, **options.network).double()
+        if dataset.box is not None:
+            check_cutoff_fits(network.config.cutoff, dataset.box)
+        frames = self.windows(0, self.train_segments, 256)[0]
+        network.fit_feature_scaling(frames[:, 0], None if self.box is None else self.box.expand(len(frames), 3, 3))
+        return network
 
     def reference_forces(self, q: torch.Tensor) -> torch.Tensor:
         """The data's force field V at ``q``."""
