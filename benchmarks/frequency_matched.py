@@ -57,7 +57,7 @@ from openmm_actionml.linear_stability import force_field_gradient, force_field_h
     learned_kick_stiffnesses, minimised, step_matrix, vibration_basis
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure, write_report
-from openmm_actionml.splitting import Splitting
+from openmm_actionml.splitting import Splitting, get_splitting
 from openmm_actionml.systems import constraint_pairs, particle_masses, topology_elements
 from openmm_actionml.units import BOLTZMANN
 
@@ -249,6 +249,7 @@ def main() -> None:
     prepared = build_training_system(meta.recipe)
     system, h, temperature = prepared.system, meta.step, meta.temperature
     splitting = meta.get_splitting()
+    untied = get_splitting(splitting.name)  # the two-head fit's heads, also for a model trained with --tied-heads
     elements = topology_elements(prepared.topology)
     minimum = minimised(system, prepared.positions)
     stiffness = class_stiffness(system, elements, minimum)
@@ -273,8 +274,8 @@ def main() -> None:
                                            force_field_gradient(system, minimum),
                                            force_field_hessian(system, minimum)) if meta.anchored else []
         for ridge in args.two_head:
-            head_factors.append(fit_head_factors(stiffness, splitting, h, ridge, args.min_wavenumber))
-            report += two_head_report(stiffness, splitting, h, f"Two heads (ridge {ridge:g}): phase and amplitude",
+            head_factors.append(fit_head_factors(stiffness, untied, h, ridge, args.min_wavenumber))
+            report += two_head_report(stiffness, untied, h, f"Two heads (ridge {ridge:g}): phase and amplitude",
                                       head_factors[-1], learned, args.min_wavenumber)
     with atomic_path(output / "fit.md", overwrite=True) as tmp:
         tmp.write_text(report)
@@ -296,7 +297,7 @@ def main() -> None:
     for offset, (ridge, factors) in enumerate(zip(args.two_head, head_factors)):
         rows.insert(1 + len(matches) + offset, Candidate(
             f"{splitting.name} two-head matched (ridge {ridge:g}) {h * 1000:g} fs", h,
-            head_system(system, classes, factors), lambda: HeadGroupsIntegrator(splitting, h), energy_system=system))
+            head_system(system, classes, factors), lambda: HeadGroupsIntegrator(untied, h), energy_system=system))
     if len(learned_factors) == 1 and args.learned:
         rows.insert(1 + len(matches) + len(head_factors), Candidate(
             f"{splitting.name} learned factors, baked {h * 1000:g} fs", h, with_learned_factors(system, model),
