@@ -22,8 +22,9 @@ reload_torch_plugins()
 
 __version__ = "0.1.0"
 
-from .integrator import ActionMLIntegrator, add_learned_force  # noqa: E402
+from .integrator import ActionMLIntegrator, add_learned_force, learned_step  # noqa: E402
 from .examples import with_baseline  # noqa: E402
 from .modelfile import ActionMLModel, export_model, load_model  # noqa: E402
 
-__all__ = ["ActionMLIntegrator", "ActionMLModel", "add_learned_force", "export_model", "load_model", "with_baseline"]
+__all__ = ["ActionMLIntegrator", "ActionMLModel", "add_learned_force", "export_model", "learned_step", "load_model",
+           "with_baseline"]

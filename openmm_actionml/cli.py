@@ -301,7 +301,8 @@ def add_run(subcommands: argparse._SubParsersAction) -> None:
         "run", help="run MD in OpenMM with a learned long-step integrator",
         description="Build the System (from INPUT, or the system the model was trained on), add the learned "
                     "force, minimise, draw velocities and run NVE (or NVT with --temperature) with the "
-                    "ActionMLIntegrator. Prints drift, per-element temperature and speed.")
+                    "ActionMLIntegrator; a model of learned force constants with tied heads runs baked into the "
+                    "System, with its classical splitting. Prints drift, per-element temperature and speed.")
     parser.add_argument("model", help="model file (.pt) from `actionml train` or models/")
     parser.add_argument("input", nargs="?", help="PDB file or bundled example (default: the model's training system)")
     parser.add_argument("--system-xml", help="a serialized System to run instead of INPUT (with --state-xml)")

@@ -22,7 +22,7 @@ from .errors import InputError
 from .frequency_matching import harmonic_term_classes, with_scaled_force_constants
 from .modelfile import ActionMLModel
 
-__all__ = ["ForceConstantCorrection", "KIND", "model_factors", "with_learned_factors"]
+__all__ = ["ForceConstantCorrection", "KIND", "bakes_into_system", "model_factors", "with_learned_factors"]
 
 #: ``network["kind"]`` in the metadata of a model whose correction is a :class:`ForceConstantCorrection`.
 KIND = "force-constants"
@@ -123,6 +123,13 @@ def model_factors(model: ActionMLModel) -> list[dict[str, float]]:
         raise InputError(f"{model.path.name} learned a network, not force-constant factors (train with "
                          f"--force-constants).")
     return _factors(network["classes"], model.network.log_scales)
+
+
+def bakes_into_system(model: ActionMLModel) -> bool:
+    """Whether :func:`with_learned_factors` takes ``model``: one set of learned factors for every kick
+    (``--force-constants --tied-heads``) of the force field itself (no baseline)."""
+    network = model.metadata.network
+    return network.get("kind") == KIND and network.get("n_heads") == 1 and not model.metadata.baseline
 
 
 def with_learned_factors(system: mm.System, model: ActionMLModel) -> mm.System:

@@ -59,6 +59,7 @@ import openmm as mm
 import openmm.unit as u
 
 from .errors import InputError, ModelMismatchError, SimulationInstabilityError
+from .force_constant_correction import bakes_into_system, with_learned_factors
 from .implicit import FixedPointSolver
 from .implicit_program import ImplicitProgram, add_implicit_step, check_convergence, read_solver_state
 from .modelfile import (ACTIVE_PARAMETER, LEARNED_FORCE_GROUP, LEARNED_FORCE_NAME, NODE_PARAMETER, ActionMLModel,
@@ -111,14 +112,58 @@ def add_learned_force(system: mm.System, model: ActionMLModel | str | Path) -> m
     """
     model = _as_model(model)
     model.validate(system)
+    _check_force_field_system(system)
+    system = copy.deepcopy(system)
+    system.addForce(model.create_force())
+    return system
+
+
+def learned_step(system: mm.System, model: ActionMLModel | str | Path, temperature: Any = None,
+                 friction: Any = None, topology: Optional[mm.app.Topology] = None) -> tuple[mm.System, mm.Integrator]:
+    """The System and integrator that take ``model``'s learned step on the force-field ``system``.
+
+    A model of learned force constants with one set for every kick (``actionml train --force-constants
+    --tied-heads``) is its classical splitting on a scaled force field, so it is baked into the System
+    (:func:`~openmm_actionml.force_constant_correction.with_learned_factors`) for a :class:`SplittingIntegrator`:
+    the same step with no TorchForce, at the classical splitting's cost. Any other model gets its learned force
+    (:func:`add_learned_force`) and an :class:`ActionMLIntegrator`. Either way States report the energy of the
+    System the kicks use (the force field plus the learned correction).
+
+    Parameters
+    ----------
+    system
+        The force-field System the model was trained on (forces in groups 0-29). It is not modified.
+    model
+        An :class:`ActionMLModel` or the path of a model file.
+    temperature, friction
+        Langevin bath (K, 1/ps or Quantities); ``None`` for NVE.
+    topology
+        If given, its elements are checked against the model's.
+
+    Raises
+    ------
+    ModelMismatchError
+        If the model does not fit the System, or the System already has a learned force.
+    """
+    model = _as_model(model)
+    meta = model.metadata
+    if bakes_into_system(model):
+        model.validate(system, step=meta.step, topology=topology)
+        _check_force_field_system(system)
+        return (with_learned_factors(system, model),
+                SplittingIntegrator(meta.get_splitting(), meta.step, temperature, friction))
+    system = add_learned_force(system, model)
+    integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
+    integrator.validate(system, topology)
+    return system, integrator
+
+
+def _check_force_field_system(system: mm.System) -> None:
     reserved = _reserved_forces(system)
     if reserved:
         raise ModelMismatchError(f"the System already has {', '.join(reserved)}; groups {RESERVED_GROUPS} are "
                                  f"reserved for the learned force. Pass the force-field System (move its forces "
                                  f"to groups 0-29) and add the learned force once.")
-    system = copy.deepcopy(system)
-    system.addForce(model.create_force())
-    return system
 
 
 class SplittingIntegrator(mm.CustomIntegrator):

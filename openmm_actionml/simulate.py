@@ -1,8 +1,9 @@
 """Running a learned model in OpenMM with the usual reporters, and summarising the run.
 
-This is what ``actionml run`` does: build the System, add the learned force, minimise, draw velocities,
-run NVE or NVT with ``Simulation`` and its reporters, and report the energy drift, the per-element
-kinetic temperature (constraint-aware degrees of freedom) and the speed.
+This is what ``actionml run`` does: build the System, add the learned force (or bake learned force constants
+into it, :func:`~openmm_actionml.integrator.learned_step`), minimise, draw velocities, run NVE or NVT with
+``Simulation`` and its reporters, and report the energy drift, the per-element kinetic temperature
+(constraint-aware degrees of freedom) and the speed.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import openmm.unit as u
 from .diagnostics import (EnergyDrift, degrees_of_freedom_per_atom, element_temperatures, energy_drift,
                           rigid_molecule_temperatures, rigid_triatomics)
 from .errors import InputError
+from .force_constant_correction import bakes_into_system
 from .implicit_program import ImplicitSolverState, read_solver_state
 from .ensemble import equilibrated_starts
-from .integrator import ActionMLIntegrator, add_learned_force
+from .integrator import learned_step
 from .modelfile import ActionMLModel
 from .platforms import explain_context_error, get_platform
 from .systems import PreparedSystem, constraint_pairs, particle_masses, topology_elements
@@ -137,9 +139,7 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
     """
     if int(steps) != steps or steps < 1:
         raise InputError(f"steps must be a positive whole number, got {steps}.")
-    system = add_learned_force(prepared.system, model)
-    integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
-    integrator.validate(system, prepared.topology)
+    system, integrator = learned_step(prepared.system, model, temperature, friction, prepared.topology)
     platform_object = get_platform(platform)
     try:
         simulation = app.Simulation(prepared.topology, system, integrator, platform_object)
@@ -200,5 +200,8 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
                 f"measures it in the training force field")
     elif thermostat is None and len(summary.times) >= 3:
         drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
+    if bakes_into_system(model):
+        note = ("the learned force constants run baked into the System (no TorchForce), so its energy, in reports and "
+                "the drift, is the scaled force field's")
     return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
                       evaluations_per_step / (model.metadata.step * 1000.0), solver, note)

@@ -6,15 +6,17 @@ import pytest
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
 import openmm as mm
 
-from openmm_actionml.errors import InputError
+from openmm_actionml.errors import InputError, ModelMismatchError
 from openmm_actionml.cli import MODELS_DIR
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, model_factors, \
     with_learned_factors
 from openmm_actionml.frequency_matching import harmonic_term_classes, with_scaled_force_constants
 from openmm_actionml.implicit_training import ImplicitTrainingOptions
-from openmm_actionml.integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from openmm_actionml.integrator import RESERVED_GROUPS, ActionMLIntegrator, SplittingIntegrator, add_learned_force, \
+    learned_step
 from openmm_actionml.modelfile import load_model
+from openmm_actionml.simulate import run_model
 from openmm_actionml.splitting import get_splitting, with_tied_heads
 from openmm_actionml.systems import topology_elements
 from openmm_actionml.training import TrainingOptions, train
@@ -78,27 +80,61 @@ def test_the_openmm_integrator_steps_as_the_torch_stepper(tmp_path, systems, pla
     assert_matches_torch(model, correction, systems[True], platform, TOLERANCE[platform])
 
 
-def test_a_tied_model_is_its_splitting_on_the_scaled_system(tmp_path, systems):
-    """The classical splitting on with_learned_factors' System steps as the model's own integrator (TorchForce),
-    to the Reference tolerance of test_integrator (constraints at 1e-10 on both sides)."""
+@pytest.fixture(scope="module")
+def tied_model_run(tmp_path_factory, systems):
+    """A tied model of random factors (T3 at 8 fs, HBonds) and N_STEPS of it through its TorchForce on Reference:
+    the model, the start State and the end's positions and velocities."""
     prepared = systems[True]
     correction = random_correction(prepared, n_heads=1)
-    model = make_model(tmp_path / "tied.pt", correction, prepared, splitting=with_tied_heads(get_splitting("T3")))
-    h = model.metadata.step
+    model = make_model(tmp_path_factory.mktemp("tied") / "tied.pt", correction, prepared,
+                       splitting=with_tied_heads(get_splitting("T3")))
     learned = make_context(add_learned_force(prepared.system, model), ActionMLIntegrator(model), prepared.positions)
-    baked = make_context(with_learned_factors(prepared.system, model), SplittingIntegrator("T3", h),
-                         prepared.positions)
-    q0, v0 = state(learned)
-    baked.setPositions(q0)
-    baked.setVelocities(v0)
-    for context in (learned, baked):
-        context.getIntegrator().step(N_STEPS)
-    (q, v), (q_baked, v_baked) = state(learned), state(baked)
+    start = learned.getState(getPositions=True, getVelocities=True)
+    learned.getIntegrator().step(N_STEPS)
+    return model, start, state(learned)
+
+
+def assert_same_step(start: mm.State, end: tuple[np.ndarray, np.ndarray], context: mm.Context) -> None:
+    """``context`` ended where the TorchForce run from ``start`` did, to the Reference tolerance of test_integrator
+    (constraints at 1e-10 on both sides)."""
+    q0 = start.getPositions(asNumpy=True).value_in_unit(mm.unit.nanometer)
+    (q, v), (q_baked, v_baked) = end, state(context)
     assert np.abs(q_baked - q).max() / np.abs(q - q0).max() < TOLERANCE["Reference"]
     assert np.abs(v_baked - v).max() / np.abs(v).max() < TOLERANCE["Reference"]
+
+
+def test_a_tied_model_is_its_splitting_on_the_scaled_system(tmp_path, systems, tied_model_run):
+    """The classical splitting on with_learned_factors' System steps as the model's own integrator (TorchForce)."""
+    prepared = systems[True]
+    model, start, end = tied_model_run
+    baked = make_context(with_learned_factors(prepared.system, model),
+                         SplittingIntegrator("T3", model.metadata.step), prepared.positions)
+    baked.setState(start)
+    baked.getIntegrator().step(N_STEPS)
+    assert_same_step(start, end, baked)
     two_heads = make_model(tmp_path / "two.pt", random_correction(prepared), prepared)
     with pytest.raises(InputError, match="one set of factors per kick potential"):
         with_learned_factors(prepared.system, two_heads)
+
+
+def test_run_model_runs_a_tied_model_baked(tmp_path, systems, tied_model_run):
+    """run_model (``actionml run``) takes a tied model's step baked into the System, with the classical splitting's
+    integrator and no learned force, and says so; the step is the TorchForce's. A two-head model keeps its
+    TorchForce, and a System that already carries a learned force is refused."""
+    prepared = systems[True]
+    model, start, end = tied_model_run
+    simulation, summary = run_model(prepared, model, N_STEPS, platform="Reference", report_interval=N_STEPS,
+                                    state=start, progress=False)
+    assert type(simulation.integrator) is SplittingIntegrator
+    assert not any(force.getForceGroup() in RESERVED_GROUPS for force in simulation.system.getForces())
+    assert_same_step(start, end, simulation.context)
+    assert "baked" in summary.text()
+    two_heads = make_model(tmp_path / "two.pt", random_correction(prepared), prepared)
+    system, integrator = learned_step(prepared.system, two_heads)
+    assert type(integrator) is ActionMLIntegrator
+    assert any(force.getForceGroup() in RESERVED_GROUPS for force in system.getForces())
+    with pytest.raises(ModelMismatchError, match="already has"):
+        learned_step(add_learned_force(prepared.system, model), model)
 
 
 def test_it_starts_at_the_force_field(alanine):
