@@ -187,24 +187,40 @@ def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
 
 
 def phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
-    """The phase ``theta`` the harmonic step of ``splitting`` advances per step at each ``h w = x``; NaN where it is
-    unstable."""
-    traces = np.array([np.trace(harmonic_step(splitting, value)) for value in np.atleast_1d(x)])
-    return np.where(np.abs(traces) < 2.0, np.arccos(np.clip(traces / 2.0, -1.0, 1.0)), np.nan)
+    """The phase ``theta`` in ``(0, 2 pi)`` the harmonic step of ``splitting`` advances per step at each ``h w = x``;
+    NaN where it is unstable.
+
+    A palindrome's step is ``[[A, B], [C, A]]`` with ``cos theta = A``. Past half a turn ``B``, the exact flow's
+    ``sin(theta) / w``, turns negative, and ``theta = 2 pi - arccos A``, where ``arccos`` alone would alias it to
+    ``2 pi - theta``. T3 turns a mode by up to a full turn in its stability interval (half a turn at ``h w =
+    2.98``), S2 in its second window (``h w`` 3.22-4.11, past the gap after 2.55); velocity Verlet stays below
+    half a turn. Beyond a full turn (T3's second window, ``h w`` 6.10-6.42) the phase is known modulo ``2 pi``.
+    """
+    steps = np.array([harmonic_step(splitting, value) for value in np.atleast_1d(x)])
+    cosine, sine_sign = steps[:, 0, 0], steps[:, 0, 1]
+    theta = np.arccos(np.clip(cosine, -1.0, 1.0))
+    theta = np.where(sine_sign < 0.0, 2.0 * np.pi - theta, theta)
+    return np.where(np.abs(cosine) < 1.0, theta, np.nan)
 
 
 def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
     """The frequencies (rad/ps, ascending) the linearised step plays, ``theta / h``; NaN for unstable modes.
 
     With one Hessian for every kick (a classical splitting) the modes decouple and each takes the 2x2 transfer
-    matrix of its own ``h w``; otherwise the eigenphases of the full step matrix are used, and all are NaN when
-    an eigenvalue leaves the unit circle.
+    matrix of its own ``h w`` (:func:`phase`); otherwise the eigenphases of the full step matrix are used, and all
+    are NaN when an eigenvalue leaves the unit circle. Of each pair ``exp(+-i theta)`` the one of positive Krein
+    signature (``Im(z^H J z) > 0`` for its eigenvector ``z``, as the exact flow's ``exp(i w h)``) gives the phase in
+    ``(0, 2 pi)``, so that a mode turned past half a turn is not aliased.
     """
     if all(np.array_equal(k, kick_hessians[0]) for k in kick_hessians):
         return phase(splitting, h * np.sqrt(np.clip(np.linalg.eigvalsh(kick_hessians[0]), 0.0, None))) / h
-    values = np.linalg.eigvals(step_matrix(splitting, h, kick_hessians))
-    phases = np.sort(np.abs(np.angle(values)))[::2] / h
-    return phases if np.abs(values).max() < 1.0 + 1e-6 else np.full_like(phases, np.nan)
+    values, vectors = np.linalg.eig(step_matrix(splitting, h, kick_hessians))
+    d = len(kick_hessians[0])
+    signature = np.einsum("ik,ik->k", vectors[:d].conj(), vectors[d:]).imag  # z^H J z = 2i Im(z_q^H z_v)
+    phases = np.sort(np.mod(np.angle(values[signature > 0.0]), 2.0 * np.pi)) / h
+    if np.abs(values).max() >= 1.0 + 1e-6 or len(phases) != d:
+        return np.full(d, np.nan)
+    return phases
 
 
 def sampled_variance_ratio(splitting: Splitting, x: float) -> float:
@@ -225,8 +241,6 @@ def modified_kinetic_coefficient(splitting: Splitting, x: float) -> float:
     The step ``[[A, B], [C, A]]`` with ``A = cos(theta)`` is ``exp(x J S)``, the flow over ``x`` of the energy
     ``(q, v) S (q, v) / 2`` with ``S = theta / (x sin(theta)) diag(-C, B)``.
     """
-    (a, b), _ = harmonic_step(splitting, x)
-    if not abs(a) < 1.0:
-        return float("nan")
-    theta = float(np.arccos(a))
+    (_, b), _ = harmonic_step(splitting, x)
+    theta = float(phase(splitting, x)[0])  # NaN where unstable
     return theta * b / (x * np.sin(theta))

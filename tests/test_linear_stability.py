@@ -7,7 +7,7 @@ import torch  # before openmm: openmmtorch's plugins need torch's libraries load
 import openmm as mm
 
 from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
-    harmonic_step, modified_kinetic_coefficient, played_frequencies, projected, sampled_variance_ratio, \
+    harmonic_step, modified_kinetic_coefficient, phase, played_frequencies, projected, sampled_variance_ratio, \
     stability_interval, step_matrix, vibration_basis
 from openmm_actionml.platforms import create_context
 from openmm_actionml.splitting import SPLITTINGS
@@ -23,6 +23,22 @@ def test_verlet_stability_interval_and_phase_are_the_textbook_ones():
     played = played_frequencies(SPLITTINGS["VV"], h, [np.diag(omega ** 2)])
     expected = np.arccos(1 - (h * omega[:3]) ** 2 / 2) / h
     assert np.allclose(played[:3], expected, rtol=1e-12) and np.isnan(played[3])
+
+
+def test_t3_turns_a_mode_up_to_a_full_turn_without_aliasing():
+    """T3's phase is continuous and increasing across its whole stability interval, from h w at short steps to a
+    full turn at the interval's end, through half a turn (where arccos alone would fold it back); the full step
+    matrix's eigenphases (positive Krein signature) agree with the decoupled modes' past half a turn."""
+    splitting = SPLITTINGS["T3"]
+    end = stability_interval(splitting, RESOLUTION)
+    x = np.linspace(1e-3, end - RESOLUTION, 20001)
+    theta = phase(splitting, x)
+    assert np.isfinite(theta).all() and (np.diff(theta) > 0).all() and np.diff(theta).max() < 0.05  # no jump
+    assert theta[0] == pytest.approx(x[0], rel=1e-6) and theta[-1] > 1.5 * np.pi
+    assert np.trace(harmonic_step(splitting, end + RESOLUTION)) >= 2.0  # the interval ends at a full turn
+    omega = np.array([1.0, 3.5, 4.3])  # rad/ps at h = 1 ps: the last two past half a turn
+    heads = [np.diag(omega ** 2), np.diag(omega ** 2) * (1 + 1e-12)]  # not equal, so the full matrix is used
+    assert np.allclose(played_frequencies(splitting, 1.0, heads), phase(splitting, omega), rtol=1e-8)
 
 
 def test_verlet_samples_positions_wider_by_the_textbook_factor():
@@ -60,6 +76,10 @@ def test_the_modified_energy_generates_the_step():
             s = np.diag([a / sampled_variance_ratio(splitting, x), a])
             assert np.allclose(expm(x * j @ s), harmonic_step(splitting, x), rtol=1e-10, atol=1e-12)
         assert abs(modified_kinetic_coefficient(splitting, 1e-3) - 1.0) < 1e-6
+    for x in (3.5, 4.3):  # T3 past half a turn: the same energy, not the negative one of the aliased 2 pi - theta
+        a = modified_kinetic_coefficient(SPLITTINGS["T3"], x)
+        s = np.diag([a / sampled_variance_ratio(SPLITTINGS["T3"], x), a])
+        assert a > 0.0 and np.allclose(expm(x * j @ s), harmonic_step(SPLITTINGS["T3"], x), rtol=1e-10, atol=1e-12)
     for x in (0.5, 1.5, 1.9):
         theta = 2.0 * np.arcsin(x / 2.0)
         assert modified_kinetic_coefficient(SPLITTINGS["VV"], x) == pytest.approx(
