@@ -126,8 +126,9 @@ def learned_step(system: mm.System, model: ActionMLModel | str | Path, temperatu
     --tied-heads``) is its classical splitting on a scaled force field, so it is baked into the System
     (:func:`~openmm_actionml.force_constant_correction.with_learned_factors`) for a :class:`SplittingIntegrator`:
     the same step with no TorchForce, at the classical splitting's cost. Any other model gets its learned force
-    (:func:`add_learned_force`) and an :class:`ActionMLIntegrator`. Either way States report the energy of the
-    System the kicks use (the force field plus the learned correction).
+    (:func:`add_learned_force`) and an :class:`ActionMLIntegrator`. A baked System's States report the scaled
+    force field's energy; with the TorchForce they report the force field's (the learned term is on only inside a
+    step).
 
     Parameters
     ----------
