@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=50.0, help="ps of NVE per trajectory")
     parser.add_argument("--seed", type=int, default=1, help="seed of the equilibrated starts (evaluate's is 1)")
     parser.add_argument("--sample-interval", type=float, help="fs between samples (default the model's step; a "
-                        "common multiple of every row's step, e.g. 10 for a 5 fs model beside Verlet at 2 fs)")
+                        "common multiple of every row's step, e.g. 20 for a 5 fs model beside Verlet at 2 and 4 fs)")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at a time, each in its own process")
     parser.add_argument("--cache-dir", help="keep each finished trajectory here; a rerun resumes from them")
