@@ -21,14 +21,14 @@ mode ``u`` the linearised step's ``u``-block ``[[A, B], [C, D]]`` is fitted to t
 curvature along the fastest modes beside the learned model's heads (linearised at the same minimum).
 
 A model trained with ``--force-constants`` has its learned factors set beside the fitted ones: as a column of the
-tables (one head), or as a section like the two-head fit's (several heads). With ``--learned`` a tied one also runs
-baked into the System (:func:`~openmm_actionml.force_constant_correction.with_learned_factors`), the same step at the
-classical splitting's cost; ``--learned baked`` runs that row alone.
+tables (one head), or as a section like the two-head fit's (several heads). With ``--learned`` a tied one runs as
+``actionml run`` and ``evaluate`` run it, baked into the System
+(:func:`~openmm_actionml.integrator.learned_step`): the same step at the classical splitting's cost.
 
 Usage::
 
     python benchmarks/frequency_matched.py [--model models/alanine-t3-8fs.pt] [--ridge 0.1 0.3] [--two-head 0.1]
-        [--learned [baked]] [--trajectories 32] [--time 50] [--seed 1] [--sample-interval FS]
+        [--learned] [--trajectories 32] [--time 50] [--seed 1] [--sample-interval FS]
         [--platform Reference] [--jobs 1]
         [--cache-dir DIR] [--output-dir results/frequency-matched]
 """
@@ -50,7 +50,7 @@ from openmm_actionml.diagnostics import degrees_of_freedom_per_atom
 from openmm_actionml.ensemble import Candidate, EnsembleOptions
 from openmm_actionml.evaluate import evaluate, standard_candidates
 from openmm_actionml.examples import build_training_system
-from openmm_actionml.force_constant_correction import KIND as FORCE_CONSTANTS, model_factors, with_learned_factors
+from openmm_actionml.force_constant_correction import KIND as FORCE_CONSTANTS, model_factors
 from openmm_actionml.frequency_matching import ClassStiffness, FrequencyMatch, TermClass, along, class_stiffness, \
     fit_frequency_match, fitted_modes, levenberg_marquardt, played_with, with_scaled_force_constants
 from openmm_actionml.integrator import SplittingIntegrator
@@ -233,9 +233,8 @@ def main() -> None:
     parser.add_argument("--two-head", type=float, nargs="*", default=[], metavar="RIDGE",
                         help="also fit and run one factor per class and head (phase and amplitude), per ridge")
     parser.add_argument("--min-wavenumber", type=float, default=300.0, help="cm^-1; slower modes are not fitted")
-    parser.add_argument("--learned", nargs="?", const="both", choices=["both", "baked"],
-                        help="also run the model's learned row (and a tied force-constant model's baked row); "
-                             "'baked' runs the baked row alone, the same step at the classical splitting's cost")
+    parser.add_argument("--learned", action="store_true",
+                        help="also run the model's learned row (a tied force-constant model baked into the System)")
     parser.add_argument("--trajectories", type=int, default=32)
     parser.add_argument("--time", type=float, default=50.0, help="ps of NVE per trajectory")
     parser.add_argument("--seed", type=int, default=1, help="seed of the equilibrated starts (evaluate's is 1)")
@@ -272,9 +271,6 @@ def main() -> None:
         report += two_head_report(stiffness, splitting, h, f"Learned factors of {model.path.name}, per class and head",
                                   np.array([[head[c.name] for c in classes] for head in learned_factors]), [],
                                   args.min_wavenumber)
-    if args.learned == "baked" and len(learned_factors) != 1:
-        raise SystemExit(f"--learned baked needs a model trained with --force-constants --tied-heads; {args.model} "
-                         "is not one (give --learned to run its own row).")
     head_factors = []
     if args.two_head:
         masses = particle_masses(system)
@@ -296,7 +292,7 @@ def main() -> None:
     print((output / "fit.md").read_text(), flush=True)
 
     rows = [row for row in standard_candidates(prepared, model)
-            if "(the learned step)" not in row.name and (args.learned == "both" or "learned" not in row.name)]
+            if "(the learned step)" not in row.name and (args.learned or "learned" not in row.name)]
     for offset, match in enumerate(matches):
         rows.insert(1 + offset, Candidate(
             f"{splitting.name} matched (ridge {match.ridge:g}) {h * 1000:g} fs", h,
@@ -306,10 +302,6 @@ def main() -> None:
         rows.insert(1 + len(matches) + offset, Candidate(
             f"{splitting.name} two-head matched (ridge {ridge:g}) {h * 1000:g} fs", h,
             head_system(system, classes, factors), lambda: HeadGroupsIntegrator(untied, h), energy_system=system))
-    if len(learned_factors) == 1 and args.learned:
-        rows.insert(1 + len(matches) + len(head_factors), Candidate(
-            f"{splitting.name} learned factors, baked {h * 1000:g} fs", h, with_learned_factors(system, model),
-            lambda: SplittingIntegrator(splitting, h), energy_system=system))
     sample_interval = h if args.sample_interval is None else args.sample_interval / 1000.0
     options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=sample_interval,
                               correlation_time=min(EnsembleOptions.correlation_time, args.time / 2))

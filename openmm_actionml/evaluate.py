@@ -3,7 +3,8 @@ from the same equilibrated starts, in OpenMM.
 
 The rows (:func:`standard_candidates`):
 
-- the learned model at its step ``h``;
+- the learned model at its step ``h``, as ``actionml run`` runs it (a tied force-constant model baked into the
+  System, :func:`~openmm_actionml.integrator.learned_step`);
 - the same splitting unlearned: the classical multi-stage scheme on the force field (``dW = 0`` for an anchored
   model; for a pure-ML model, the force field in place of the surrogate);
 - velocity Verlet at the usual steps: 0.5 and 1 fs flexible, 2 fs with constraints;
@@ -26,7 +27,8 @@ import openmm.unit as u
 from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, run_ensembles
 from .errors import InputError, ModelMismatchError
 from .examples import with_baseline
-from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force
+from .force_constant_correction import bakes_into_system
+from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force, learned_step
 from .modelfile import ActionMLModel
 from .platforms import create_context
 from .splitting import Splitting, get_splitting
@@ -71,15 +73,19 @@ def model_system(prepared: PreparedSystem, model: ActionMLModel) -> PreparedSyst
 
 
 def model_candidate(prepared: PreparedSystem, model: ActionMLModel) -> Candidate:
-    """The learned model's row on :func:`model_system` (its learned force added), named by its scheme and mode,
-    e.g. "T3 learned 8 fs", "T3 pure ML 12 fs" or "T3 on amber14/tip3pfb.xml + learned 12 fs". Its energy is
-    measured in ``prepared``'s force field, as every other row's is."""
+    """The learned model's row on :func:`model_system`, as :func:`~openmm_actionml.integrator.learned_step` builds
+    it (the learned force added, or a tied force-constant model baked into the System), named by its scheme and
+    mode, e.g. "T3 learned 8 fs", "T3 pure ML 12 fs" or "T3 on amber14/tip3pfb.xml + learned 12 fs". Its energy
+    is measured in ``prepared``'s force field, as every other row's is."""
     meta = model.metadata
     label = meta.get_splitting().name if meta.scheme == "A" else "scheme B"
     mode = f"on {' + '.join(meta.baseline)} + learned" if meta.baseline else "learned" if meta.anchored else "pure ML"
-    system = add_learned_force(model_system(prepared, model).system, model)
-    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, system, lambda: ActionMLIntegrator(model),
-                     energy_system=prepared.system if meta.baseline else None)
+    system, _ = learned_step(model_system(prepared, model).system, model)
+    baked = bakes_into_system(model)
+    make_integrator = (lambda: SplittingIntegrator(meta.get_splitting(), meta.step)) if baked else \
+        (lambda: ActionMLIntegrator(model))
+    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, system, make_integrator,
+                     energy_system=prepared.system if meta.baseline or baked else None)
 
 
 def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,

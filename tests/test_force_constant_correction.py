@@ -8,6 +8,7 @@ import openmm as mm
 
 from openmm_actionml.errors import InputError, ModelMismatchError
 from openmm_actionml.cli import MODELS_DIR
+from openmm_actionml.evaluate import model_candidate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, model_factors, \
     with_learned_factors
@@ -135,6 +136,20 @@ def test_run_model_runs_a_tied_model_baked(tmp_path, systems, tied_model_run):
     assert any(force.getForceGroup() in RESERVED_GROUPS for force in system.getForces())
     with pytest.raises(ModelMismatchError, match="already has"):
         learned_step(add_learned_force(prepared.system, model), model)
+
+
+def test_evaluate_judges_a_tied_model_as_it_runs(systems, tied_model_run):
+    """evaluate's row of a tied model is the baked step run_model takes, its energy read in the force field (the
+    baked System's is the scaled one), so its speed is the step's own."""
+    prepared = systems[True]
+    model, start, end = tied_model_run
+    row = model_candidate(prepared, model)
+    assert type(row.make_integrator()) is SplittingIntegrator and row.energy_system is prepared.system
+    assert not any(force.getForceGroup() in RESERVED_GROUPS for force in row.system.getForces())
+    context = make_context(row.system, row.make_integrator(), prepared.positions)
+    context.setState(start)
+    context.getIntegrator().step(N_STEPS)
+    assert_same_step(start, end, context)
 
 
 def test_it_starts_at_the_force_field(alanine):
