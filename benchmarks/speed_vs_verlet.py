@@ -2,7 +2,8 @@
 where the learned step's time goes.
 
 For each model, on its own training system and one platform, the rows of ``actionml evaluate`` that a user would
-run (the learned model, its splitting unlearned, Verlet at the usual steps, Verlet at 4 fs with hydrogen-mass
+run (the learned model, as evaluate runs it: a tied force-constant model baked into the System, with no learned
+force in its parts; its splitting unlearned, Verlet at the usual steps, Verlet at 4 fs with hydrogen-mass
 repartitioning) and, for constrained systems, ``LangevinMiddleIntegrator`` at 4 fs with HMR (1.5 amu), the usual
 production choice (on a box of water alone, whose hydrogens repartitioning leaves alone, both rows run natural
 masses and their names say so, without "+ HMR"). Rounds are interleaved and the best round of each row kept, so a
@@ -30,6 +31,7 @@ from cost_model import force_field_time, measure
 from integrator_overhead import TEMPERATURE, make_runner, time_run
 from openmm_actionml.evaluate import HMR_STEP, hmr_system, model_system, standard_candidates
 from openmm_actionml.examples import build_training_system
+from openmm_actionml.force_constant_correction import bakes_into_system
 from openmm_actionml.modelfile import ActionMLModel, load_model
 
 
@@ -81,7 +83,8 @@ def speed_rows(model: ActionMLModel, platform: str, properties: dict, seconds: f
               + (f"the baseline's t_B = {1e3 * t_kick:.3g} ms, " if baseline else "")
               + f"t_NN = {1e3 * t_nn:.3g} ms per evaluation):", "",
               "| step | measured (ms) | force field | learned force | the rest (integrator) |", "|---|---|---|---|---|",
-              _parts(learned, step_time[learned], evaluations * t_kick if meta.anchored else 0.0, evaluations * t_nn),
+              _parts(learned, step_time[learned], evaluations * t_kick if meta.anchored else 0.0,
+                     0.0 if bakes_into_system(model) else evaluations * t_nn),  # baked: no learned force
               _parts(classical, step_time[classical], evaluations * t_ff, 0.0)]
     return "\n".join(lines) + "\n"
 
