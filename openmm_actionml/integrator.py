@@ -132,10 +132,8 @@ def learned_step(system: mm.System, model: ActionMLModel | str | Path, temperatu
 
     Parameters
     ----------
-    system
-        The force-field System the model was trained on (forces in groups 0-29). It is not modified.
-    model
-        An :class:`ActionMLModel` or the path of a model file.
+    system, model
+        As for :func:`add_learned_force`.
     temperature, friction
         Langevin bath (K, 1/ps or Quantities); ``None`` for NVE.
     topology
