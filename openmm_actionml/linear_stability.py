@@ -208,7 +208,8 @@ def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.nd
 
     With one Hessian for every kick (a classical splitting) the modes decouple and each takes the 2x2 transfer
     matrix of its own ``h w`` (:func:`phase`); otherwise the eigenphases of the full step matrix are used, and all
-    are NaN when an eigenvalue leaves the unit circle. Of each pair ``exp(+-i theta)`` the one of positive Krein
+    are NaN when an eigenvalue leaves the unit circle (or a pair's signature vanishes, as for a mode of zero
+    frequency, so that the pairs cannot be told apart). Of each pair ``exp(+-i theta)`` the one of positive Krein
     signature (``Im(z^H J z) > 0`` for its eigenvector ``z``, as the exact flow's ``exp(i w h)``) gives the phase in
     ``(0, 2 pi)``, so that a mode turned past half a turn is not aliased.
     """
