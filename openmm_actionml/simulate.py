@@ -25,27 +25,35 @@ from .implicit_program import ImplicitSolverState, read_solver_state
 from .ensemble import equilibrated_starts
 from .integrator import learned_step
 from .modelfile import ActionMLModel
-from .platforms import explain_context_error, get_platform
+from .platforms import create_context, explain_context_error, get_platform
 from .systems import PreparedSystem, constraint_pairs, particle_masses, topology_elements
 from .units import BOLTZMANN
 
 
 class SummaryReporter:
-    """Collects total energy and velocities every ``interval`` steps for the closing summary."""
+    """Collects total energy and velocities every ``interval`` steps for the closing summary. With ``meter``, a
+    Context of another System (the force field that a baked System scales), the potential energy is that System's
+    at the reported positions."""
 
-    def __init__(self, interval: int) -> None:
+    def __init__(self, interval: int, meter: Optional[mm.Context] = None) -> None:
         self.interval = int(interval)
+        self.meter = meter
         self.times: list[float] = []
         self.energies: list[float] = []
         self.velocities: list[np.ndarray] = []
 
     def describeNextReport(self, simulation: app.Simulation) -> tuple:
         steps = self.interval - simulation.currentStep % self.interval
-        return (steps, False, True, False, True)
+        return (steps, self.meter is not None, True, False, True)
 
     def report(self, simulation: app.Simulation, state: mm.State) -> None:
+        potential = state.getPotentialEnergy()
+        if self.meter is not None:
+            self.meter.setPeriodicBoxVectors(*state.getPeriodicBoxVectors())
+            self.meter.setPositions(state.getPositions())
+            potential = self.meter.getState(getEnergy=True).getPotentialEnergy()
         self.times.append(state.getTime().value_in_unit(u.picosecond))
-        self.energies.append((state.getPotentialEnergy() + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole))
+        self.energies.append((potential + state.getKineticEnergy()).value_in_unit(u.kilojoule_per_mole))
         self.velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
 
 
@@ -154,7 +162,9 @@ def run_model(prepared: PreparedSystem, model: ActionMLModel, steps: int, *, tem
         simulation.context.setVelocities(starts.velocities[0])
     else:
         simulation.context.setState(state)
-    summary = SummaryReporter(report_interval)
+    # A baked System's energy is the scaled force field's; the summary reads the force field's, as with the TorchForce.
+    meter = create_context(prepared.system, mm.VerletIntegrator(0.001), platform) if bakes_into_system(model) else None
+    summary = SummaryReporter(report_interval, meter)
     simulation.reporters.extend([summary] + list(reporters or []))
     if progress:
         simulation.reporters.append(ProgressReporter(report_interval, steps))
@@ -201,7 +211,7 @@ def _summarise(prepared: PreparedSystem, model: ActionMLModel, summary: SummaryR
     elif thermostat is None and len(summary.times) >= 3:
         drift = energy_drift(np.array(summary.times), np.array(summary.energies), dof.sum(), model.metadata.temperature)
     if bakes_into_system(model):
-        note = ("the learned force constants run baked into the System (no TorchForce), so its energy, in reports and "
-                "the drift, is the scaled force field's")
+        note = ("the learned force constants run baked into the System (no TorchForce): reporters see the scaled force "
+                "field's energy, this summary the force field's")
     return RunSummary(steps, steps * model.metadata.step, wall, total, per_element, drift,
                       evaluations_per_step / (model.metadata.step * 1000.0), solver, note)

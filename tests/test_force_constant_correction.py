@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
 import openmm as mm
+import openmm.app as app
 
 from openmm_actionml.errors import InputError, ModelMismatchError
 from openmm_actionml.cli import MODELS_DIR
@@ -17,7 +18,7 @@ from openmm_actionml.implicit_training import ImplicitTrainingOptions
 from openmm_actionml.integrator import RESERVED_GROUPS, ActionMLIntegrator, SplittingIntegrator, add_learned_force, \
     learned_step
 from openmm_actionml.modelfile import load_model
-from openmm_actionml.simulate import run_model
+from openmm_actionml.simulate import SummaryReporter, run_model
 from openmm_actionml.splitting import get_splitting, with_tied_heads
 from openmm_actionml.systems import topology_elements
 from openmm_actionml.training import TrainingOptions, train
@@ -136,6 +137,36 @@ def test_run_model_runs_a_tied_model_baked(tmp_path, systems, tied_model_run):
     assert any(force.getForceGroup() in RESERVED_GROUPS for force in system.getForces())
     with pytest.raises(ModelMismatchError, match="already has"):
         learned_step(add_learned_force(prepared.system, model), model)
+
+
+def test_a_baked_run_is_summarised_in_the_force_field_energy(systems, tied_model_run):
+    """run_model's summary reads a baked run's potential energy in the force field (a meter Context), as the
+    TorchForce run's States give it (the learned term is on only inside a step): the two runs' total energies agree
+    to test_integrator's relative tolerance of the potential energy's change along the run. Unmetered, the baked
+    System's own energy (the scaled force field's) differs by dW."""
+    prepared = systems[True]
+    model, start, _ = tied_model_run
+    masses = np.array([prepared.system.getParticleMass(i).value_in_unit(mm.unit.dalton)
+                       for i in range(prepared.system.getNumParticles())])
+    reference = mm.Platform.getPlatformByName("Reference")
+    baked = with_learned_factors(prepared.system, model)
+    runs = {"torch": (add_learned_force(prepared.system, model), ActionMLIntegrator(model), None),
+            "baked": (baked, SplittingIntegrator("T3", model.metadata.step),
+                      mm.Context(prepared.system, mm.VerletIntegrator(0.001), reference)),
+            "unmetered": (baked, SplittingIntegrator("T3", model.metadata.step), None)}
+    energies = {}
+    for name, (system, integrator, meter) in runs.items():
+        simulation = app.Simulation(prepared.topology, system, integrator, reference)
+        simulation.context.setState(start)
+        reporter = SummaryReporter(1, meter)
+        simulation.reporters.append(reporter)
+        simulation.step(N_STEPS)
+        energies[name] = np.array(reporter.energies)
+        if name == "torch":
+            kinetic = 0.5 * (masses[:, None] * np.array(reporter.velocities) ** 2).sum(axis=(1, 2))
+            potential_change = np.ptp(energies[name] - kinetic)
+    assert np.abs(energies["baked"] - energies["torch"]).max() < TOLERANCE["Reference"] * potential_change
+    assert np.abs(energies["unmetered"] - energies["torch"]).max() > TOLERANCE["Reference"] * potential_change
 
 
 def test_evaluate_judges_a_tied_model_as_it_runs(systems, tied_model_run):
