@@ -7,7 +7,8 @@ errors (``fit.md``, ``fit.png``). Then runs the NVE ensembles of ``actionml eval
 same row names, so ``--cache-dir`` shares trajectories with it): the reference, a "matched" row per ridge (the
 splitting on the scaled force field, its energy measured in the unscaled one), the classical splitting, Verlet at
 2 fs and at 4 fs with HMR, and with ``--learned`` the model itself. ``results.md`` adds the drift over each half of
-the post-burn-in window (as ``drift_origin.py``).
+the post-burn-in window (as ``drift_origin.py``). With ``--max-phase F`` modes that the exact flow turns further
+than ``F pi`` per step are fitted to ``F pi``: slowed, to keep them from half a turn per step.
 
 The match fixes each mode's phase, not its amplitude: ``fit.md`` gives the position variance each fitted mode has
 in the step's invariant Gaussian relative to the exact one, and the excess of the mean potential energy this
@@ -27,7 +28,8 @@ tables (one head), or as a section like the two-head fit's (several heads). With
 
 Usage::
 
-    python benchmarks/frequency_matched.py [--model models/alanine-t3-8fs.pt] [--ridge 0.1 0.3] [--two-head 0.1]
+    python benchmarks/frequency_matched.py [--model models/alanine-t3-8fs.pt] [--ridge 0.1 0.3] [--max-phase 0.9]
+        [--two-head 0.1]
         [--learned] [--trajectories 32] [--time 50] [--seed 1] [--sample-interval FS]
         [--platform Reference] [--jobs 1]
         [--cache-dir DIR] [--output-dir results/frequency-matched]
@@ -169,8 +171,12 @@ def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, t
 
 
 def column_label(match: FrequencyMatch) -> str:
-    """A fit's column, ``ridge R``, or ``learned`` for factors read from a model (:func:`played_with`)."""
-    return "learned" if np.isnan(match.ridge) else f"ridge {match.ridge:g}"
+    """A fit's column, ``ridge R`` (and ``at most F pi`` for a capped phase), or ``learned`` for factors read from a
+    model (:func:`played_with`)."""
+    if np.isnan(match.ridge):
+        return "learned"
+    cap = "" if np.isnan(match.max_phase) else f", at most {match.max_phase / np.pi:g} pi"
+    return f"ridge {match.ridge:g}{cap}"
 
 
 def fit_report(matches: list[FrequencyMatch], temperature: float, command: str) -> str:
@@ -233,6 +239,8 @@ def main() -> None:
     parser.add_argument("--two-head", type=float, nargs="*", default=[], metavar="RIDGE",
                         help="also fit and run one factor per class and head (phase and amplitude), per ridge")
     parser.add_argument("--min-wavenumber", type=float, default=300.0, help="cm^-1; slower modes are not fitted")
+    parser.add_argument("--max-phase", type=float, metavar="FRACTION_OF_PI",
+                        help="fit modes turned further per step than this many half turns to it (slowed), e.g. 0.9")
     parser.add_argument("--learned", action="store_true",
                         help="also run the model's learned row (a tied force-constant model baked into the System)")
     parser.add_argument("--trajectories", type=int, default=32)
@@ -258,8 +266,9 @@ def main() -> None:
     minimum = minimised(system, prepared.positions)
     stiffness = class_stiffness(system, elements, minimum)
     classes = stiffness.classes
-    matches = [fit_frequency_match(stiffness, splitting, h, ridge=ridge, min_wavenumber=args.min_wavenumber)
-               for ridge in args.ridge]
+    max_phase = None if args.max_phase is None else args.max_phase * np.pi
+    matches = [fit_frequency_match(stiffness, splitting, h, ridge=ridge, min_wavenumber=args.min_wavenumber,
+                                   max_phase=max_phase) for ridge in args.ridge]
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/frequency_matched.py " + " ".join(sys.argv[1:])
@@ -295,7 +304,7 @@ def main() -> None:
             if "(the learned step)" not in row.name and (args.learned or "learned" not in row.name)]
     for offset, match in enumerate(matches):
         rows.insert(1 + offset, Candidate(
-            f"{splitting.name} matched (ridge {match.ridge:g}) {h * 1000:g} fs", h,
+            f"{splitting.name} matched ({column_label(match)}) {h * 1000:g} fs", h,
             with_scaled_force_constants(system, classes, match.scales),
             lambda: SplittingIntegrator(splitting, h), energy_system=system))
     for offset, (ridge, factors) in enumerate(zip(args.two_head, head_factors)):

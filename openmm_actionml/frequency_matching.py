@@ -29,7 +29,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import openmm as mm
@@ -180,6 +180,8 @@ class FrequencyMatch:
         exact ``kT / w^2``, unscaled and matched.
     ridge, min_wavenumber, iterations
         The fit's settings and the Levenberg-Marquardt iterations it took (NaN and 0 from :func:`played_with`).
+    max_phase
+        The largest phase per step (rad) a mode was fitted to; NaN when each was fitted to its own.
     """
 
     splitting: str
@@ -193,11 +195,13 @@ class FrequencyMatch:
     ridge: float
     min_wavenumber: float
     iterations: int
+    max_phase: float = float("nan")
 
     def to_dict(self) -> dict:
         """A JSON-ready summary."""
         return {"splitting": self.splitting, "step_ps": self.step, "ridge": self.ridge,
-                "min_wavenumber": self.min_wavenumber, "iterations": self.iterations, "scales": self.scales,
+                "min_wavenumber": self.min_wavenumber, "iterations": self.iterations, "max_phase": self.max_phase,
+                "scales": self.scales,
                 "wavenumbers": self.wavenumbers.tolist(), "error_before_percent": self.error_before.tolist(),
                 "error_after_percent": self.error_after.tolist(),
                 "variance_ratio_before": self.variance_ratio_before.tolist(),
@@ -290,7 +294,8 @@ def levenberg_marquardt(residuals: Callable[[np.ndarray], tuple[np.ndarray, np.n
 
 
 def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, step, ridge: float = 0.1,
-                        min_wavenumber: float = 300.0, max_iterations: int = 100) -> FrequencyMatch:
+                        min_wavenumber: float = 300.0, max_iterations: int = 100,
+                        max_phase: Optional[float] = None) -> FrequencyMatch:
     """Fit one force-constant factor per class of harmonic term so that ``splitting`` at ``step`` plays the
     exact frequencies of a System at an energy minimum.
 
@@ -307,6 +312,10 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
         Only modes above this (cm^-1) are fitted; the slower ones are played within a fraction of a percent.
     max_iterations
         Levenberg-Marquardt iterations before giving up.
+    max_phase
+        If given (rad, in ``(0, 2 pi)``), the phase per step that modes turned further by the exact flow are fitted
+        to, e.g. ``0.9 pi`` to keep every mode below half a turn per step, slowed; their frequency is then given
+        up for the step's sake.
 
     Raises
     ------
@@ -319,9 +328,11 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     h = positive_float(step, u.picosecond, "step")
     if ridge < 0:
         raise InputError(f"ridge must be zero or positive, got {ridge}.")
+    if max_phase is not None and not 0.0 < max_phase < 2.0 * np.pi:
+        raise InputError(f"max_phase must be a phase per step in (0, 2 pi) rad, got {max_phase}.")
     exact_squared = stiffness.normal_modes[0]
     omega, fitted = fitted_modes(exact_squared, min_wavenumber)
-    target = h * omega[fitted]
+    target = h * omega[fitted] if max_phase is None else np.minimum(h * omega[fitted], max_phase)
 
     def eigenvalues(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The fitted modes' eigenvalues of the scaled stiffness and their derivatives [modes, classes]."""
@@ -349,7 +360,8 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     scales, _, iterations = levenberg_marquardt(residuals, start, max_iterations)
     played = played_with(stiffness, splitting, h, {c.name: float(s) for c, s in zip(stiffness.classes, scales)},
                          min_wavenumber)
-    return dataclasses.replace(played, ridge=ridge, iterations=iterations)
+    return dataclasses.replace(played, ridge=ridge, iterations=iterations,
+                               max_phase=float("nan") if max_phase is None else float(max_phase))
 
 
 def played_with(stiffness: ClassStiffness, splitting: str | Splitting, step, scales: Mapping[str, float],

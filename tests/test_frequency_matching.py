@@ -131,6 +131,22 @@ def test_the_fit_is_a_local_minimum_of_its_cost(alanine_minimum, match):
             assert cost({**match.scales, name: match.scales[name] + delta}) > best
 
 
+def test_a_capped_fit_slows_the_modes_past_its_cap(alanine_minimum, match):
+    """With max_phase, the modes the exact flow turns further per step are fitted towards the cap: each is played
+    closer to it than the uncapped fit plays it, so slower than its exact frequency; a cap that is no phase per step
+    is refused."""
+    cap = 0.8 * np.pi
+    capped = fit_frequency_match(class_stiffness(*alanine_minimum), "T3", STEP, ridge=RIDGE, max_phase=cap)
+    exact_phase = STEP * 2 * np.pi * LIGHT_SPEED * capped.wavenumbers
+    past = exact_phase > cap
+    assert past.sum() >= 2 and capped.max_phase == cap and np.isnan(match.max_phase)
+    played, played_uncapped = (exact_phase * (1 + m.error_after / 100) for m in (capped, match))
+    assert (np.abs(played[past] - cap) < np.abs(played_uncapped[past] - cap)).all()
+    assert (capped.error_after[past] < 0).all()
+    with pytest.raises(InputError, match="max_phase"):
+        fit_frequency_match(class_stiffness(*alanine_minimum), "T3", STEP, max_phase=2.5 * np.pi)
+
+
 def test_bad_input_is_refused_with_the_reason(alanine_minimum):
     system, elements, positions = alanine_minimum
     with pytest.raises(InputError, match="unstable for the .* cm\\^-1 mode.*shorter step"):
