@@ -320,7 +320,8 @@ def fit_frequency_match(stiffness: ClassStiffness, splitting: str | Splitting, s
     Raises
     ------
     InputError
-        If a fitted mode is beyond the splitting's stability interval at this step, or no mode is fast enough.
+        If a fitted mode is beyond the splitting's stability interval at this step, no mode is fast enough, or
+        ``max_phase`` is not in ``(0, 2 pi)``.
     ActionMLConvergenceError
         If the fit has not converged after ``max_iterations``.
     """
