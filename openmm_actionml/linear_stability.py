@@ -19,6 +19,7 @@ velocities is then low by its inverse.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -187,20 +188,53 @@ def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
 
 
 def phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
-    """The phase ``theta`` in ``(0, 2 pi)`` the harmonic step of ``splitting`` advances per step at each ``h w = x``;
-    NaN where it is unstable.
+    """The phase ``theta`` the harmonic step of ``splitting`` advances per step at each ``h w = x``, counted from
+    ``x = 0`` through every full turn; NaN where the step is unstable.
 
     A palindrome's step is ``[[A, B], [C, A]]`` with ``cos theta = A``. Past half a turn ``B``, the exact flow's
-    ``sin(theta) / w``, turns negative, and ``theta = 2 pi - arccos A``, where ``arccos`` alone would alias it to
-    ``2 pi - theta``. T3 turns a mode by up to a full turn in its stability interval (half a turn at ``h w =
-    2.98``), S2 in its second window (``h w`` 3.22-4.11, past the gap after 2.55); velocity Verlet stays below
-    half a turn. Beyond a full turn (T3's second window, ``h w`` 6.10-6.42) the phase is known modulo ``2 pi``.
+    ``sin(theta) / w``, turns negative, and ``theta = 2 pi - arccos A`` (``arccos`` alone would fold it back to
+    ``2 pi - theta``); each full turn completed at a smaller ``h w`` (:func:`full_turns`) adds ``2 pi``. T3 turns a
+    mode by up to a full turn in its stability interval (half a turn at ``h w = 2.98``) and by more in its second
+    window (``h w`` 6.10-6.42); S2 passes half a turn in its second window (3.22-4.11, past the gap after 2.55);
+    velocity Verlet stays below half a turn, and three Verlet steps of ``h / 3`` reach one and a half turns.
     """
-    steps = np.array([harmonic_step(splitting, value) for value in np.atleast_1d(x)])
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    theta = _phase_modulo_full_turn(splitting, x)
+    turns = np.searchsorted(full_turns(splitting), x, side="right")
+    return np.where(np.isnan(theta), np.nan, theta + 2.0 * np.pi * turns)
+
+
+def _phase_modulo_full_turn(splitting: Splitting, x: np.ndarray) -> np.ndarray:
+    """The phase in ``(0, 2 pi)`` (see :func:`phase`), NaN where the step is unstable."""
+    steps = np.array([harmonic_step(splitting, value) for value in x])
     cosine, sine_sign = steps[:, 0, 0], steps[:, 0, 1]
     theta = np.arccos(np.clip(cosine, -1.0, 1.0))
     theta = np.where(sine_sign < 0.0, 2.0 * np.pi - theta, theta)
     return np.where(np.abs(cosine) < 1.0, theta, np.nan)
+
+
+@functools.lru_cache(maxsize=None)
+def full_turns(splitting: Splitting, resolution: float = 1e-3) -> np.ndarray:
+    """The ``h w`` at which the harmonic step of ``splitting`` completes each full turn, ascending: where its phase
+    modulo ``2 pi`` wraps from below ``2 pi`` to above 0, inside a stable window or into a gap where the step has a
+    positive eigenvalue (``A > 1``, no rotation). Scanned at ``resolution`` up to ``h w = 2 s + 1`` for ``s``
+    evaluations per step (no palindrome of ``s`` evaluations is stable past ``2 s``), each wrap then located by
+    bisection."""
+    def wrapped(values: np.ndarray) -> np.ndarray:
+        theta = _phase_modulo_full_turn(splitting, values)
+        cosine = np.array([harmonic_step(splitting, value)[0, 0] for value in values])
+        return np.where(np.isnan(theta), np.where(cosine >= 1.0, 0.0, np.pi), theta)
+
+    grid = np.arange(resolution, 2.0 * max(splitting.evaluations_per_step, 1) + 1.0, resolution)
+    phases = wrapped(grid)
+    turns = []
+    for index in np.flatnonzero(np.diff(phases) < -np.pi):
+        low, high = grid[index], grid[index + 1]
+        for _ in range(60):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if wrapped(np.array([middle]))[0] > np.pi else (low, middle)
+        turns.append(high)
+    return np.array(turns)
 
 
 def played_frequencies(splitting: Splitting, h: float, kick_hessians: list[np.ndarray]) -> np.ndarray:
@@ -243,5 +277,5 @@ def modified_kinetic_coefficient(splitting: Splitting, x: float) -> float:
     ``(q, v) S (q, v) / 2`` with ``S = theta / (x sin(theta)) diag(-C, B)``.
     """
     (_, b), _ = harmonic_step(splitting, x)
-    theta = float(phase(splitting, x)[0])  # NaN where unstable
+    theta = float(phase(splitting, x)[0])  # NaN where unstable; sin(theta) and b change sign together
     return theta * b / (x * np.sin(theta))

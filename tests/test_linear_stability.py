@@ -7,10 +7,10 @@ import torch  # before openmm: openmmtorch's plugins need torch's libraries load
 import openmm as mm
 
 from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
-    harmonic_step, modified_kinetic_coefficient, phase, played_frequencies, projected, sampled_variance_ratio, \
-    stability_interval, step_matrix, vibration_basis
+    full_turns, harmonic_step, modified_kinetic_coefficient, phase, played_frequencies, projected, \
+    sampled_variance_ratio, stability_interval, step_matrix, vibration_basis
 from openmm_actionml.platforms import create_context
-from openmm_actionml.splitting import SPLITTINGS
+from openmm_actionml.splitting import SPLITTINGS, Splitting, Stage
 from openmm_actionml.systems import particle_masses
 
 RESOLUTION = 1e-4
@@ -39,6 +39,22 @@ def test_t3_turns_a_mode_up_to_a_full_turn_without_aliasing():
     omega = np.array([1.0, 3.5, 4.3])  # rad/ps at h = 1 ps: the last two past half a turn
     heads = [np.diag(omega ** 2), np.diag(omega ** 2) * (1 + 1e-12)]  # not equal, so the full matrix is used
     assert np.allclose(played_frequencies(splitting, 1.0, heads), phase(splitting, omega), rtol=1e-8)
+
+
+def test_three_verlet_steps_turn_a_mode_by_one_and_a_half_turns():
+    """Three velocity-Verlet steps of h / 3 as one splitting play theta = 6 arcsin(h w / 6), counted through the full
+    turn at h w = 3 sqrt(3) and up to three half turns at the stability bound 2 s = 6; T3's second window (h w
+    6.10-6.42) lies a full turn on from its first."""
+    third = 1.0 / 3.0
+    three_verlet = Splitting("VV x 3", (Stage("kick", third / 2), Stage("drift", third), Stage("kick", third),
+                                        Stage("drift", third), Stage("kick", third), Stage("drift", third),
+                                        Stage("kick", third / 2)))
+    x = np.array([0.5, 2.0, 4.0, 5.19, 5.2, 5.5, 5.9])  # not 3, where the step is exactly -1 (|A| = 1)
+    assert np.allclose(phase(three_verlet, x), 6.0 * np.arcsin(x / 6.0), rtol=1e-10)
+    # located where arccos of a cosine near 1 resolves the phase, sqrt(2 * 1e-16) ~ 1e-8
+    assert full_turns(three_verlet) == pytest.approx([3.0 * np.sqrt(3.0)], abs=1e-7)
+    second_window = phase(SPLITTINGS["T3"], np.array([6.15, 6.3, 6.4]))
+    assert (second_window > 2 * np.pi).all() and (np.diff(second_window) > 0).all()
 
 
 def test_verlet_samples_positions_wider_by_the_textbook_factor():
