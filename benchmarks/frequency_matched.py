@@ -56,7 +56,7 @@ from openmm_actionml.force_constant_correction import KIND as FORCE_CONSTANTS, m
 from openmm_actionml.frequency_matching import ClassStiffness, FrequencyMatch, TermClass, along, class_stiffness, \
     fit_frequency_match, fitted_modes, levenberg_marquardt, played_with, with_scaled_force_constants
 from openmm_actionml.integrator import SplittingIntegrator
-from openmm_actionml.linear_stability import force_field_gradient, force_field_hessian, \
+from openmm_actionml.linear_stability import block_phase, force_field_gradient, force_field_hessian, \
     learned_kick_stiffnesses, minimised, step_matrix, vibration_basis
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import save_figure, write_report
@@ -151,7 +151,7 @@ def two_head_report(stiffness: ClassStiffness, splitting: Splitting, h: float, t
     heads = [stiffness.scaled(row) for row in factors]
     matrix = step_matrix(splitting, h, heads)
     a, b, c = mode_blocks(matrix, vectors[:, fitted])
-    phase_error = 100.0 * (np.arccos(np.clip(a, -1, 1)) / (h * omega[fitted]) - 1.0)
+    phase_error = 100.0 * (block_phase(a, b) / (h * omega[fitted]) - 1.0)
     variance = b / -c * omega[fitted] ** 2
     lines = ["", f"## {title}", "",
              "| class | " + " | ".join(f"head {k}" for k in range(len(factors))) + " |",

@@ -199,18 +199,24 @@ def phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
     velocity Verlet stays below half a turn, and three Verlet steps of ``h / 3`` reach one and a half turns.
     """
     x = np.atleast_1d(np.asarray(x, dtype=float))
-    theta = _phase_modulo_full_turn(splitting, x)
+    theta = block_phase(*_harmonic_entries(splitting, x))
     turns = np.searchsorted(full_turns(splitting), x, side="right")
     return np.where(np.isnan(theta), np.nan, theta + 2.0 * np.pi * turns)
 
 
-def _phase_modulo_full_turn(splitting: Splitting, x: np.ndarray) -> np.ndarray:
-    """The phase in ``(0, 2 pi)`` (see :func:`phase`), NaN where the step is unstable."""
-    steps = np.array([harmonic_step(splitting, value) for value in x])
-    cosine, sine_sign = steps[:, 0, 0], steps[:, 0, 1]
+def block_phase(cosine: np.ndarray, sine_sign: np.ndarray) -> np.ndarray:
+    """The phase in ``(0, 2 pi)`` of a step's block ``[[A, B], [C, A]]`` along a mode, from ``A = cos theta`` and
+    ``B``, whose sign is ``sin theta``'s (the exact flow's ``B`` is ``sin(theta) / w``); NaN where ``|A| >= 1``, a
+    step that does not rotate the mode."""
     theta = np.arccos(np.clip(cosine, -1.0, 1.0))
-    theta = np.where(sine_sign < 0.0, 2.0 * np.pi - theta, theta)
+    theta = np.where(np.asarray(sine_sign) < 0.0, 2.0 * np.pi - theta, theta)
     return np.where(np.abs(cosine) < 1.0, theta, np.nan)
+
+
+def _harmonic_entries(splitting: Splitting, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` and ``B`` of the harmonic step ``[[A, B], [C, A]]`` at each ``h w = x``."""
+    steps = np.array([harmonic_step(splitting, value) for value in x])
+    return steps[:, 0, 0], steps[:, 0, 1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -221,8 +227,8 @@ def full_turns(splitting: Splitting, resolution: float = 1e-3) -> np.ndarray:
     evaluations per step (no palindrome of ``s`` evaluations is stable past ``2 s``), each wrap then located by
     bisection."""
     def wrapped(values: np.ndarray) -> np.ndarray:
-        theta = _phase_modulo_full_turn(splitting, values)
-        cosine = np.array([harmonic_step(splitting, value)[0, 0] for value in values])
+        cosine, sine_sign = _harmonic_entries(splitting, values)
+        theta = block_phase(cosine, sine_sign)
         return np.where(np.isnan(theta), np.where(cosine >= 1.0, 0.0, np.pi), theta)
 
     grid = np.arange(resolution, 2.0 * max(splitting.evaluations_per_step, 1) + 1.0, resolution)
