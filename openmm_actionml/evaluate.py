@@ -28,7 +28,7 @@ from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equili
 from .errors import InputError, ModelMismatchError
 from .examples import with_baseline
 from .force_constant_correction import bakes_into_system
-from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force, learned_step
+from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force, learned_integrator, learned_system
 from .modelfile import ActionMLModel
 from .platforms import create_context
 from .splitting import Splitting, get_splitting
@@ -80,12 +80,10 @@ def model_candidate(prepared: PreparedSystem, model: ActionMLModel) -> Candidate
     meta = model.metadata
     label = meta.get_splitting().name if meta.scheme == "A" else "scheme B"
     mode = f"on {' + '.join(meta.baseline)} + learned" if meta.baseline else "learned" if meta.anchored else "pure ML"
-    system, _ = learned_step(model_system(prepared, model).system, model)
-    baked = bakes_into_system(model)
-    make_integrator = (lambda: SplittingIntegrator(meta.get_splitting(), meta.step)) if baked else \
-        (lambda: ActionMLIntegrator(model))
-    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, system, make_integrator,
-                     energy_system=prepared.system if meta.baseline or baked else None)
+    system = learned_system(model_system(prepared, model).system, model)
+    scaled = meta.baseline or bakes_into_system(model)  # the row's System's energy is not prepared's force field's
+    return Candidate(f"{label} {mode} {meta.step * 1000:g} fs", meta.step, system, lambda: learned_integrator(model),
+                     energy_system=prepared.system if scaled else None)
 
 
 def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, reference_step: Optional[float] = None,

@@ -126,9 +126,9 @@ def learned_step(system: mm.System, model: ActionMLModel | str | Path, temperatu
     --tied-heads``) is its classical splitting on a scaled force field, so it is baked into the System
     (:func:`~openmm_actionml.force_constant_correction.with_learned_factors`) for a :class:`SplittingIntegrator`:
     the same step with no TorchForce, at the classical splitting's cost. Any other model gets its learned force
-    (:func:`add_learned_force`) and an :class:`ActionMLIntegrator`. A baked System's States report the scaled
-    force field's energy; with the TorchForce they report the force field's (the learned term is on only inside a
-    step).
+    (:func:`add_learned_force`) and an :class:`ActionMLIntegrator` (the two parts: :func:`learned_system`,
+    :func:`learned_integrator`). A baked System's States report the scaled force field's energy; with the
+    TorchForce they report the force field's (the learned term is on only inside a step).
 
     Parameters
     ----------
@@ -145,16 +145,35 @@ def learned_step(system: mm.System, model: ActionMLModel | str | Path, temperatu
         If the model does not fit the System, or the System already has a learned force.
     """
     model = _as_model(model)
+    model.validate(system, step=model.metadata.step, topology=topology)
+    return learned_system(system, model), learned_integrator(model, temperature, friction)
+
+
+def learned_system(system: mm.System, model: ActionMLModel | str | Path) -> mm.System:
+    """The System of :func:`learned_step`: a copy of the force-field ``system`` with a tied force-constant model's
+    factors baked in, or with the model's learned force added (:func:`add_learned_force`).
+
+    Raises
+    ------
+    ModelMismatchError
+        If the model does not fit the System, or the System already has a learned force.
+    """
+    model = _as_model(model)
+    if not bakes_into_system(model):
+        return add_learned_force(system, model)
+    _check_force_field_system(system)
+    return with_learned_factors(system, model)
+
+
+def learned_integrator(model: ActionMLModel | str | Path, temperature: Any = None,
+                       friction: Any = None) -> mm.Integrator:
+    """The integrator of :func:`learned_step`: a tied force-constant model's classical splitting
+    (:class:`SplittingIntegrator`), or an :class:`ActionMLIntegrator`."""
+    model = _as_model(model)
     meta = model.metadata
     if bakes_into_system(model):
-        model.validate(system, step=meta.step, topology=topology)
-        _check_force_field_system(system)
-        return (with_learned_factors(system, model),
-                SplittingIntegrator(meta.get_splitting(), meta.step, temperature, friction))
-    system = add_learned_force(system, model)
-    integrator = ActionMLIntegrator(model, temperature=temperature, friction=friction)
-    integrator.validate(system, topology)
-    return system, integrator
+        return SplittingIntegrator(meta.get_splitting(), meta.step, temperature, friction)
+    return ActionMLIntegrator(model, temperature=temperature, friction=friction)
 
 
 def _check_force_field_system(system: mm.System) -> None:
