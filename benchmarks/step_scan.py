@@ -30,6 +30,7 @@ from openmm_actionml.examples import build_training_system
 from openmm_actionml.frequency_matching import class_stiffness, harmonic_term_classes, with_scaled_force_constants
 from openmm_actionml.linear_stability import LIGHT_SPEED, minimised, phase
 from openmm_actionml.modelfile import load_model
+from openmm_actionml.report import equipartition_cell
 from openmm_actionml.splitting import get_splitting
 from openmm_actionml.systems import topology_elements
 
@@ -84,9 +85,8 @@ def main() -> None:
             listed = ", ".join(f"{w:.0f}" for w in omega[near] / (2 * np.pi * LIGHT_SPEED)) or "none"
             stable = f"{result.stable}/{result.n_trajectories}" + (
                 f" (fail at {result.failure_time:.2g} ps)" if result.stable < result.n_trajectories else "")
-            per_element = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
             lines.append(f"| {step:g} | {scale:g} | {stable} | {result.drift:+.3f} ± {result.drift_error:.3f} | "
-                         f"{per_element} | {h * omega.max():.2f} | {listed} |")
+                         f"{equipartition_cell(result)} | {h * omega.max():.2f} | {listed} |")
     emit("\n".join(lines), args.output)
 
 

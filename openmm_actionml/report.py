@@ -40,6 +40,11 @@ def rdf_deviation(result: EnsembleResult, reference: EnsembleResult,
     return curve_deviation(result.rdf, result.rdf_error, reference.rdf, reference.rdf_error)
 
 
+def equipartition_cell(result: EnsembleResult) -> str:
+    """Each element's temperature over its trajectory's, in per cent (mean ± s.e. over trajectories)."""
+    return ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
+
+
 def markdown_table(results: Sequence[EnsembleResult]) -> str:
     """One row per result: stable fraction, drift, E RMS, T, the potential energy (and its value at the bath's
     temperature, see :class:`EnsembleResult`) and each element's T over its trajectory's (mean ± s.e. over
@@ -56,7 +61,7 @@ def markdown_table(results: Sequence[EnsembleResult]) -> str:
               f"{rdf_header} evaluations/fs | ps/s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
-        elements = ", ".join(f"{e} {100 * m:.1f}±{100 * s:.1f}" for e, (m, s) in result.equipartition.items())
+        elements = equipartition_cell(result)
         deviation, floor = vacf_deviation(result, reference)
         symplecticity = "n/a" if np.isnan(result.symplecticity) else f"{result.symplecticity:.1e}"
         vacf = "reference" if result is reference else f"{deviation:.4f} ({floor:.4f})"
