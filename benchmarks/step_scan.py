@@ -1,5 +1,7 @@
 """Where a classical splitting starts to heat: NVE ensembles at a list of steps from ``actionml evaluate``'s starts,
-on the force field and on one with every harmonic bond and angle force constant scaled (``--scales``).
+on the force field, on one with every harmonic bond and angle force constant scaled (``--scales``), and with
+``--learned`` on the model's own learned force constants (a tied ``--force-constants`` model, baked into the System
+as ``actionml run`` runs it).
 
 For each step and scale the table gives the stable fraction, the drift (energy measured in the unscaled force
 field), each element's temperature over its trajectory's, and, from the linearised step at the energy minimum
@@ -11,27 +13,31 @@ Each row samples every step of its own, so there is no reference row and no VACF
 Usage::
 
     python benchmarks/step_scan.py [--model models/alanine-t3-8fs-factors.pt] [--splitting T3]
-        [--steps 8.5 9 10 11] [--scales 1] [--trajectories 32] [--time 50] [--seed 1] [--platform Reference]
-        [--cache-dir DIR] [--output results/step-scan.md]
+        [--steps 8.5 9 10 11] [--scales 1] [--learned] [--trajectories 32] [--time 50] [--sample-interval FS]
+        [--seed 1] [--platform Reference] [--jobs 1] [--cache-dir DIR] [--output results/step-scan.md]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
 import numpy as np
+import openmm as mm
 
 from benchmark_log import emit, log
-from openmm_actionml.ensemble import EnsembleOptions, equilibrated_starts, run_ensembles
+from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, equilibrated_starts, run_ensembles
 from openmm_actionml.evaluate import splitting_candidate
 from openmm_actionml.examples import build_training_system
-from openmm_actionml.frequency_matching import class_stiffness, harmonic_term_classes, with_scaled_force_constants
+from openmm_actionml.force_constant_correction import bakes_into_system, model_factors, with_learned_factors
+from openmm_actionml.frequency_matching import ClassStiffness, class_stiffness, harmonic_term_classes, \
+    with_scaled_force_constants
 from openmm_actionml.linear_stability import LIGHT_SPEED, minimised, phase
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import equipartition_cell
-from openmm_actionml.splitting import get_splitting
+from openmm_actionml.splitting import Splitting, get_splitting
 from openmm_actionml.systems import topology_elements
 
 #: Distance from half a turn (rad) within which a mode's phase per step is listed.
@@ -46,48 +52,83 @@ def main() -> None:
     parser.add_argument("--steps", type=float, nargs="+", default=[8.5, 9.0, 10.0, 11.0], help="fs")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
                         help="factors on every harmonic bond and angle force constant (1: the force field)")
+    parser.add_argument("--learned", action="store_true",
+                        help="also run the model's learned force constants (a tied --force-constants model)")
     parser.add_argument("--trajectories", type=int, default=32)
     parser.add_argument("--time", type=float, default=50.0, help="ps of NVE per trajectory")
+    parser.add_argument("--sample-interval", type=float,
+                        help="fs between samples, a multiple of every step (default: each row's step)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the equilibrated starts (evaluate's is 1)")
     parser.add_argument("--platform", default="Reference")
+    parser.add_argument("--jobs", type=int, default=1, help="rows of a step run at a time, each in its own process")
     parser.add_argument("--cache-dir", help="keep each finished trajectory here; a rerun resumes from them")
     parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
+    if args.learned and not bakes_into_system(model):
+        raise SystemExit(f"--learned runs a model's learned force constants; {args.model} is not a tied "
+                         "force-constant model (actionml train --force-constants --tied-heads).")
     prepared = build_training_system(model.metadata.recipe)
     system, temperature = prepared.system, model.metadata.temperature
     splitting = get_splitting(args.splitting)
     elements = topology_elements(prepared.topology)
     classes = harmonic_term_classes(system, elements)
     stiffness = class_stiffness(system, elements, minimised(system, prepared.positions))
+    variants = [ForceConstants(f"x {scale:g}", f"{scale:g}",
+                               with_scaled_force_constants(system, classes, {c.name: scale for c in classes}),
+                               np.full(len(classes), scale)) for scale in args.scales]
+    if args.learned:
+        (factors,) = model_factors(model)
+        variants.append(ForceConstants("learned", f"learned ({model.path.name})", with_learned_factors(system, model),
+                                       np.array([factors[c.name] for c in classes])))
     log(f"drawing {args.trajectories} equilibrated starts at {temperature:g} K")
     starts = equilibrated_starts(system, prepared.positions, temperature, args.trajectories, platform=args.platform,
                                  seed=args.seed)
+    rows = {}
+    for step in args.steps:
+        h = step / 1000.0
+        candidates = [dataclasses.replace(splitting_candidate(f"{splitting.name} {step:g} fs, force constants "
+                                                              f"{variant.name}", variant.system, splitting, h),
+                                          energy_system=system) for variant in variants]
+        sample_interval = h if args.sample_interval is None else args.sample_interval / 1000.0
+        options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
+                                  sample_interval=sample_interval)
+        results = run_ensembles(candidates, starts, temperature, options, elements, args.platform, log,
+                                jobs=args.jobs, cache_dir=args.cache_dir)
+        for variant, result in zip(variants, results):
+            rows[variant.name, step] = table_row(step, variant, result, stiffness, splitting)
     lines = [f"# {splitting.name} on {model.metadata.system_name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{temperature:g} K ({args.platform}, seed {args.seed})", "",
              f"`python benchmarks/step_scan.py {' '.join(sys.argv[1:])}`", "",
              "| step (fs) | force constants x | stable | drift (kT/DOF/ns) | per-element T / T (%) | "
              f"largest h w | modes within {NEAR_HALF_TURN} rad of half a turn (cm^-1) |",
              "|---|---|---|---|---|---|---|"]
-    for scale in args.scales:
-        scales = {term_class.name: scale for term_class in classes}
-        scaled = with_scaled_force_constants(system, classes, scales)
-        omega = np.sqrt(np.clip(np.linalg.eigvalsh(stiffness.scaled(np.full(len(classes), scale))), 0.0, None))
-        for step in args.steps:
-            h = step / 1000.0
-            name = f"{splitting.name} {step:g} fs, force constants x {scale:g}"
-            candidate = dataclasses.replace(splitting_candidate(name, scaled, splitting, h), energy_system=system)
-            options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time, sample_interval=h)
-            (result,) = run_ensembles([candidate], starts, temperature, options, elements, args.platform, log,
-                                      cache_dir=args.cache_dir)
-            near = np.abs(phase(splitting, h * omega) - np.pi) < NEAR_HALF_TURN
-            listed = ", ".join(f"{w:.0f}" for w in omega[near] / (2 * np.pi * LIGHT_SPEED)) or "none"
-            stable = f"{result.stable}/{result.n_trajectories}" + (
-                f" (fail at {result.failure_time:.2g} ps)" if result.stable < result.n_trajectories else "")
-            lines.append(f"| {step:g} | {scale:g} | {stable} | {result.drift:+.3f} ± {result.drift_error:.3f} | "
-                         f"{equipartition_cell(result)} | {h * omega.max():.2f} | {listed} |")
+    lines += [rows[variant.name, step] for variant in variants for step in args.steps]
     emit("\n".join(lines), args.output)
+
+
+@dataclass
+class ForceConstants:
+    """One force field a step is scanned on: its row name, table label, System and factor per term class."""
+
+    name: str
+    label: str
+    system: mm.System
+    factors: np.ndarray
+
+
+def table_row(step: float, variant: ForceConstants, result: EnsembleResult, stiffness: ClassStiffness,
+              splitting: Splitting) -> str:
+    """The table's row of one step on one force field, its modes read from the linearised step at the minimum."""
+    h = step / 1000.0
+    omega = np.sqrt(np.clip(np.linalg.eigvalsh(stiffness.scaled(variant.factors)), 0.0, None))
+    near = np.abs(phase(splitting, h * omega) - np.pi) < NEAR_HALF_TURN
+    listed = ", ".join(f"{w:.0f}" for w in omega[near] / (2 * np.pi * LIGHT_SPEED)) or "none"
+    stable = f"{result.stable}/{result.n_trajectories}" + (
+        f" (fail at {result.failure_time:.2g} ps)" if result.stable < result.n_trajectories else "")
+    return (f"| {step:g} | {variant.label} | {stable} | {result.drift:+.3f} ± {result.drift_error:.3f} | "
+            f"{equipartition_cell(result)} | {h * omega.max():.2f} | {listed} |")
 
 
 if __name__ == "__main__":
