@@ -28,7 +28,7 @@ from .ensemble import Candidate, EnsembleOptions, EnsembleResult, Starts, equili
 from .errors import InputError, ModelMismatchError
 from .examples import with_baseline
 from .force_constant_correction import bakes_into_system
-from .integrator import ActionMLIntegrator, SplittingIntegrator, add_learned_force, learned_integrator, learned_system
+from .integrator import SplittingIntegrator, learned_integrator, learned_system
 from .modelfile import ActionMLModel
 from .platforms import create_context
 from .splitting import Splitting, get_splitting
@@ -127,10 +127,10 @@ def standard_candidates(prepared: PreparedSystem, model: ActionMLModel, referenc
 
 
 def network_effect(kicks: mm.System, model: ActionMLModel, starts: Starts, platform: Optional[str] = None) -> float:
-    """Largest difference (nm/ps) between the velocities after one learned step and one step of the same
-    splitting on the force field alone (for pure ML: with the force field's kicks), from the first start.
-    ``kicks`` is the force-field System the model runs on (:func:`model_system`'s: the baseline's for a model
-    with one).
+    """Largest difference (nm/ps) between the velocities after one learned step, as
+    :func:`~openmm_actionml.integrator.learned_step` runs it, and one step of the same splitting on the force field
+    alone (for pure ML: with the force field's kicks), from the first start. ``kicks`` is the force-field System
+    the model runs on (:func:`model_system`'s: the baseline's for a model with one).
 
     Raises
     ------
@@ -140,7 +140,7 @@ def network_effect(kicks: mm.System, model: ActionMLModel, starts: Starts, platf
     meta = model.metadata
     splitting = meta.get_splitting() if meta.scheme == "A" else get_splitting("T3")
     after = []
-    for system, integrator in ((add_learned_force(kicks, model), ActionMLIntegrator(model)),
+    for system, integrator in ((learned_system(kicks, model), learned_integrator(model)),
                                (kicks, SplittingIntegrator(splitting, meta.step))):
         context = create_context(system, integrator, platform)
         context.setPositions(starts.positions[0])

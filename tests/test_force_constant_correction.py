@@ -9,7 +9,8 @@ import openmm.app as app
 
 from openmm_actionml.errors import InputError, ModelMismatchError
 from openmm_actionml.cli import MODELS_DIR
-from openmm_actionml.evaluate import model_candidate
+from openmm_actionml.ensemble import Starts
+from openmm_actionml.evaluate import model_candidate, network_effect
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import KIND, ForceConstantCorrection, model_factors, \
     with_learned_factors
@@ -20,7 +21,7 @@ from openmm_actionml.integrator import RESERVED_GROUPS, ActionMLIntegrator, Spli
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.simulate import SummaryReporter, run_model
 from openmm_actionml.splitting import get_splitting, with_tied_heads
-from openmm_actionml.systems import topology_elements
+from openmm_actionml.systems import particle_masses, topology_elements
 from openmm_actionml.training import TrainingOptions, train
 
 from conftest import platform_params
@@ -181,6 +182,22 @@ def test_evaluate_judges_a_tied_model_as_it_runs(systems, tied_model_run):
     context.setState(start)
     context.getIntegrator().step(N_STEPS)
     assert_same_step(start, end, context)
+
+
+def test_the_network_check_takes_a_tied_model_as_it_runs(tmp_path, systems, tied_model_run):
+    """evaluate's check that the learned correction is on steps a tied model baked, as its rows run it: the random
+    factors differ from the force field's step, and factors of 1 (an untrained correction) are refused."""
+    prepared = systems[True]
+    model, start, _ = tied_model_run
+    starts = Starts(start.getPositions(asNumpy=True).value_in_unit(mm.unit.nanometer)[None],
+                    start.getVelocities(asNumpy=True).value_in_unit(mm.unit.nanometer / mm.unit.picosecond)[None],
+                    particle_masses(prepared.system))
+    assert network_effect(prepared.system, model, starts, "Reference") > 0.0
+    untrained = make_model(tmp_path / "ones.pt", ForceConstantCorrection(
+        prepared.system, topology_elements(prepared.topology), n_heads=1), prepared,
+        splitting=with_tied_heads(get_splitting("T3")))
+    with pytest.raises(ModelMismatchError, match="learned force is off"):
+        network_effect(prepared.system, untrained, starts, "Reference")
 
 
 def test_it_starts_at_the_force_field(alanine):
