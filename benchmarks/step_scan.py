@@ -1,7 +1,11 @@
 """Where a classical splitting starts to heat: NVE ensembles at a list of steps from ``actionml evaluate``'s starts,
 on the force field, on one with every harmonic bond and angle force constant scaled (``--scales``), and with
 ``--learned`` on the model's own learned force constants (a tied ``--force-constants`` model, baked into the System
-as ``actionml run`` runs it).
+as ``actionml run`` runs it). ``--towards-substeps F`` adds the splittings whose coefficients lie a fraction ``F`` of
+the way from the splitting's to as many equal velocity-Verlet substeps as it has evaluations (T3 at 12 fs with
+``F = 1`` is Verlet at 4 fs): the step's period is then still ``h``, but the kicks' pattern within it varies less,
+so a heating that comes from the period itself (a resonance of the modes the step turns by about half a turn)
+should fade as ``F`` grows, and one that comes from the largest substep should not.
 
 For each step and scale the table gives the stable fraction, the drift (energy measured in the unscaled force
 field), each element's temperature over its trajectory's, and, from the linearised step at the energy minimum
@@ -13,7 +17,8 @@ Each row samples every step of its own, so there is no reference row and no VACF
 Usage::
 
     python benchmarks/step_scan.py [--model models/alanine-t3-8fs-factors.pt] [--splitting T3]
-        [--steps 8.5 9 10 11] [--scales 1] [--learned] [--trajectories 32] [--time 50] [--sample-interval FS]
+        [--steps 8.5 9 10 11] [--scales 1] [--learned] [--towards-substeps 0] [--trajectories 32] [--time 50]
+        [--sample-interval FS]
         [--seed 1] [--platform Reference] [--jobs 1] [--cache-dir DIR] [--output results/step-scan.md]
 """
 from __future__ import annotations
@@ -34,10 +39,10 @@ from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import bakes_into_system, model_factors, with_learned_factors
 from openmm_actionml.frequency_matching import ClassStiffness, class_stiffness, harmonic_term_classes, \
     with_scaled_force_constants
-from openmm_actionml.linear_stability import LIGHT_SPEED, minimised, phase
+from openmm_actionml.linear_stability import LIGHT_SPEED, minimised, phase, unstable_bands
 from openmm_actionml.modelfile import load_model
 from openmm_actionml.report import equipartition_cell
-from openmm_actionml.splitting import Splitting, get_splitting
+from openmm_actionml.splitting import Splitting, get_splitting, towards_substeps
 from openmm_actionml.systems import topology_elements
 
 #: Distance from half a turn (rad) within which a mode's phase per step is listed.
@@ -54,6 +59,8 @@ def main() -> None:
                         help="factors on every harmonic bond and angle force constant (1: the force field)")
     parser.add_argument("--learned", action="store_true",
                         help="also run the model's learned force constants (a tied --force-constants model)")
+    parser.add_argument("--towards-substeps", type=float, nargs="+", default=[0.0], metavar="FRACTION",
+                        help="splittings moved this fraction of the way to equal Verlet substeps (0: the splitting)")
     parser.add_argument("--trajectories", type=int, default=32)
     parser.add_argument("--time", type=float, default=50.0, help="ps of NVE per trajectory")
     parser.add_argument("--sample-interval", type=float,
@@ -71,7 +78,7 @@ def main() -> None:
                          "force-constant model (actionml train --force-constants --tied-heads).")
     prepared = build_training_system(model.metadata.recipe)
     system, temperature = prepared.system, model.metadata.temperature
-    splitting = get_splitting(args.splitting)
+    splittings = [towards_substeps(get_splitting(args.splitting), fraction) for fraction in args.towards_substeps]
     elements = topology_elements(prepared.topology)
     classes = harmonic_term_classes(system, elements)
     stiffness = class_stiffness(system, elements, minimised(system, prepared.positions))
@@ -88,23 +95,29 @@ def main() -> None:
     rows = {}
     for step in args.steps:
         h = step / 1000.0
+        combinations = [(splitting, variant) for splitting in splittings for variant in variants]
         candidates = [dataclasses.replace(splitting_candidate(f"{splitting.name} {step:g} fs, force constants "
                                                               f"{variant.name}", variant.system, splitting, h),
-                                          energy_system=system) for variant in variants]
+                                          energy_system=system) for splitting, variant in combinations]
         sample_interval = h if args.sample_interval is None else args.sample_interval / 1000.0
         options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                                   sample_interval=sample_interval)
         results = run_ensembles(candidates, starts, temperature, options, elements, args.platform, log,
                                 jobs=args.jobs, cache_dir=args.cache_dir)
-        for variant, result in zip(variants, results):
-            rows[variant.name, step] = table_row(step, variant, result, stiffness, splitting)
-    lines = [f"# {splitting.name} on {model.metadata.system_name}: {args.trajectories} x {args.time:g} ps NVE at "
+        for (splitting, variant), result in zip(combinations, results):
+            rows[splitting.name, variant.name, step] = table_row(step, splitting, variant, result, stiffness)
+    lines = [f"# {args.splitting} on {model.metadata.system_name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{temperature:g} K ({args.platform}, seed {args.seed})", "",
              f"`python benchmarks/step_scan.py {' '.join(sys.argv[1:])}`", "",
-             "| step (fs) | force constants x | stable | drift (kT/DOF/ns) | per-element T / T (%) | "
+             "| splitting | step (fs) | force constants x | stable | drift (kT/DOF/ns) | per-element T / T (%) | "
              f"largest h w | modes within {NEAR_HALF_TURN} rad of half a turn (cm^-1) |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [rows[variant.name, step] for variant in variants for step in args.steps]
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [rows[splitting.name, variant.name, step] for splitting in splittings for variant in variants
+              for step in args.steps]
+    lines += ["", "| splitting | linearly unstable h w, below 2 s (harmonic step) |", "|---|---|"]
+    for splitting in splittings:
+        bands = ", ".join(f"{start:.4f}-{end:.4f}" for start, end in unstable_bands(splitting))
+        lines.append(f"| {splitting.name} | {bands} |")
     emit("\n".join(lines), args.output)
 
 
@@ -118,16 +131,18 @@ class ForceConstants:
     factors: np.ndarray
 
 
-def table_row(step: float, variant: ForceConstants, result: EnsembleResult, stiffness: ClassStiffness,
-              splitting: Splitting) -> str:
-    """The table's row of one step on one force field, its modes read from the linearised step at the minimum."""
+def table_row(step: float, splitting: Splitting, variant: ForceConstants, result: EnsembleResult,
+              stiffness: ClassStiffness) -> str:
+    """The table's row of one splitting at one step on one force field, its modes read from the linearised step at
+    the minimum."""
     h = step / 1000.0
     omega = np.sqrt(np.clip(np.linalg.eigvalsh(stiffness.scaled(variant.factors)), 0.0, None))
     near = np.abs(phase(splitting, h * omega) - np.pi) < NEAR_HALF_TURN
     listed = ", ".join(f"{w:.0f}" for w in omega[near] / (2 * np.pi * LIGHT_SPEED)) or "none"
     stable = f"{result.stable}/{result.n_trajectories}" + (
         f" (fail at {result.failure_time:.2g} ps)" if result.stable < result.n_trajectories else "")
-    return (f"| {step:g} | {variant.label} | {stable} | {result.drift:+.3f} ± {result.drift_error:.3f} | "
+    return (f"| {splitting.name} | {step:g} | {variant.label} | {stable} | "
+            f"{result.drift:+.3f} ± {result.drift_error:.3f} | "
             f"{equipartition_cell(result)} | {h * omega.max():.2f} | {listed} |")
 
 

@@ -187,6 +187,23 @@ def stability_interval(splitting: Splitting, resolution: float = 1e-4) -> float:
     return 20.0
 
 
+def unstable_bands(splitting: Splitting, upto: Optional[float] = None,
+                   resolution: float = 1e-4) -> list[tuple[float, float]]:
+    """The intervals of ``h w`` in ``(0, upto]`` where the harmonic step of ``splitting`` is unstable (``|A| > 1``
+    for its step ``[[A, B], [C, A]]``), each edge to ``resolution``; ``upto`` defaults to ``2 s`` for ``s``
+    evaluations per step, past which no palindrome is stable, and a band still open there ends at it.
+
+    Inside its stability interval a palindrome can have gaps: S2 between its two windows, and any blend of T3 with
+    equal Verlet substeps (:func:`~openmm_actionml.splitting.towards_substeps`) a narrow one where it turns a mode
+    by half a turn per step, which T3's coefficients close to a double root of ``A = -1`` at ``h w = 2.976``."""
+    upto = 2.0 * splitting.evaluations_per_step if upto is None else upto
+    grid = np.arange(resolution, upto + 0.5 * resolution, resolution)
+    unstable = np.abs(_harmonic_entries(splitting, grid)[0]) > 1.0
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], unstable, [False]]).astype(int)))
+    return [(round(float(grid[start]), 12), round(float(grid[end - 1]), 12))
+            for start, end in zip(edges[::2], edges[1::2])]
+
+
 def phase(splitting: Splitting, x: np.ndarray) -> np.ndarray:
     """The phase ``theta`` the harmonic step of ``splitting`` advances per step at each ``h w = x``, counted from
     ``x = 0`` through every full turn; NaN where the step is unstable.

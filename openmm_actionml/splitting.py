@@ -124,6 +124,22 @@ def with_tied_heads(splitting: Splitting) -> Splitting:
     return Splitting(splitting.name, tuple(Stage(stage.kind, stage.coefficient, 0) for stage in splitting.stages))
 
 
+def towards_substeps(splitting: Splitting, fraction: float) -> Splitting:
+    """``splitting`` with every coefficient moved ``fraction`` of the way to those of as many equal velocity-Verlet
+    substeps as it has evaluations ``s`` (kicks ``1/2s, 1/s, ..., 1/s, 1/2s``, drifts ``1/s``): 0 gives the
+    splitting itself, 1 Verlet at ``h / s`` taken ``s`` times. The result is palindromic, its coefficients sum to
+    one, and it keeps the splitting's heads."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InputError(f"fraction towards equal substeps must be in [0, 1], got {fraction}.")
+    if fraction == 0.0:
+        return splitting
+    n = splitting.evaluations_per_step
+    targets = {"kick": iter([0.5 / n] + [1.0 / n] * (n - 1) + [0.5 / n]), "drift": iter([1.0 / n] * n)}
+    stages = [Stage(stage.kind, stage.coefficient + fraction * (next(targets[stage.kind]) - stage.coefficient),
+                    stage.head) for stage in splitting.stages]
+    return Splitting(f"{splitting.name} {fraction:g} towards {n} substeps", tuple(stages))
+
+
 KickForces = Callable[[Tensor, int], Tensor]
 """``kick_forces(q, head) -> F``: forces (kJ/mol/nm) of kick potential ``head`` at positions ``q[..., N, 3]``."""
 

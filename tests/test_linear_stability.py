@@ -8,12 +8,15 @@ import openmm as mm
 
 from openmm_actionml.linear_stability import constraint_curvature, force_field_gradient, force_field_hessian, \
     full_turns, harmonic_step, modified_kinetic_coefficient, phase, played_frequencies, projected, \
-    sampled_variance_ratio, stability_interval, step_matrix, vibration_basis
+    sampled_variance_ratio, stability_interval, step_matrix, unstable_bands, vibration_basis
+from openmm_actionml.errors import InputError
 from openmm_actionml.platforms import create_context
-from openmm_actionml.splitting import SPLITTINGS, Splitting, Stage
+from openmm_actionml.splitting import SPLITTINGS, Splitting, Stage, towards_substeps
 from openmm_actionml.systems import particle_masses
 
 RESOLUTION = 1e-4
+#: Grid of the band scans: finer than the narrowest band tested (0.008 wide, T3 a tenth of the way to substeps).
+BAND_RESOLUTION = 1e-3
 
 
 def test_verlet_stability_interval_and_phase_are_the_textbook_ones():
@@ -55,6 +58,61 @@ def test_three_verlet_steps_turn_a_mode_by_one_and_a_half_turns():
     assert full_turns(three_verlet) == pytest.approx([3.0 * np.sqrt(3.0)], abs=1e-7)
     second_window = phase(SPLITTINGS["T3"], np.array([6.15, 6.3, 6.4]))
     assert (second_window > 2 * np.pi).all() and (np.diff(second_window) > 0).all()
+
+
+def test_t3_moved_all_the_way_to_equal_substeps_is_three_verlet_steps():
+    """towards_substeps(T3, 1) is velocity Verlet at h / 3 taken three times: its harmonic step is the cube of
+    Verlet's at h w / 3, to round-off; fraction 0 is T3 itself, and a fraction outside [0, 1] is refused."""
+    blended = towards_substeps(SPLITTINGS["T3"], 1.0)
+    for x in (0.7, 3.3, 5.6):
+        cube = np.linalg.matrix_power(harmonic_step(SPLITTINGS["VV"], x / 3.0), 3)
+        assert np.allclose(harmonic_step(blended, x), cube, rtol=0, atol=1e-13)
+    assert towards_substeps(SPLITTINGS["T3"], 0.0) == SPLITTINGS["T3"]
+    with pytest.raises(InputError, match=r"in \[0, 1\]"):
+        towards_substeps(SPLITTINGS["T3"], 1.5)
+
+
+def test_unstable_bands_are_where_the_half_trace_leaves_the_unit_interval():
+    """Each band's inside has |A| > 1 and the grid points just outside it |A| <= 1; T3's first band begins where
+    stability_interval ends; S2 has its gap between its two windows."""
+    for splitting in (SPLITTINGS["T3"], SPLITTINGS["S2"], towards_substeps(SPLITTINGS["T3"], 0.5)):
+        bands = unstable_bands(splitting, resolution=BAND_RESOLUTION)
+        assert bands
+        for start, end in bands:
+            inside = np.linspace(start, end, 5)
+            assert all(abs(harmonic_step(splitting, x)[0, 0]) > 1.0 for x in inside)
+            for outside in (start - BAND_RESOLUTION, end + BAND_RESOLUTION):
+                if BAND_RESOLUTION / 2 < outside < 2.0 * splitting.evaluations_per_step:
+                    assert abs(harmonic_step(splitting, outside)[0, 0]) <= 1.0
+    assert unstable_bands(SPLITTINGS["T3"], resolution=BAND_RESOLUTION)[0][0] == pytest.approx(
+        stability_interval(SPLITTINGS["T3"], RESOLUTION), abs=2 * BAND_RESOLUTION)
+    (gap,) = unstable_bands(SPLITTINGS["S2"], upto=3.5, resolution=BAND_RESOLUTION)
+    assert gap[0] < 2.6 and gap[1] > 3.2
+
+
+def test_t3_closes_the_gap_at_half_a_turn_that_its_blends_with_equal_substeps_open():
+    """At half a turn per step a palindrome's A reaches -1. T3's coefficients make that a double root (A + 1 >= 0
+    to the coefficients' 14 digits, no band), as do equal Verlet substeps, whose step is a power of a shorter
+    one; every blend in between dips below -1 there: a band of parametric resonance with the step's period."""
+    def lowest_half_trace(splitting: Splitting) -> tuple[float, float]:
+        """Where A is lowest between h w = 2.9 and 3.1, and that A (ternary search: A is unimodal there)."""
+        low, high = 2.9, 3.1
+        for _ in range(200):
+            first, second = low + (high - low) / 3, high - (high - low) / 3
+            if harmonic_step(splitting, first)[0, 0] < harmonic_step(splitting, second)[0, 0]:
+                high = second
+            else:
+                low = first
+        return low, harmonic_step(splitting, low)[0, 0]
+
+    assert lowest_half_trace(SPLITTINGS["T3"])[1] == pytest.approx(-1.0, abs=1e-12)
+    assert not any(start < 4.0 for start, _ in unstable_bands(SPLITTINGS["T3"], resolution=BAND_RESOLUTION))
+    assert not unstable_bands(towards_substeps(SPLITTINGS["T3"], 1.0), upto=5.9, resolution=BAND_RESOLUTION)
+    for fraction in (0.1, 0.5, 0.9):
+        blend = towards_substeps(SPLITTINGS["T3"], fraction)
+        start, end = unstable_bands(blend, resolution=BAND_RESOLUTION)[0]
+        half_turn, lowest = lowest_half_trace(blend)
+        assert lowest < -1.0 - 1e-6 and start < half_turn < end < 3.1
 
 
 def test_verlet_samples_positions_wider_by_the_textbook_factor():
