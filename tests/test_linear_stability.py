@@ -93,7 +93,8 @@ def test_unstable_bands_are_where_the_half_trace_leaves_the_unit_interval():
 def test_t3_closes_the_gap_at_half_a_turn_that_its_blends_with_equal_substeps_open():
     """At half a turn per step a palindrome's A reaches -1. T3's coefficients make that a double root (A + 1 >= 0
     to the coefficients' 14 digits, no band), as do equal Verlet substeps, whose step is a power of a shorter
-    one; every blend in between dips below -1 there: a band of parametric resonance with the step's period."""
+    one; every blend in between dips below -1 there: a band of parametric resonance with the step's period. So does
+    T3 itself once its outer and middle kicks see stiffnesses 1 % apart, of either sign."""
     def lowest_half_trace(splitting: Splitting) -> tuple[float, float]:
         """Where A is lowest between h w = 2.9 and 3.1, and that A (ternary search: A is unimodal there)."""
         low, high = 2.9, 3.1
@@ -113,6 +114,10 @@ def test_t3_closes_the_gap_at_half_a_turn_that_its_blends_with_equal_substeps_op
         start, end = unstable_bands(blend, resolution=BAND_RESOLUTION)[0]
         half_turn, lowest = lowest_half_trace(blend)
         assert lowest < -1.0 - 1e-6 and start < half_turn < end < 3.1
+    for difference in (0.01, -0.01):
+        heads = [np.ones((1, 1)), np.full((1, 1), 1.0 + difference)]
+        lowest = min(step_matrix(SPLITTINGS["T3"], v, heads)[0, 0] for v in np.linspace(2.9, 3.05, 3001))
+        assert lowest < -1.0 - 1e-6
 
 
 def test_verlet_samples_positions_wider_by_the_textbook_factor():
