@@ -7,19 +7,21 @@ the way from the splitting's to as many equal velocity-Verlet substeps as it has
 so a heating that comes from the period itself (a resonance of the modes the step turns by about half a turn)
 should fade as ``F`` grows, and one that comes from the largest substep should not.
 
-For each step and scale the table gives the stable fraction, the drift (energy measured in the unscaled force
-field), each element's temperature over its trajectory's, and, from the linearised step at the energy minimum
-(:func:`openmm_actionml.frequency_matching.class_stiffness`), the largest ``h w`` and the modes the splitting turns
-by within 0.3 rad of half a turn per step (T3 passes half a turn at ``h w = 2.98``): so a heating that starts as
-the fastest modes pass half a turn, and stops when softer force constants keep them below it, would show here.
-Each row samples every step of its own, so there is no reference row and no VACF.
+For each splitting, step and force field the table gives the stable fraction, the drift (energy measured in the
+unscaled force field), each element's temperature over its trajectory's, and, from the linearised step at the
+energy minimum (:func:`openmm_actionml.frequency_matching.class_stiffness`), the largest ``h w`` and the modes the
+splitting turns by within 0.3 rad of half a turn per step (T3 passes half a turn at ``h w = 2.98``): so a heating
+that starts as the fastest modes pass half a turn, and stops when softer force constants keep them below it, would
+show here. A second table gives each splitting's bands of linear instability
+(:func:`openmm_actionml.linear_stability.unstable_bands`). Each row samples every step of its own (or every
+``--sample-interval``), so there is no reference row and no VACF.
 
 Usage::
 
     python benchmarks/step_scan.py [--model models/alanine-t3-8fs-factors.pt] [--splitting T3]
-        [--steps 8.5 9 10 11] [--scales 1] [--learned] [--towards-substeps 0] [--trajectories 32] [--time 50]
-        [--sample-interval FS]
-        [--seed 1] [--platform Reference] [--jobs 1] [--cache-dir DIR] [--output results/step-scan.md]
+        [--steps 8.5 9 10 11] [--scales 1] [--learned] [--towards-substeps 0]
+        [--trajectories 32] [--time 50] [--sample-interval FS] [--seed 1] [--platform Reference] [--jobs 1]
+        [--cache-dir DIR] [--output results/step-scan.md]
 """
 from __future__ import annotations
 

@@ -128,7 +128,13 @@ def towards_substeps(splitting: Splitting, fraction: float) -> Splitting:
     """``splitting`` with every coefficient moved ``fraction`` of the way to those of as many equal velocity-Verlet
     substeps as it has evaluations ``s`` (kicks ``1/2s, 1/s, ..., 1/s, 1/2s``, drifts ``1/s``): 0 gives the
     splitting itself, 1 Verlet at ``h / s`` taken ``s`` times. The result is palindromic, its coefficients sum to
-    one, and it keeps the splitting's heads."""
+    one, and it keeps the splitting's heads.
+
+    Raises
+    ------
+    InputError
+        If ``fraction`` is outside [0, 1].
+    """
     if not 0.0 <= fraction <= 1.0:
         raise InputError(f"fraction towards equal substeps must be in [0, 1], got {fraction}.")
     if fraction == 0.0:
