@@ -29,13 +29,15 @@ import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch  # noqa: F401  (before openmm: openmmtorch's plugins need torch's libraries loaded)
 import numpy as np
 import openmm as mm
 
 from benchmark_log import emit, log
-from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, equilibrated_starts, run_ensembles
+from openmm_actionml.ensemble import EnsembleOptions, EnsembleResult, Starts, equilibrated_starts, \
+    resumable_starts, run_ensembles
 from openmm_actionml.evaluate import splitting_candidate
 from openmm_actionml.examples import build_training_system
 from openmm_actionml.force_constant_correction import bakes_into_system, model_factors, with_learned_factors
@@ -70,7 +72,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the equilibrated starts (evaluate's is 1)")
     parser.add_argument("--platform", default="Reference")
     parser.add_argument("--jobs", type=int, default=1, help="rows of a step run at a time, each in its own process")
-    parser.add_argument("--cache-dir", help="keep each finished trajectory here; a rerun resumes from them")
+    parser.add_argument("--cache-dir", help="keep the starts and each finished trajectory here; a rerun resumes")
     parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -91,9 +93,14 @@ def main() -> None:
         (factors,) = model_factors(model)
         variants.append(ForceConstants("learned", f"learned ({model.path.name})", with_learned_factors(system, model),
                                        np.array([factors[c.name] for c in classes])))
-    log(f"drawing {args.trajectories} equilibrated starts at {temperature:g} K")
-    starts = equilibrated_starts(system, prepared.positions, temperature, args.trajectories, platform=args.platform,
-                                 seed=args.seed)
+    log(f"drawing {args.trajectories} equilibrated starts at {temperature:g} K (or reading them from --cache-dir)")
+
+    def draw() -> Starts:
+        return equilibrated_starts(system, prepared.positions, temperature, args.trajectories, platform=args.platform,
+                                   seed=args.seed)
+
+    starts = draw() if args.cache_dir is None else resumable_starts(
+        Path(args.cache_dir) / f"starts-{args.trajectories}-{temperature:g}K-seed{args.seed}.npz", draw)
     rows = {}
     for step in args.steps:
         h = step / 1000.0
@@ -103,7 +110,7 @@ def main() -> None:
                                           energy_system=system) for splitting, variant in combinations]
         sample_interval = h if args.sample_interval is None else args.sample_interval / 1000.0
         options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
-                                  sample_interval=sample_interval)
+                                  sample_interval=sample_interval, speed_time=sample_interval)  # no speed shown
         results = run_ensembles(candidates, starts, temperature, options, elements, args.platform, log,
                                 jobs=args.jobs, cache_dir=args.cache_dir)
         for (splitting, variant), result in zip(combinations, results):
