@@ -86,13 +86,13 @@ def main() -> None:
     elements = topology_elements(prepared.topology)
     classes = harmonic_term_classes(system, elements)
     stiffness = class_stiffness(system, elements, minimised(system, prepared.positions))
-    variants = [ForceConstants(f"x {scale:g}", f"{scale:g}",
+    variants = [ForceConstants(f"x {scale:g}", f"{scale:g}", system if scale == 1.0 else
                                with_scaled_force_constants(system, classes, {c.name: scale for c in classes}),
-                               np.full(len(classes), scale)) for scale in args.scales]
+                               frequencies(stiffness, np.full(len(classes), scale))) for scale in args.scales]
     if args.learned:
         (factors,) = model_factors(model)
         variants.append(ForceConstants("learned", f"learned ({model.path.name})", with_learned_factors(system, model),
-                                       np.array([factors[c.name] for c in classes])))
+                                       frequencies(stiffness, np.array([factors[c.name] for c in classes]))))
     log(f"drawing {args.trajectories} equilibrated starts at {temperature:g} K (or reading them from --cache-dir)")
 
     def draw() -> Starts:
@@ -107,14 +107,15 @@ def main() -> None:
         combinations = [(splitting, variant) for splitting in splittings for variant in variants]
         candidates = [dataclasses.replace(splitting_candidate(f"{splitting.name} {step:g} fs, force constants "
                                                               f"{variant.name}", variant.system, splitting, h),
-                                          energy_system=system) for splitting, variant in combinations]
+                                          energy_system=None if variant.system is system else system)
+                      for splitting, variant in combinations]
         sample_interval = h if args.sample_interval is None else args.sample_interval / 1000.0
         options = EnsembleOptions(n_trajectories=args.trajectories, duration=args.time,
                                   sample_interval=sample_interval, speed_time=sample_interval)  # no speed shown
         results = run_ensembles(candidates, starts, temperature, options, elements, args.platform, log,
                                 jobs=args.jobs, cache_dir=args.cache_dir)
         for (splitting, variant), result in zip(combinations, results):
-            rows[splitting.name, variant.name, step] = table_row(step, splitting, variant, result, stiffness)
+            rows[splitting.name, variant.name, step] = table_row(step, splitting, variant, result)
     lines = [f"# {args.splitting} on {model.metadata.system_name}: {args.trajectories} x {args.time:g} ps NVE at "
              f"{temperature:g} K ({args.platform}, seed {args.seed})", "",
              f"`python benchmarks/step_scan.py {' '.join(sys.argv[1:])}`", "",
@@ -132,20 +133,24 @@ def main() -> None:
 
 @dataclass
 class ForceConstants:
-    """One force field a step is scanned on: its row name, table label, System and factor per term class."""
+    """One force field a step is scanned on: its row name, table label, System (the force field itself, or a scaled
+    copy whose energy the rows measure in the force field) and normal-mode frequencies at the minimum (rad/ps)."""
 
     name: str
     label: str
     system: mm.System
-    factors: np.ndarray
+    omega: np.ndarray
 
 
-def table_row(step: float, splitting: Splitting, variant: ForceConstants, result: EnsembleResult,
-              stiffness: ClassStiffness) -> str:
+def frequencies(stiffness: ClassStiffness, factors: np.ndarray) -> np.ndarray:
+    """The normal-mode frequencies (rad/ps) at the minimum with every class's force constants scaled by ``factors``."""
+    return np.sqrt(np.clip(np.linalg.eigvalsh(stiffness.scaled(factors)), 0.0, None))
+
+
+def table_row(step: float, splitting: Splitting, variant: ForceConstants, result: EnsembleResult) -> str:
     """The table's row of one splitting at one step on one force field, its modes read from the linearised step at
     the minimum."""
-    h = step / 1000.0
-    omega = np.sqrt(np.clip(np.linalg.eigvalsh(stiffness.scaled(variant.factors)), 0.0, None))
+    h, omega = step / 1000.0, variant.omega
     near = np.abs(phase(splitting, h * omega) - np.pi) < NEAR_HALF_TURN
     listed = ", ".join(f"{w:.0f}" for w in omega[near] / (2 * np.pi * LIGHT_SPEED)) or "none"
     stable = f"{result.stable}/{result.n_trajectories}" + (
