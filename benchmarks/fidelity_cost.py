@@ -107,19 +107,19 @@ def plot(title: str, panels: list[tuple[str, list[Point]]], output: Path) -> Non
 
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
     for axis, (panel_title, points) in zip(axes[0], panels):
-        noise = max(p.noise for p in points if p.stable == p.n_trajectories)
+        plotted = [p for p in points if math.isfinite(p.vacf)]  # a row with no survivor has no VACF
+        noise = max((p.noise for p in plotted if p.stable == p.n_trajectories),
+                    default=max(p.noise for p in plotted))
         axis.axhspan(0.0, noise, color="0.9", zorder=0)
         axis.text(min(p.evaluations_per_fs for p in points), noise, " noise floor", va="bottom", fontsize=8,
                   color="0.4")
-        for p in points:
-            if not math.isfinite(p.vacf):
-                continue
+        for p in plotted:
             axis.scatter(p.evaluations_per_fs, p.vacf, marker=MARKERS[p.kind], s=160 if MARKERS[p.kind] == "*" else 90,
                          color=COLOURS[p.verdict], edgecolor="black", zorder=3)
             axis.annotate(p.label, (p.evaluations_per_fs, p.vacf), textcoords="offset points", xytext=(7, 3),
                           fontsize=7.5)
         axis.set_yscale("log")
-        axis.set_ylim(bottom=min(min(p.vacf for p in points), noise) / 1.25)
+        axis.set_ylim(bottom=min(min(p.vacf for p in plotted), noise) / 1.25)
         axis.set_xlabel("force-field evaluations per fs (cost)")
         axis.set_ylabel("VACF deviation from the fine-step reference")
         axis.set_title(panel_title, fontsize=10)
